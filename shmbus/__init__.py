@@ -1,0 +1,27 @@
+"""shmbus: a message bus for processes on one Linux host, in shared memory.
+
+Public names only; see README.md for a tour and DESIGN.md for the contract.
+"""
+
+from __future__ import annotations
+
+from .consumer import Consumer, Message
+from .errors import (CorruptRing, DurableBusy, InvalidName, LayoutMismatch, LeaseLost,
+                     MessageTooLarge, NotHeld, RingBusy, RingNotFound, ShmbusError,
+                     ShmFull, Timeout)
+from .introspect import inspect, list_locks, list_rings
+from .layout import LAYOUT_VERSION
+from .lock import FileLock
+from .producer import Producer
+from .unlink import unlink
+from .wait import WaitStrategy
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Producer", "Consumer", "Message", "FileLock", "WaitStrategy",
+    "list_rings", "inspect", "list_locks", "unlink", "LAYOUT_VERSION",
+    "ShmbusError", "RingNotFound", "RingBusy", "DurableBusy", "LayoutMismatch",
+    "CorruptRing", "MessageTooLarge", "InvalidName", "Timeout", "LeaseLost", "NotHeld",
+    "ShmFull",
+]

@@ -1,0 +1,454 @@
+"""``Consumer`` and ``Message``: reading a ring, each consumer at its own pace.
+
+A consumer owns one slot of the ring's table; its read position there is the end of
+what it has *released* (acknowledged): ``recv()`` releases the previous message before
+returning the next, ``recv_many()`` the previous batch, and ``Message.release()`` /
+``Consumer.release()`` do it explicitly.  In ``block`` mode the producer never
+overwrites what a consumer has not released, so ``Message.data`` is a zero-copy view
+into the ring, valid until it is released.
+
+Data the producer may overwrite while we read it is *checked*: copied, then the tail is
+re-read, and if the producer had already moved past the record we count it lost and
+move on; a torn read is never returned.  That is every record of an ``overwrite`` ring,
+and, on a ``block`` ring, the records a ``start="earliest"`` consumer finds below the
+producer's gate at the moment it joined (the producer honours the new slot only from
+its next scan of the table; see :meth:`Consumer._join`).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from . import layout, liveness, naming, ring
+from .errors import CorruptRing, DurableBusy, ShmbusError, Timeout
+from .layout import (H_GATE, H_LAST, H_PRODUCER_PID, H_PRODUCER_SLEEP, H_SCAN, H_TAIL,
+                     H_WRITE, RECORD, RECORD_HEADER, REC_PAD, S_LOST, S_READ,
+                     S_READ_COUNT, S_SLEEP, slot_word)
+from .lock import FileLock
+from .segment import Segment
+from .slots import SlotTable
+from .wait import Sleeper, Waker, fence, strategy
+
+__all__ = ["Consumer", "Message"]
+
+_NEVER = 1 << 64
+_STARTS = ("latest", "earliest")
+
+
+class Message:
+    """One received message.
+
+    ``data`` is a read-only memoryview of the payload (in ``block`` rings, inside the
+    ring: valid until the message is released, i.e. until the next ``recv``);
+    ``bytes(msg)`` copies it.  ``key`` is bytes or None, ``seq`` the per-ring sequence
+    number, ``timestamp_ns`` the producer's ``time.monotonic_ns()`` at send.
+    """
+
+    __slots__ = ("data", "key", "seq", "timestamp_ns", "_consumer", "_end")
+
+    def __init__(self, data: memoryview, key: bytes | None, seq: int, timestamp_ns: int,
+                 consumer: "Consumer", end: int) -> None:
+        self.data = data
+        self.key = key
+        self.seq = seq
+        self.timestamp_ns = timestamp_ns
+        self._consumer = consumer
+        self._end = end
+
+    def release(self) -> None:
+        """Acknowledge this message and every one received before it: the producer may
+        now overwrite them (and a durable consumer will not see them again)."""
+        self._consumer._commit_to(self._end)
+
+    def __bytes__(self) -> bytes:
+        return bytes(self.data)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __repr__(self) -> str:
+        return f"<Message seq={self.seq} key={self.key!r} {len(self.data)} bytes>"
+
+
+class Consumer:
+    """A reader of ring ``name`` that receives every message, in order.
+
+    ``durable=NAME`` keeps the read position in the ring after this process exits or
+    dies; the next ``Consumer(name, durable=NAME)`` resumes there (one live process per
+    durable name: :class:`DurableBusy` otherwise).  A new consumer starts at
+    ``start="latest"`` (only messages sent from now on) or ``"earliest"`` (the oldest
+    message the ring still holds).  ``wait`` is the wait strategy (see
+    :mod:`shmbus.wait`).  Raises :class:`RingNotFound` if the ring does not exist.
+    """
+
+    def __init__(self, name: str, *, durable: str | None = None, start: str = "latest",
+                 namespace: str | None = None, wait: str = "adaptive") -> None:
+        self._closed = True
+        naming.check_name(name)
+        if durable is not None:
+            naming.check_name(durable, "durable name")
+        if start not in _STARTS:
+            raise ValueError(f"start must be one of {_STARTS}, got {start!r}")
+        self.name, self.durable = name, durable
+        self.namespace = ns = naming.resolve_namespace(namespace)
+        how = strategy(wait)
+        self._seg = seg = Segment.open(ns, name)
+        self._durable_lock = None
+        try:
+            if durable is not None:
+                self._durable_lock = self._lock_durable(durable)
+            self._slots = SlotTable(seg)
+            with self._slots.lock():
+                self.slot, pos = self._attach(start)
+            self._setup(how, pos)
+        except BaseException:
+            if self._durable_lock is not None:
+                self._durable_lock.release()
+            seg.close()
+            raise
+        self._closed = False
+        self._pid = os.getpid()
+
+    def _lock_durable(self, durable: str) -> FileLock:
+        lock = FileLock(naming.ring_lock_name(self.name, "durable." + durable),
+                        namespace=self.namespace, reentrant=False, _internal=True)
+        if not lock.try_acquire():
+            holders = [h for h in lock.holders() if not h.waiting]
+            pid = holders[0].pid if holders else None
+            raise DurableBusy(
+                f"durable consumer {durable!r} of ring {self.name!r} is already attached "
+                f"in pid {pid}: one process per durable name; stop it, or use another "
+                "durable name (for a work queue use a balancer)",
+                name=self.name, durable=durable, pid=pid)
+        return lock
+
+    def _attach(self, start: str) -> tuple[int, int]:
+        w, slots = self._seg.words, self._slots
+        if self.durable is not None:
+            i = slots.find_durable(self.durable)
+            if i is not None:
+                slots.attach_durable(i)
+                return i, w[slot_word(i) + S_READ]
+        if start == "latest":
+            pos = w[H_WRITE]
+        else:
+            write = w[H_WRITE]
+            pos = ring.find_boundary(w, layout.block_shift(self._seg.capacity), w[H_TAIL],
+                                     write)
+            pos = write if pos is None else pos
+        return slots.claim(pos, self.durable), pos
+
+    def _setup(self, how, pos: int) -> None:
+        seg = self._seg
+        self._words = w = seg.words
+        self._data = seg.data
+        self.capacity = cap = seg.capacity
+        self._mask = cap - 1
+        self._shift = layout.block_shift(cap)
+        self._pad_limit = cap - RECORD_HEADER
+        self._max_record = layout.max_record(cap)
+        base = slot_word(self.slot)
+        self._read_word = base + S_READ
+        self._count_word = base + S_READ_COUNT
+        self._lost_word = base + S_LOST
+        self._count = w[self._count_word]
+        self.lost = w[self._lost_word]
+        self._pos = self._committed = pos
+        self._wcache = 0
+        self._expect: int | None = self._seq_at(pos) if seg.overwrite else None
+        self._sleeper = Sleeper(w, base + S_SLEEP, naming.consumer_semaphore_name(
+            self.namespace, self.name, self.slot), how)
+        self._producer_waker = Waker(naming.producer_semaphore_name(self.namespace,
+                                                                    self.name))
+        self._safe_from = _NEVER if seg.overwrite else self._join(pos)
+        self._bind_recv()
+
+    def _join(self, pos: int) -> int:
+        """Return the position from which the producer is sure to honour our slot.
+
+        The producer publishes the gate it uses with a scan epoch that is odd while it
+        reads the slot table.  We have stored our slot; after a fence, an even epoch
+        means that every later scan sees our slot, and that the producer only relies on
+        the gate we read until then: data at or above it is protected.
+        """
+        w = self._words
+        fence()
+        deadline = time.monotonic() + 0.05
+        while True:
+            epoch = w[H_SCAN]
+            gate = w[H_GATE]
+            if not epoch & 1:
+                if w[H_SCAN] == epoch:
+                    return max(pos, gate)
+            elif time.monotonic() > deadline:
+                pid = w[H_PRODUCER_PID]
+                if not pid or liveness.is_dead(pid, 0):
+                    return max(pos, gate)  # it died mid-scan; its successor rescans
+                deadline = time.monotonic() + 0.05
+            os.sched_yield()
+
+    # -- receiving --------------------------------------------------------------------
+
+    def recv(self, timeout: float | None = None) -> Message:
+        """Release the previous message and return the next one, waiting up to
+        ``timeout`` seconds (None: forever); raises :class:`Timeout`."""
+        # Each instance shadows this method with the closure built by _bind_recv.
+        return self.__dict__["recv"](timeout)
+
+    def recv_many(self, max_messages: int, timeout: float | None = None) -> list[Message]:
+        """Release the previous batch; wait up to ``timeout`` for at least one message,
+        then return every message available now, at most ``max_messages``.  Raises
+        :class:`Timeout` only if none arrived."""
+        return self.__dict__["recv_many"](max_messages, timeout)
+
+    def _bind_recv(self) -> None:
+        """Build this consumer's ``recv`` and ``recv_many``: the hot path keeps what
+        does not change in closure cells and leaves every unusual case (waiting,
+        padding, checked reads) to :meth:`_take`."""
+        me = self
+        words, data, take = self._words, self._data, self._take
+        mask, pad_limit, safe_from = self._mask, self._pad_limit, self._safe_from
+        read_word, count_word = self._read_word, self._count_word
+        wake_producer = self._producer_waker.wake
+        unpack = RECORD.unpack_from
+
+        def commit(pos: int) -> None:
+            words[read_word] = pos
+            words[count_word] = me._count
+            me._committed = pos
+            if words[H_PRODUCER_SLEEP] & 1:
+                wake_producer(words[H_PRODUCER_SLEEP])
+
+        def recv(timeout: float | None = None) -> Message:
+            pos = me._pos
+            if pos != me._committed:
+                commit(pos)
+            if pos >= me._wcache:
+                me._wcache = words[H_WRITE]
+                if pos >= me._wcache:
+                    return take(timeout)
+            idx = pos & mask
+            if pos < safe_from or idx > pad_limit:
+                return take(timeout)
+            plen, klen, flags, seq, ts = unpack(data, idx)
+            if flags:
+                return take(timeout)
+            start = idx + RECORD_HEADER
+            if klen:
+                key = bytes(data[start:start + klen])
+                start += klen
+            else:
+                key = None
+            end = me._pos = pos + ((RECORD_HEADER + 7 + klen + plen) & -8)
+            me._count += 1
+            return Message(data[start:start + plen], key, seq, ts, me, end)
+
+        def recv_many(max_messages: int, timeout: float | None = None) -> list[Message]:
+            if max_messages < 1:
+                raise ValueError(f"max_messages must be >= 1, got {max_messages!r}")
+            if me._pos != me._committed:
+                commit(me._pos)
+            batch = [take(timeout)]
+            append = batch.append
+            pos, wcache, count = me._pos, me._wcache, me._count
+            while len(batch) < max_messages:
+                if pos >= wcache:
+                    wcache = me._wcache = words[H_WRITE]
+                    if pos >= wcache:
+                        break
+                idx = pos & mask
+                if pos < safe_from or idx > pad_limit or \
+                        unpack(data, idx)[2]:  # unusual: let _take handle it
+                    me._pos, me._count = pos, count
+                    append(take(None))
+                    pos, wcache, count = me._pos, me._wcache, me._count
+                    continue
+                plen, klen, flags, seq, ts = unpack(data, idx)
+                start = idx + RECORD_HEADER
+                if klen:
+                    key = bytes(data[start:start + klen])
+                    start += klen
+                else:
+                    key = None
+                pos += (RECORD_HEADER + 7 + klen + plen) & -8
+                count += 1
+                append(Message(data[start:start + plen], key, seq, ts, me, pos))
+            me._pos, me._count = pos, count
+            return batch
+
+        self.recv = recv
+        self.recv_many = recv_many
+
+    def try_recv(self) -> Message | None:
+        """Like :meth:`recv` but never waits: None when no message is there."""
+        try:
+            return self.recv(0)
+        except Timeout:
+            return None
+
+    def release(self) -> None:
+        """Acknowledge every message received so far."""
+        self._commit_to(self._pos)
+
+    def _commit_to(self, end: int) -> None:
+        if self._closed:
+            return
+        if end > self._committed:
+            w = self._words
+            w[self._read_word] = end
+            w[self._count_word] = self._count
+            self._committed = end
+            if w[H_PRODUCER_SLEEP] & 1:
+                self._producer_waker.wake(w[H_PRODUCER_SLEEP])
+
+    def _take(self, timeout: float | None) -> Message:
+        """The next message (not releasing anything), in every case: waiting, padding,
+        checked reads."""
+        if self._closed:
+            raise ShmbusError(f"consumer of ring {self.name!r} is closed", name=self.name)
+        w, data, cap = self._words, self._data, self.capacity
+        deadline = None
+        while True:
+            pos = self._pos
+            if pos >= self._wcache:
+                self._wcache = w[H_WRITE]
+                if pos >= self._wcache:
+                    if deadline is None and timeout is not None:
+                        deadline = time.monotonic() + timeout
+                    self._wait(pos, deadline, timeout)
+                    continue
+            checked = pos < self._safe_from
+            if checked:
+                tail = w[H_TAIL]
+                if pos < tail:  # lapped: go to the oldest intact record
+                    self._pos = self._oldest(tail)
+                    continue
+            idx = pos & self._mask
+            if idx > self._pad_limit:
+                self._pos = pos + cap - idx
+                continue
+            plen, klen, flags, seq, ts = _unpack(data, idx)
+            if flags & REC_PAD:
+                self._pos = pos + cap - idx
+                continue
+            size = (RECORD_HEADER + klen + plen + 7) & -8
+            if size > self._max_record or idx + size > cap:
+                if checked and w[H_TAIL] > pos:
+                    continue  # overwritten while we read the header
+                raise CorruptRing(
+                    f"ring {self.name!r} has a corrupt record at position {pos} (size "
+                    f"{size}): remove and recreate the ring", name=self.name, found=pos)
+            start = idx + RECORD_HEADER
+            key = bytes(data[start:start + klen]) if klen else None
+            payload = data[start + klen:start + klen + plen]
+            if checked:
+                payload = memoryview(bytes(payload))
+                if w[H_TAIL] > pos:
+                    continue  # overwritten while we copied it: try again from the tail
+                if self._expect is not None and seq > self._expect:
+                    self.lost += seq - self._expect
+                    w[self._lost_word] = self.lost
+                self._expect = seq + 1
+            end = self._pos = pos + size
+            self._count += 1
+            return Message(payload, key, seq, ts, self, end)
+
+    def _seq_at(self, pos: int) -> int | None:
+        """The seq of the message that will be published at ``pos`` if ``pos`` is the
+        write position (so that losses before our first message are counted too)."""
+        w = self._words
+        for _ in range(100):
+            write, last = w[H_WRITE], w[H_LAST]
+            if pos != write:
+                return None
+            if write == 0:
+                return 0
+            rec = ring.read(self._data, last, self.capacity)
+            if w[H_TAIL] <= last and w[H_WRITE] == write and w[H_LAST] == last:
+                return None if rec.flags & REC_PAD else rec.seq + 1
+        return None
+
+    def _oldest(self, tail: int) -> int:
+        """A record boundary at or after ``tail`` (the write position if none is
+        known: then everything before it is gone)."""
+        write = self._words[H_WRITE]
+        found = ring.find_boundary(self._words, self._shift, tail, write)
+        return write if found is None else found
+
+    def _wait(self, pos: int, deadline: float | None, timeout: float | None) -> None:
+        w = self._words
+
+        def ready() -> bool:
+            return w[H_WRITE] > pos
+
+        if not self._sleeper.wait(ready, deadline):
+            raise Timeout(f"no message on ring {self.name!r} within {timeout} s",
+                          name=self.name, timeout=timeout)
+
+    # -- iteration and lifetime ---------------------------------------------------------
+
+    def __iter__(self) -> "Consumer":
+        return self
+
+    def __next__(self) -> Message:
+        if self._closed:
+            raise StopIteration
+        return self.recv()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def position(self) -> int:
+        """Byte position of the next message to receive."""
+        return self._pos
+
+    @property
+    def lag(self) -> int:
+        """Bytes published but not yet received."""
+        return max(0, self._words[H_WRITE] - self._pos)
+
+    def close(self, *, release: bool = True) -> None:
+        """Leave the ring (idempotent).  With ``release`` (the default) every message
+        received so far counts as acknowledged; a durable consumer keeps its cursor in
+        the ring for the next process with its name."""
+        if self._closed:
+            return
+        if release:
+            self._commit_to(self._pos)
+        self._closed = True
+        if getattr(self, "_pid", os.getpid()) != os.getpid():
+            return
+        try:
+            with self._slots.lock():
+                self._slots.detach(self.slot, keep=self.durable is not None)
+        finally:
+            self._sleeper.close()
+            self._producer_waker.close()
+            if self._durable_lock is not None:
+                self._durable_lock.release()
+            del self._words, self._data
+            self._seg.close()
+
+    def __enter__(self) -> "Consumer":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        # Leaving on an exception: the message being processed is not acknowledged.
+        self.close(release=exc_type is None)
+
+    def __del__(self) -> None:
+        try:
+            if not self._closed and self._pid == os.getpid():
+                self.close()
+        except Exception:
+            pass
+
+    def __repr__(self) -> str:
+        who = f"durable={self.durable!r}" if self.durable else "anonymous"
+        return f"<Consumer {self.name!r} ns={self.namespace!r} {who} slot={self.slot}>"
+
+
+_unpack = RECORD.unpack_from

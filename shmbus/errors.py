@@ -1,0 +1,92 @@
+"""The whole shmbus exception hierarchy.
+
+Every error derives from :class:`ShmbusError` and, where one fits, from the matching
+builtin (``Timeout`` is a ``TimeoutError``, ``RingNotFound`` a ``FileNotFoundError``), so
+callers can catch either.  Each carries the fields a caller needs as attributes, says in
+its message what was expected, what was found and what to do, and pickles (so it can
+cross a process boundary, e.g. from a ``multiprocessing`` worker).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ShmbusError",
+    "RingNotFound",
+    "RingBusy",
+    "DurableBusy",
+    "LayoutMismatch",
+    "CorruptRing",
+    "MessageTooLarge",
+    "InvalidName",
+    "Timeout",
+    "LeaseLost",
+    "NotHeld",
+    "ShmFull",
+]
+
+
+class ShmbusError(Exception):
+    """Base class of every error raised by shmbus.
+
+    Subclasses keep their constructor arguments in ``self.args`` (so they pickle) and
+    expose the interesting ones as attributes.
+    """
+
+    def __init__(self, message: str, **fields: object) -> None:
+        super().__init__(message)
+        self.fields = fields
+        for key, value in fields.items():
+            setattr(self, key, value)
+
+    def __reduce__(self):  # keep fields across pickling
+        return (_rebuild, (type(self), self.args[0] if self.args else "", self.fields))
+
+
+def _rebuild(cls, message, fields):
+    err = cls.__new__(cls)
+    ShmbusError.__init__(err, message, **fields)
+    return err
+
+
+class RingNotFound(ShmbusError, FileNotFoundError):
+    """The ring (or lock, or durable cursor) does not exist."""
+
+
+class RingBusy(ShmbusError):
+    """Another live process owns what was asked for; ``pid`` names it."""
+
+
+class DurableBusy(RingBusy):
+    """A live process already consumes with this durable name; ``pid`` names it."""
+
+
+class LayoutMismatch(ShmbusError):
+    """The segment exists but was made with another capacity, layout version or mode."""
+
+
+class CorruptRing(ShmbusError):
+    """The segment is not a shmbus ring, or its header or records are damaged."""
+
+
+class MessageTooLarge(ShmbusError, ValueError):
+    """A message (payload plus key) cannot fit in the ring."""
+
+
+class InvalidName(ShmbusError, ValueError):
+    """A ring, lock, durable or namespace name is not ``[A-Za-z0-9._-]{1,100}``."""
+
+
+class Timeout(ShmbusError, TimeoutError):
+    """A blocking call did not complete within its timeout."""
+
+
+class LeaseLost(ShmbusError):
+    """The lease is no longer held by this holder: do not act on it."""
+
+
+class NotHeld(ShmbusError, RuntimeError):
+    """A lock or lease was released (or renewed) by a process that does not hold it."""
+
+
+class ShmFull(ShmbusError, OSError):
+    """``/dev/shm`` has no room for a new segment."""

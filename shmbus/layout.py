@@ -1,0 +1,276 @@
+"""The binary layout of a ring segment: the only module that knows offsets.
+
+::
+
+    0      +--------------------------------------------------------------+
+           | line 0  identity: magic, version, header size, capacity,     |
+           |         flags, slot count/size, data offset, created-at,     |
+           |         segment size                 (written once, creator) |
+    64     | line 1  producer: pid, start time, epoch, since     (producer)|
+    128    | line 2  WRITE: end of the last published record     (producer)|
+    192    | line 3  LAST record start, COUNT of messages        (producer)|
+    256    | line 4  TAIL: data below it may be overwritten      (producer)|
+    320    | line 5  GATE: lowest read position the producer honours,     |
+           |         SCAN epoch (odd while it rescans the slots) (producer)|
+    384    | line 6  producer SLEEP epoch (odd while waiting)    (producer)|
+    448    | line 7  slot GENERATION (bumped under the slots lock)         |
+    512    | lines 8-15  CHECKPOINTS: 64 words; word b % 64 holds the      |
+           |         position of the first record starting at or after   |
+           |         the start of block b (the ring is 64 blocks)        |
+    1024   +--------------------------------------------------------------+
+           | slot 0  line 0  READ position, messages read, lost, SLEEP     |
+           |                 epoch                          (its consumer)|
+           |         line 1  state, pid, start time, attached-at, name len |
+           |         lines 2-3  durable name (utf-8, up to 100 bytes)      |
+           | slot 1 ... slot_count-1          (256 bytes each)             |
+    data   +--------------------------------------------------------------+
+           | capacity bytes: 8-byte aligned records, never wrapping        |
+           +--------------------------------------------------------------+
+
+    record: payload length u32 | key length u16 | flags u16 | seq u64 |
+            timestamp_ns u64 | key | payload | zero padding to 8 bytes
+
+Every field is little-endian.  Each 8-byte field has exactly one writer, which stores it
+as one aligned 8-byte access (an element of a ``memoryview.cast('Q')``: CPython copies
+such an item with a fixed-size 8-byte ``memcpy``, one ``mov`` on x86-64, so it never
+tears); readers load it the same way.  Together with x86-64's total store order (stores
+become visible in program order, loads are not reordered with older loads) this makes
+the ring lock-free without compare-and-swap.  ``MAGIC`` is written last by the creator:
+a segment with the right magic has a complete header.
+
+The producer moves TAIL forward in chunks before it overwrites anything below it, so a
+reader that copied data at position p and then still finds ``TAIL <= p`` knows the copy
+is intact; TAIL need not be a record boundary.  The checkpoint table gives readers a
+record boundary at or after TAIL (the oldest intact record, give or take one block)
+without walking the ring.
+
+A record that does not fit before the end of the data area is preceded by a padding
+record (flag ``PAD``) that fills the rest; when fewer than ``RECORD_HEADER`` bytes are
+left, the rest is padding without a header.  So every payload is contiguous.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+
+from .errors import CorruptRing, LayoutMismatch
+
+MAGIC = int.from_bytes(b"SHMBUS\x01\x00", "little")
+LAYOUT_VERSION = 1
+CACHE_LINE = 64
+PAGE = 4096
+
+HEADER_SIZE = 16 * CACHE_LINE
+CHECKPOINTS = 64
+SLOT_SIZE = 4 * CACHE_LINE
+DEFAULT_SLOTS = 64
+MAX_SLOTS = 1024
+MIN_CAPACITY = 4096
+MAX_CAPACITY = 1 << 40
+
+FLAG_OVERWRITE = 1
+
+HEADER_DTYPE = np.dtype({
+    "names": ["magic", "version", "header_size", "capacity", "flags", "slot_count",
+              "slot_size", "data_offset", "created_at_ns", "segment_size",
+              "producer_pid", "producer_start", "producer_epoch", "producer_since_ns",
+              "write", "last", "count", "tail", "gate", "scan",
+              "producer_sleep", "generation", "checkpoints"],
+    "formats": ["<u8", "<u4", "<u4", "<u8", "<u8", "<u4", "<u4", "<u8", "<u8", "<u8",
+                "<u8", "<u8", "<u8", "<u8",
+                "<u8", "<u8", "<u8", "<u8", "<u8", "<u8", "<u8", "<u8",
+                ("<u8", (CHECKPOINTS,))],
+    "offsets": [0, 8, 12, 16, 24, 32, 36, 40, 48, 56,
+                64, 72, 80, 88,
+                128, 192, 200, 256, 320, 328, 384, 448, 512],
+    "itemsize": HEADER_SIZE,
+})
+
+SLOT_DTYPE = np.dtype({
+    "names": ["read", "read_count", "lost", "sleep",
+              "state", "pid", "start_time", "attached_ns", "name_len", "name"],
+    "formats": ["<u8", "<u8", "<u8", "<u8",
+                "<u8", "<u8", "<u8", "<u8", "<u8", "S128"],
+    "offsets": [0, 8, 16, 24, 64, 72, 80, 88, 96, 128],
+    "itemsize": SLOT_SIZE,
+})
+
+# Slot states.
+SLOT_FREE = 0
+SLOT_ACTIVE = 1        # an anonymous consumer; reclaimed when its process is dead
+SLOT_DURABLE = 2       # a durable cursor; kept (and honoured) while nobody is attached
+DURABLE_NAME_MAX = 128
+
+
+def _word(dtype: np.dtype, field: str) -> int:
+    return dtype.fields[field][1] // 8
+
+
+# Word indexes (into a memoryview cast to 'Q') of the 8-byte fields.
+H_MAGIC = _word(HEADER_DTYPE, "magic")
+H_FLAGS = _word(HEADER_DTYPE, "flags")
+H_PRODUCER_PID = _word(HEADER_DTYPE, "producer_pid")
+H_PRODUCER_START = _word(HEADER_DTYPE, "producer_start")
+H_PRODUCER_EPOCH = _word(HEADER_DTYPE, "producer_epoch")
+H_PRODUCER_SINCE = _word(HEADER_DTYPE, "producer_since_ns")
+H_WRITE = _word(HEADER_DTYPE, "write")
+H_LAST = _word(HEADER_DTYPE, "last")
+H_COUNT = _word(HEADER_DTYPE, "count")
+H_TAIL = _word(HEADER_DTYPE, "tail")
+H_GATE = _word(HEADER_DTYPE, "gate")
+H_SCAN = _word(HEADER_DTYPE, "scan")
+H_PRODUCER_SLEEP = _word(HEADER_DTYPE, "producer_sleep")
+H_GENERATION = _word(HEADER_DTYPE, "generation")
+H_CHECKPOINTS = _word(HEADER_DTYPE, "checkpoints")
+
+# Word offsets inside a slot (add slot_word(i)).
+S_READ = _word(SLOT_DTYPE, "read")
+S_READ_COUNT = _word(SLOT_DTYPE, "read_count")
+S_LOST = _word(SLOT_DTYPE, "lost")
+S_SLEEP = _word(SLOT_DTYPE, "sleep")
+S_STATE = _word(SLOT_DTYPE, "state")
+S_PID = _word(SLOT_DTYPE, "pid")
+S_START = _word(SLOT_DTYPE, "start_time")
+S_ATTACHED = _word(SLOT_DTYPE, "attached_ns")
+S_NAME_LEN = _word(SLOT_DTYPE, "name_len")
+SLOT_NAME_OFFSET = SLOT_DTYPE.fields["name"][1]
+
+RECORD = struct.Struct("<IHHQQ")
+RECORD_HEADER = RECORD.size          # 24
+REC_PAD = 1                          # record flag: padding to the end of the data area
+ALIGN = 8
+
+
+def slot_word(i: int) -> int:
+    """Word index of slot ``i``'s first field."""
+    return (HEADER_SIZE + i * SLOT_SIZE) // 8
+
+
+def slot_offset(i: int) -> int:
+    return HEADER_SIZE + i * SLOT_SIZE
+
+
+def record_size(key_len: int, payload_len: int) -> int:
+    """Bytes a record with that key and payload occupies (header and alignment)."""
+    return (RECORD_HEADER + key_len + payload_len + ALIGN - 1) & ~(ALIGN - 1)
+
+
+def max_record(capacity: int) -> int:
+    """The largest record a ring accepts: half its capacity, so that a record plus the
+    padding before it always fits in an otherwise empty ring."""
+    return capacity // 2
+
+
+def data_offset(slot_count: int) -> int:
+    return -(-(HEADER_SIZE + slot_count * SLOT_SIZE) // PAGE) * PAGE
+
+
+def segment_size(capacity: int, slot_count: int) -> int:
+    return data_offset(slot_count) + capacity
+
+
+def round_capacity(capacity: object) -> int:
+    """``capacity`` rounded up to a power of two; ValueError if it is not usable."""
+    if isinstance(capacity, bool) or not isinstance(capacity, int):
+        raise ValueError(f"capacity must be an int number of bytes, got {capacity!r}")
+    if capacity < MIN_CAPACITY or capacity > MAX_CAPACITY:
+        raise ValueError(
+            f"capacity {capacity} bytes is out of range: expected {MIN_CAPACITY} to "
+            f"{MAX_CAPACITY} bytes (it is rounded up to a power of two)")
+    return 1 << (capacity - 1).bit_length()
+
+
+def init_header(buf: memoryview, *, capacity: int, flags: int, slot_count: int,
+                created_at_ns: int) -> None:
+    """Write a fresh header into the zero-filled ``buf``, magic last."""
+    hdr = np.frombuffer(buf, HEADER_DTYPE, 1)
+    hdr["version"] = LAYOUT_VERSION
+    hdr["header_size"] = HEADER_SIZE
+    hdr["capacity"] = capacity
+    hdr["flags"] = flags
+    hdr["slot_count"] = slot_count
+    hdr["slot_size"] = SLOT_SIZE
+    hdr["data_offset"] = data_offset(slot_count)
+    hdr["created_at_ns"] = created_at_ns
+    hdr["segment_size"] = segment_size(capacity, slot_count)
+    del hdr
+    buf.cast("Q")[H_MAGIC] = MAGIC
+
+
+def read_header(buf: memoryview | bytes) -> dict:
+    """The header fields as a dict of ints (no validation; checkpoints left out)."""
+    hdr = np.frombuffer(buf, HEADER_DTYPE, 1)[0]
+    return {name: int(hdr[name]) for name in HEADER_DTYPE.names if name != "checkpoints"}
+
+
+def block_shift(capacity: int) -> int:
+    """log2 of the size of one checkpoint block (capacity / CHECKPOINTS)."""
+    return capacity.bit_length() - 1 - (CHECKPOINTS.bit_length() - 1)
+
+
+def check_header(buf: memoryview | bytes, name: str, size: int) -> dict:
+    """Validate the header of a segment of ``size`` bytes; return its fields.
+
+    Raises :class:`CorruptRing` for a segment that is not a shmbus ring or is damaged,
+    :class:`LayoutMismatch` for one made by another layout version.
+    """
+    if size < HEADER_SIZE:
+        raise CorruptRing(
+            f"segment of ring {name!r} is {size} bytes, smaller than a shmbus header "
+            f"({HEADER_SIZE} bytes): it is not a shmbus ring or was truncated; remove it "
+            f"with `shmbus rm {name}`", name=name, found=size)
+    h = read_header(buf)
+    if h["magic"] != MAGIC:
+        raise CorruptRing(
+            f"segment of ring {name!r} is not a shmbus ring: expected magic "
+            f"{MAGIC:#018x}, found {h['magic']:#018x}; remove it with `shmbus rm {name}` "
+            "if nothing else uses that name", name=name, expected=MAGIC, found=h["magic"])
+    if h["version"] != LAYOUT_VERSION:
+        raise LayoutMismatch(
+            f"ring {name!r} has layout version {h['version']}, this shmbus reads version "
+            f"{LAYOUT_VERSION}: use the shmbus release that created it, or remove it with "
+            f"`shmbus rm {name}`", name=name, expected=LAYOUT_VERSION, found=h["version"])
+    cap, slots = h["capacity"], h["slot_count"]
+    problems = []
+    if cap < MIN_CAPACITY or cap > MAX_CAPACITY or cap & (cap - 1):
+        problems.append(f"capacity {cap} is not a power of two in range")
+    if h["header_size"] != HEADER_SIZE or h["slot_size"] != SLOT_SIZE:
+        problems.append(f"header/slot sizes {h['header_size']}/{h['slot_size']} are not "
+                        f"{HEADER_SIZE}/{SLOT_SIZE}")
+    if not 1 <= slots <= MAX_SLOTS:
+        problems.append(f"slot count {slots} is not in 1..{MAX_SLOTS}")
+    elif h["data_offset"] != data_offset(slots) or h["segment_size"] != segment_size(cap, slots):
+        problems.append("data offset or segment size disagree with capacity and slots")
+    elif size < h["segment_size"]:
+        problems.append(f"segment is {size} bytes, its header says {h['segment_size']}")
+    if not problems and not (h["tail"] <= h["write"] and h["write"] - h["tail"] <= cap):
+        problems.append(f"positions are inconsistent (tail {h['tail']}, write {h['write']})")
+    if problems:
+        raise CorruptRing(
+            f"ring {name!r} has a corrupt header: {'; '.join(problems)}; remove it with "
+            f"`shmbus rm {name}`", name=name, found="; ".join(problems))
+    return h
+
+
+def read_slots(buf: memoryview | bytes, slot_count: int) -> np.ndarray:
+    """A read-only structured array of the slot table (for inspection)."""
+    arr = np.frombuffer(buf, SLOT_DTYPE, slot_count, offset=HEADER_SIZE)
+    return arr
+
+
+def slot_name(buf: memoryview, i: int) -> str | None:
+    words = buf.cast("Q")
+    n = words[slot_word(i) + S_NAME_LEN]
+    if not n:
+        return None
+    off = slot_offset(i) + SLOT_NAME_OFFSET
+    return bytes(buf[off:off + min(n, DURABLE_NAME_MAX)]).decode(errors="replace")
+
+
+def write_slot_name(buf: memoryview, i: int, name: str | None) -> None:
+    raw = (name or "").encode()
+    off = slot_offset(i) + SLOT_NAME_OFFSET
+    buf[off:off + DURABLE_NAME_MAX] = raw.ljust(DURABLE_NAME_MAX, b"\0")
+    buf.cast("Q")[slot_word(i) + S_NAME_LEN] = len(raw)

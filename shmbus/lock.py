@@ -1,0 +1,375 @@
+"""``FileLock``: an inter-process lock that can never go stale.
+
+Why ``flock`` (and not POSIX ``lockf``/``fcntl`` record locks): a record lock belongs to
+the *process* and is dropped as soon as the process closes *any* descriptor of the file,
+which any library in the process may do by accident; an ``flock`` lock belongs to the
+open file description, is released by the kernel when the last descriptor of it is
+closed (so the moment the holder dies, even by kill -9), and a holder's own other
+descriptors cannot drop it.  Linux's OFD locks have the same semantics as ``flock`` for
+whole files; ``flock`` is simpler and visible in ``/proc/locks`` with the holder's pid.
+
+Threads and fork:
+
+* The lock is held by the process.  Inside a process, a per-path ``threading.RLock``
+  orders threads: a second thread blocks (or times out) like another process would, and
+  the same thread may acquire again (reentrant; every ``acquire`` needs a ``release``).
+  Two ``FileLock`` objects for the same name in one process share that state.
+* A forked child inherits the descriptor, and with it the lock.  shmbus closes every
+  such inherited descriptor in the child right after ``fork`` (``os.register_at_fork``):
+  closing does not release the parent's lock, so the child holds nothing, ``held`` is
+  False there, and ``release()`` in the child raises :class:`NotHeld` instead of
+  silently releasing the parent's lock.
+
+Files: ``/dev/shm/{namespace}@locks/{name}``.  The holder writes its pid, process start
+time and the time it took the lock into the file (shared holders append a line each),
+and the kernel's ``/proc/locks`` says which processes hold or wait for it, so any
+process of the same user can ask who holds a lock.  The last holder to release deletes
+the file; a process that locked a file which was deleted meanwhile notices (the path no
+longer names the inode it locked) and retries, so deletion never breaks exclusion.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import threading
+import time
+from dataclasses import asdict, dataclass
+
+from . import liveness, naming
+from .errors import NotHeld, ShmbusError, Timeout
+
+__all__ = ["FileLock", "LockHolder", "lock_holders", "list_locks"]
+
+_POLL_MIN = 0.0001
+_POLL_MAX = 0.01
+
+
+@dataclass(frozen=True)
+class LockHolder:
+    """One process holding (or waiting for) a lock."""
+
+    pid: int
+    mode: str            # "exclusive" or "shared"
+    since: float | None  # time.time() when it took the lock, if it recorded it
+    start_time: int | None
+    waiting: bool = False
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class _PathState:
+    """What this process knows about one lock file (shared by FileLock objects)."""
+
+    def __init__(self) -> None:
+        self.thread_lock = threading.RLock()
+        self.fd = -1
+        self.count = 0
+        self.shared = False
+
+
+_states: dict[str, _PathState] = {}
+_states_guard = threading.Lock()
+
+
+def _state_for(path: str) -> _PathState:
+    with _states_guard:
+        st = _states.get(path)
+        if st is None:
+            st = _states[path] = _PathState()
+        return st
+
+
+def _after_fork_in_child() -> None:
+    # The child must not hold its parent's locks: close the inherited descriptors
+    # (this does not release the parent's lock: the parent's descriptor stays open).
+    global _states_guard
+    _states_guard = threading.Lock()
+    for st in _states.values():
+        if st.fd >= 0:
+            try:
+                os.close(st.fd)
+            except OSError:
+                pass
+        st.fd = -1
+        st.count = 0
+        st.thread_lock = threading.RLock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class FileLock:
+    """An exclusive or shared lock between processes, released by the kernel when the
+    holder dies.
+
+    ``FileLock(name, shared=False, timeout=None, namespace=None)``; ``timeout`` is the
+    default for :meth:`acquire` (None: wait forever, 0: try once).  Use as a context
+    manager or with ``acquire()``/``release()``.  Reentrant per thread, unless
+    ``reentrant=False``: then acquiring it again in the thread that holds it fails at
+    once (shmbus uses that for ownership: one producer per ring even within a process).
+    """
+
+    def __init__(self, name: str, *, shared: bool = False, timeout: float | None = None,
+                 namespace: str | None = None, reentrant: bool = True,
+                 _internal: bool = False) -> None:
+        if not _internal:
+            naming.check_name(name, "lock name")
+        if timeout is not None and timeout < 0:
+            raise ValueError(f"timeout must be None or >= 0 seconds, got {timeout!r}")
+        self.name = name
+        self.shared = bool(shared)
+        self.reentrant = bool(reentrant)
+        self.timeout = timeout
+        self.namespace = naming.resolve_namespace(namespace)
+        self.directory = naming.lock_dir(self.namespace)
+        self.path = f"{self.directory}/{name}"
+        self._depth = 0
+        self._owner_pid = -1
+
+    def __repr__(self) -> str:
+        mode = "shared" if self.shared else "exclusive"
+        return f"<FileLock {self.name!r} {mode} {'held' if self.held else 'free'}>"
+
+    # -- public API -------------------------------------------------------------------
+
+    @property
+    def held(self) -> bool:
+        """True if this object holds the lock in this process."""
+        return self._depth > 0 and self._owner_pid == os.getpid()
+
+    def acquire(self, timeout: float | None | object = ...) -> "FileLock":
+        """Take the lock, waiting up to ``timeout`` seconds (None: forever; 0: try once;
+        default: the constructor's).  Returns self; raises :class:`Timeout` naming the
+        holder when the lock stays taken."""
+        if timeout is ...:
+            timeout = self.timeout
+        if timeout is not None and timeout < 0:  # type: ignore[operator]
+            raise ValueError(f"timeout must be None or >= 0 seconds, got {timeout!r}")
+        if self._depth and self._owner_pid != os.getpid():
+            self._depth = 0  # inherited across fork: the child does not hold it
+        deadline = None if timeout is None else time.monotonic() + timeout  # type: ignore
+        st = _state_for(self.path)
+        got = st.thread_lock.acquire(timeout=-1 if timeout is None else timeout)  # type: ignore
+        if not got:
+            raise self._timeout_error(timeout)
+        try:
+            if st.count:
+                if not self.reentrant:
+                    raise Timeout(
+                        f"lock {self.name!r} is already held by this thread (pid "
+                        f"{os.getpid()}) and is not reentrant", name=self.name,
+                        timeout=timeout, pid=os.getpid())
+                if st.shared and not self.shared:
+                    raise ShmbusError(
+                        f"lock {self.name!r} is held shared by this thread; it cannot be "
+                        "upgraded to exclusive: release it first", name=self.name)
+            else:
+                st.fd = self._lock_file(deadline, timeout)
+                st.shared = self.shared
+            st.count += 1
+        except BaseException:
+            st.thread_lock.release()
+            raise
+        self._depth += 1
+        self._owner_pid = os.getpid()
+        return self
+
+    def try_acquire(self) -> bool:
+        """Take the lock if it is free now; return whether it was taken."""
+        try:
+            self.acquire(0)
+        except Timeout:
+            return False
+        return True
+
+    def release(self) -> None:
+        """Release one level of this lock; the last release unlocks the file.  Raises
+        :class:`NotHeld` if this object does not hold the lock in this process."""
+        if not self.held:
+            raise NotHeld(
+                f"lock {self.name!r} is not held by this process (pid {os.getpid()}) "
+                "through this object: acquire it before releasing it (a forked child "
+                "never holds its parent's locks)", name=self.name, pid=os.getpid())
+        st = _state_for(self.path)
+        try:
+            st.count -= 1
+            if st.count == 0:
+                fd, st.fd = st.fd, -1
+                self._unlock_file(fd)
+        finally:
+            self._depth -= 1
+            st.thread_lock.release()
+
+    def holders(self) -> list[LockHolder]:
+        """The processes that hold (and, flagged ``waiting``, wait for) this lock now."""
+        return lock_holders(self.path)
+
+    def __enter__(self) -> "FileLock":
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def __del__(self) -> None:
+        try:
+            while self.held:
+                self.release()
+        except Exception:
+            pass
+
+    # -- the file ---------------------------------------------------------------------
+
+    def _lock_file(self, deadline: float | None, timeout: object) -> int:
+        op = fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX
+        delay = _POLL_MIN
+        while True:
+            fd = self._open()
+            try:
+                if deadline is None:
+                    fcntl.flock(fd, op)
+                else:
+                    try:
+                        fcntl.flock(fd, op | fcntl.LOCK_NB)
+                    except BlockingIOError:
+                        remaining = deadline - time.monotonic()
+                        if remaining <= 0:
+                            os.close(fd)
+                            raise self._timeout_error(timeout) from None
+                        os.close(fd)
+                        time.sleep(min(delay, remaining))
+                        delay = min(delay * 2, _POLL_MAX)
+                        continue
+                if self._still_linked(fd):
+                    self._record_holder(fd)
+                    return fd
+            except BaseException:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+                raise
+            os.close(fd)  # locked a file that was deleted meanwhile: try the new one
+
+    def _open(self) -> int:
+        while True:
+            try:
+                return os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            except FileNotFoundError:
+                os.makedirs(self.directory, exist_ok=True)
+            except PermissionError as e:
+                raise PermissionError(
+                    e.errno, f"cannot open lock file {self.path}: {e.strerror}; it belongs "
+                    "to another user: run as that user or use another namespace") from None
+
+    def _still_linked(self, fd: int) -> bool:
+        try:
+            return os.stat(self.path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            return False
+
+    def _record_holder(self, fd: int) -> None:
+        me = liveness.current()
+        line = f"{me.pid} {me.start_time} {time.time():.6f} {'shared' if self.shared else 'exclusive'}\n"
+        if self.shared:
+            os.lseek(fd, 0, os.SEEK_END)
+        else:
+            os.ftruncate(fd, 0)
+            os.lseek(fd, 0, os.SEEK_SET)
+        os.write(fd, line.encode())
+
+    def _unlock_file(self, fd: int) -> None:
+        # Delete the file if nobody else holds it: we own it if we can lock it
+        # exclusively without waiting (a waiter that locks the deleted inode retries).
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pass
+        else:
+            if self._still_linked(fd):
+                try:
+                    os.unlink(self.path)
+                except FileNotFoundError:
+                    pass
+                try:
+                    os.rmdir(self.directory)
+                except OSError:
+                    pass  # not empty, or gone: either is fine
+        finally:
+            os.close(fd)
+
+    def _timeout_error(self, timeout: object) -> Timeout:
+        held = ", ".join(f"pid {h.pid} ({h.mode})" for h in self.holders() if not h.waiting)
+        return Timeout(
+            f"lock {self.name!r} not acquired within {timeout} s: held by "
+            f"{held or 'another process'}; wait longer or stop the holder",
+            name=self.name, timeout=timeout)
+
+
+def _proc_locks() -> list[tuple[int, str, int, bool]]:
+    """(inode, mode, pid, waiting) of every FLOCK lock in /proc/locks."""
+    out = []
+    try:
+        with open("/proc/locks") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return out
+    for line in lines:
+        parts = line.split()
+        waiting = len(parts) > 1 and parts[1] == "->"
+        if waiting:
+            parts = parts[:1] + parts[2:]
+        if len(parts) < 6 or parts[1] != "FLOCK":
+            continue
+        try:
+            inode = int(parts[5].rsplit(":", 1)[1])
+            out.append((inode, "exclusive" if parts[3] == "WRITE" else "shared",
+                        int(parts[4]), waiting))
+        except (ValueError, IndexError):
+            continue
+    return out
+
+
+def lock_holders(path: str) -> list[LockHolder]:
+    """Who holds or waits for the lock file at ``path`` (empty if nobody or no file)."""
+    try:
+        with open(path, "rb") as f:
+            inode = os.fstat(f.fileno()).st_ino
+            recorded = f.read(1 << 16).decode(errors="replace").splitlines()
+    except (FileNotFoundError, PermissionError):
+        return []
+    info: dict[int, tuple[int, float]] = {}
+    for line in recorded:
+        parts = line.split()
+        if len(parts) >= 3:
+            try:
+                info[int(parts[0])] = (int(parts[1]), float(parts[2]))
+            except ValueError:
+                continue
+    holders = []
+    for ino, mode, pid, waiting in _proc_locks():
+        if ino != inode:
+            continue
+        start, since = info.get(pid, (None, None))
+        holders.append(LockHolder(pid=pid, mode=mode, since=None if waiting else since,
+                                  start_time=start, waiting=waiting))
+    return holders
+
+
+def list_locks(namespace: str | None = None) -> list[dict]:
+    """Every lock file of the namespace with its holders, as plain data:
+    ``{"name", "path", "holders": [{"pid", "mode", "since", "start_time", "waiting"}]}``."""
+    ns = naming.resolve_namespace(namespace)
+    directory = naming.lock_dir(ns)
+    try:
+        names = sorted(os.listdir(directory))
+    except FileNotFoundError:
+        return []
+    out = []
+    for name in names:
+        path = f"{directory}/{name}"
+        out.append({"name": name, "path": path,
+                    "holders": [h.to_dict() for h in lock_holders(path)]})
+    return out

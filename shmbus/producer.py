@@ -1,0 +1,506 @@
+"""``Producer``: the single writer of a ring.
+
+One live producer per ring, enforced by the ring's ``@producer`` FileLock (released by
+the kernel when the producer dies).  A new producer continues the sequence where the
+last one stopped, even after kill -9: positions and the last record are recovered from
+the header (see :func:`shmbus.ring.next_seq_after`).
+
+Writing a record: make room (advance the tail over old records, which in ``block`` mode
+needs every live consumer to have read them), write header, key and payload, then store
+the write position: that one aligned 8-byte store publishes the record.  The producer
+caches the lowest read position it must honour (the *gate*) and rescans the slot table
+only when the cache says the ring is full (the Disruptor's gating-sequence cache).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Iterable
+
+from . import layout, liveness, naming, ring
+from .errors import LayoutMismatch, MessageTooLarge, RingBusy, ShmbusError, Timeout
+from .layout import (H_COUNT, H_GATE, H_GENERATION, H_LAST, H_PRODUCER_EPOCH,
+                     H_PRODUCER_PID, H_PRODUCER_SINCE, H_PRODUCER_SLEEP,
+                     H_PRODUCER_START, H_SCAN, H_TAIL, H_WRITE, RECORD,
+                     RECORD_HEADER, S_READ, S_SLEEP, S_STATE, SLOT_FREE, slot_word)
+from .lock import FileLock
+from .segment import Segment
+from .segment import unlink as _unlink_segment
+from .slots import SlotTable
+from .wait import Sleeper, Waker, fence, strategy
+
+__all__ = ["Producer"]
+
+_ON_FULL = ("block", "overwrite")
+_RECLAIM_EVERY = 0.05  # seconds between liveness checks while blocked
+
+
+def _as_bytes_view(data: object) -> memoryview:
+    mv = memoryview(data)  # type: ignore[arg-type]
+    if mv.format != "B" or mv.ndim != 1:
+        if not mv.c_contiguous:
+            raise ValueError(
+                "message data must be C-contiguous (got a non-contiguous buffer): pass "
+                "numpy.ascontiguousarray(data) or bytes(data)")
+        mv = mv.cast("B")
+    return mv
+
+
+def _key_bytes(key: object) -> bytes:
+    if key is None:
+        return b""
+    if isinstance(key, str):
+        key = key.encode()
+    elif not isinstance(key, bytes):
+        key = bytes(key)  # type: ignore[call-overload]
+    if len(key) > 0xFFFF:
+        raise MessageTooLarge(f"key of {len(key)} bytes is too long: at most 65535",
+                              size=len(key))
+    return key
+
+
+class Producer:
+    """The single producer of ring ``name``; opens it, or creates it when
+    ``capacity`` (bytes, rounded up to a power of two) is given.
+
+    ``on_full="block"``: ``send`` waits (up to its ``timeout``) until every live
+    consumer and durable cursor has read what would be overwritten.
+    ``on_full="overwrite"``: never waits; lapped consumers lose the oldest messages.
+    The mode is part of the ring (consumers hand out zero-copy data only in ``block``
+    mode), so opening a ring with the other mode raises :class:`LayoutMismatch`.
+
+    Raises :class:`RingBusy` when another live process is the ring's producer,
+    :class:`RingNotFound` when ``create=False`` (or no capacity) and it does not exist.
+    """
+
+    def __init__(self, name: str, *, capacity: int | None = None, create: bool = True,
+                 on_full: str = "block", namespace: str | None = None,
+                 wait: str = "adaptive", max_consumers: int = layout.DEFAULT_SLOTS) -> None:
+        self._closed = True
+        naming.check_name(name)
+        self.namespace = ns = naming.resolve_namespace(namespace)
+        self.name = name
+        if on_full not in _ON_FULL:
+            raise ValueError(f"on_full must be one of {_ON_FULL}, got {on_full!r}")
+        if not isinstance(max_consumers, int) or not 1 <= max_consumers <= layout.MAX_SLOTS:
+            raise ValueError(f"max_consumers must be 1..{layout.MAX_SLOTS}, "
+                             f"got {max_consumers!r}")
+        self.on_full = on_full
+        how = strategy(wait)
+        cap = layout.round_capacity(capacity) if capacity is not None else None
+        flags = layout.FLAG_OVERWRITE if on_full == "overwrite" else 0
+        self._lock = FileLock(naming.ring_lock_name(name, "producer"), namespace=ns,
+                              reentrant=False, _internal=True)
+        if not self._lock.try_acquire():
+            holders = [h for h in self._lock.holders() if not h.waiting]
+            pid = holders[0].pid if holders else None
+            raise RingBusy(
+                f"ring {name!r} already has a live producer (pid {pid}); a ring has one "
+                "producer at a time: stop that process, or publish to another ring",
+                name=name, pid=pid)
+        try:
+            self._seg = seg = Segment.open(ns, name, capacity=cap, flags=flags,
+                                           slot_count=max_consumers,
+                                           create=create and cap is not None)
+            try:
+                self._check_compatible(cap, flags)
+                self._take_over(how)
+            except BaseException:
+                seg.close()
+                raise
+        except BaseException:
+            self._lock.release()
+            raise
+        self._closed = False
+        self._pid = os.getpid()
+
+    def _check_compatible(self, cap: int | None, flags: int) -> None:
+        h = self._seg.header
+        if cap is not None and h["capacity"] != cap:
+            raise LayoutMismatch(
+                f"ring {self.name!r} exists with capacity {h['capacity']} bytes, not "
+                f"{cap}: open it without capacity= (or with {h['capacity']}), or remove "
+                f"it first (`shmbus rm {self.name}`)", name=self.name,
+                expected=cap, found=h["capacity"])
+        if (h["flags"] & layout.FLAG_OVERWRITE) != flags:
+            have = "overwrite" if h["flags"] & layout.FLAG_OVERWRITE else "block"
+            raise LayoutMismatch(
+                f"ring {self.name!r} was created with on_full={have!r}, not "
+                f"{self.on_full!r}: open it with on_full={have!r}, or remove it first",
+                name=self.name, expected=self.on_full, found=have)
+
+    def _take_over(self, how) -> None:
+        seg = self._seg
+        w = self._words = seg.words
+        self._data = seg.data
+        self.capacity = cap = seg.capacity
+        self._mask = cap - 1
+        self._shift = layout.block_shift(cap)
+        self._max_record = layout.max_record(cap)
+        self._chunk = max(cap >> 4, 8)
+        self._overwrite = seg.overwrite
+        self._slots = SlotTable(seg)
+        write, tail = w[H_WRITE], w[H_TAIL]
+        self._write, self._tail = write, tail
+        self._seq = ring.next_seq_after(seg.data, cap, write, w[H_LAST], tail, w[H_COUNT])
+        w[H_COUNT] = self._seq
+        self._cp_next = ring.first_unwritten_checkpoint(w, self._shift, write)
+        if w[H_SCAN] & 1:  # the previous producer died while scanning
+            w[H_SCAN] += 1
+        me = liveness.current()
+        w[H_PRODUCER_PID] = me.pid
+        w[H_PRODUCER_START] = me.start_time
+        w[H_PRODUCER_SINCE] = time.time_ns()
+        w[H_PRODUCER_EPOCH] += 1
+        self.epoch = w[H_PRODUCER_EPOCH]
+        self._sleeper = Sleeper(w, H_PRODUCER_SLEEP,
+                                naming.producer_semaphore_name(seg.namespace, seg.ring), how)
+        self._gen = -1
+        self._wake: tuple = ()
+        self._read_words: tuple = ()
+        self._wakers: dict[int, Waker] = {}
+        self._claim_open = False
+        self._last_reclaim = 0.0
+        self._rescan()
+        self._room = tail + cap
+        self.send = self._bind_send()
+
+    # -- sending ----------------------------------------------------------------------
+
+    def send(self, data, key=None, *, timeout: float | None = None) -> int:
+        """Publish one message (bytes or any contiguous buffer, e.g. a numpy array) with
+        an optional key (str or bytes); return its seq.  In ``block`` mode waits up to
+        ``timeout`` seconds (None: forever) for room, then raises :class:`Timeout`.
+        Raises :class:`MessageTooLarge` for a message that can never fit."""
+        # Each instance shadows this method with the closure built by _bind_send.
+        return self.__dict__["send"](data, key, timeout=timeout)
+
+    def _bind_send(self):
+        """Build this producer's ``send``: the hot path keeps what does not change in
+        closure cells (each saves an attribute lookup per message) and leaves waiting,
+        wrapping and wake-ups to methods."""
+        me = self
+        data_area, words = self._data, self._words
+        mask, cap, max_record = self._mask, self.capacity, self._max_record
+        pack, now = RECORD.pack_into, time.monotonic_ns
+
+        def send(data, key=None, *, timeout: float | None = None) -> int:
+            if me._claim_open or me._closed:
+                me._check_usable()
+            if type(data) is not bytes:
+                data = _as_bytes_view(data)
+            if key is None:
+                kb, klen = b"", 0
+            else:
+                kb = _key_bytes(key)
+                klen = len(kb)
+            n = len(data)
+            size = (RECORD_HEADER + klen + n + 7) & -8
+            pos = me._write
+            idx = pos & mask
+            if idx + size > cap or pos + size > me._room or size > max_record:
+                pos = me._reserve(size, klen, n, timeout, None)
+                idx = pos & mask
+            if pos >= me._cp_next:
+                me._cp_next = ring.checkpoint(words, me._shift, me._cp_next, pos)
+            seq = me._seq
+            pack(data_area, idx, n, klen, 0, seq, now())
+            start = idx + RECORD_HEADER
+            if klen:
+                data_area[start:start + klen] = kb
+                start += klen
+            data_area[start:start + n] = data
+            me._seq = seq + 1
+            end = me._write = pos + size
+            words[H_WRITE] = end
+            words[H_LAST] = pos
+            if words[H_GENERATION] != me._gen:
+                me._refresh_wakers()
+            for word, waker in me._wake:
+                if words[word] & 1:
+                    waker.wake(words[word])
+            return seq
+
+        return send
+
+    def send_many(self, messages: Iterable, *, keys: Iterable | None = None,
+                  timeout: float | None = None) -> range:
+        """Publish several messages with one store of the write position (and one
+        wake-up); return the range of their seqs.  ``keys``, if given, pairs one key
+        with each message.  If the ring fills up midway, what was written so far is
+        published before waiting for room."""
+        self._check_usable()
+        first = self._seq
+        deadline = None if timeout is None else time.monotonic() + timeout
+        key_iter = iter(keys) if keys is not None else None
+        last = -1
+        data_area, mask, cap, max_record = self._data, self._mask, self.capacity, \
+            self._max_record
+        pack, now = RECORD.pack_into, time.monotonic_ns
+        seq, pos = self._seq, self._write
+        for data in messages:
+            if type(data) is not bytes:
+                data = _as_bytes_view(data)
+            kb = _key_bytes(next(key_iter)) if key_iter is not None else b""
+            klen, n = len(kb), len(data)
+            size = (RECORD_HEADER + klen + n + 7) & -8
+            idx = pos & mask
+            if idx + size > cap or pos + size > self._room or size > max_record:
+                self._seq, self._write = seq, pos
+                if last >= 0:
+                    self._publish(pos, last)
+                    last = -1
+                pos = self._reserve(size, klen, n, None, deadline)
+                idx = pos & mask
+            if pos >= self._cp_next:
+                self._cp_next = ring.checkpoint(self._words, self._shift, self._cp_next, pos)
+            pack(data_area, idx, n, klen, 0, seq, now())
+            start = idx + RECORD_HEADER
+            if klen:
+                data_area[start:start + klen] = kb
+                start += klen
+            data_area[start:start + n] = data
+            seq += 1
+            last = pos
+            pos += size
+        self._seq, self._write = seq, pos
+        if last >= 0:
+            self._publish(pos, last)
+        return range(first, seq)
+
+    def claim(self, size: int, key=None, *, timeout: float | None = None) -> "Claim":
+        """Reserve room for a ``size``-byte message and return a context manager whose
+        value is a writable memoryview of exactly ``size`` bytes inside the ring: fill
+        it in place (zero copies); it is published when the ``with`` block exits without
+        an exception, and abandoned (never seen by consumers) otherwise."""
+        self._check_usable()
+        if not isinstance(size, int) or size < 0:
+            raise ValueError(f"claim size must be an int >= 0, got {size!r}")
+        kb = _key_bytes(key)
+        total = (RECORD_HEADER + len(kb) + size + 7) & -8
+        pos = self._write
+        if (pos & self._mask) + total > self.capacity or pos + total > self._room or \
+                total > self._max_record:
+            pos = self._reserve(total, len(kb), size, timeout, None)
+        return Claim(self, pos, total, kb, size)
+
+    def _publish_claim(self, claim: "Claim") -> int:
+        idx = claim.pos & self._mask
+        seq = self._seq
+        klen = len(claim.key)
+        if claim.pos >= self._cp_next:
+            self._cp_next = ring.checkpoint(self._words, self._shift, self._cp_next,
+                                            claim.pos)
+        RECORD.pack_into(self._data, idx, claim.size, klen, 0, seq, time.monotonic_ns())
+        if klen:
+            self._data[idx + RECORD_HEADER:idx + RECORD_HEADER + klen] = claim.key
+        self._seq = seq + 1
+        self._write = claim.pos + claim.total
+        self._publish(self._write, claim.pos)
+        return seq
+
+    def _publish(self, end: int, last: int) -> None:
+        w = self._words
+        w[H_WRITE] = end
+        w[H_LAST] = last
+        self._after_publish()
+
+    def _after_publish(self) -> None:
+        """Wake the consumers that sleep (re-reading the slot table if it changed)."""
+        w = self._words
+        if w[H_GENERATION] != self._gen:
+            self._refresh_wakers()
+        for word, waker in self._wake:
+            epoch = w[word]
+            if epoch & 1:
+                waker.wake(epoch)
+
+    # -- room -------------------------------------------------------------------------
+
+    def _reserve(self, size: int, klen: int, n: int, timeout: float | None,
+                 deadline: float | None) -> int:
+        """Make room for a record of ``size`` bytes at the write position, padding to
+        the end of the data area first if it would wrap; return where it goes."""
+        if size > self._max_record:
+            raise MessageTooLarge(
+                f"message of {n} bytes (key {klen} bytes) does not fit ring "
+                f"{self.name!r} of capacity {self.capacity}: the largest payload is "
+                f"{self._max_record - RECORD_HEADER - klen} bytes with this key; "
+                "create the ring with a larger capacity or split the message",
+                name=self.name, size=n, limit=self._max_record - RECORD_HEADER - klen)
+        if deadline is None and timeout is not None:
+            deadline = time.monotonic() + timeout
+        pos = self._write
+        pad = ring.padding_at(pos, self.capacity, size)
+        end = pos + pad + size
+        if end > self._room:
+            self._make_room(end, deadline, timeout)
+        if pad:
+            ring.write_padding(self._data, pos, self.capacity)
+            pos += pad
+            self._write = pos
+        return pos
+
+    def _make_room(self, end: int, deadline: float | None, timeout) -> None:
+        """Move the tail so that ``end`` fits: by a chunk at a time (so this runs once
+        per ``capacity/16`` bytes), and in ``block`` mode never past the gate."""
+        need = end - self.capacity
+        target = min(need + self._chunk, self._write)
+        if not self._overwrite:
+            if self._gate < need:
+                self._rescan()
+                if self._gate < need:
+                    self._wait_for_room(need, deadline, timeout)
+            target = max(need, min(target, self._gate))
+        w = self._words
+        w[H_COUNT] = self._seq  # lets a successor recover the seq once LAST is behind
+        w[H_TAIL] = target
+        self._tail = target
+        self._room = target + self.capacity
+
+    def _rescan(self) -> None:
+        """Recompute the gate (lowest read position of any slot in use) under the scan
+        epoch protocol that lets new consumers know which data is protected."""
+        w = self._words
+        w[H_SCAN] += 1
+        fence()
+        if w[H_GENERATION] != self._gen:
+            self._refresh_wakers()
+        gate = self._write
+        for r_word in self._read_words:
+            r = w[r_word]
+            if r < gate:
+                gate = r
+        w[H_GATE] = gate
+        w[H_SCAN] += 1
+        self._gate = gate
+
+    def _wait_for_room(self, need: int, deadline: float | None, timeout) -> None:
+        def ready() -> bool:
+            self._rescan()
+            return self._gate >= need
+
+        while True:
+            now = time.monotonic()
+            if now - self._last_reclaim >= _RECLAIM_EVERY:
+                self._last_reclaim = now
+                with self._slots.lock():
+                    self._slots.reclaim_dead(below=need)
+                if ready():
+                    return
+            step = now + _RECLAIM_EVERY
+            if self._sleeper.wait(ready, step if deadline is None else min(deadline, step)):
+                return
+            if deadline is not None and time.monotonic() >= deadline:
+                raise Timeout(
+                    f"ring {self.name!r} is full: no room within {timeout} s because "
+                    f"{self._laggards(need)} not read far enough; consume faster, use a "
+                    "larger capacity or on_full='overwrite'", name=self.name,
+                    timeout=timeout)
+
+    def _laggards(self, need: int) -> str:
+        parts = []
+        for i in self._slots.in_use():
+            info = self._slots.info(i)
+            if info.read < need:
+                who = f"durable {info.durable!r}" if info.durable else "consumer"
+                state = "detached" if not info.pid else f"pid {info.pid}"
+                parts.append(f"{who} in slot {i} ({state}, {need - info.read} bytes behind)")
+        return ", ".join(parts) or "consumers have"
+
+    def _refresh_wakers(self) -> None:
+        w = self._words
+        self._gen = w[H_GENERATION]
+        wake = []
+        in_use = self._slots.in_use()
+        self._read_words = tuple(slot_word(i) + S_READ for i in in_use)
+        for i in in_use:
+            waker = self._wakers.get(i)
+            if waker is None:
+                waker = self._wakers[i] = Waker(naming.consumer_semaphore_name(
+                    self.namespace, self.name, i))
+            wake.append((slot_word(i) + S_SLEEP, waker))
+        self._wake = tuple(wake)
+
+    # -- lifetime ---------------------------------------------------------------------
+
+    @property
+    def seq(self) -> int:
+        """The seq the next message will carry."""
+        return self._seq
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def _check_usable(self) -> None:
+        if self._closed:
+            raise ShmbusError(f"producer of ring {self.name!r} is closed", name=self.name)
+        if self._claim_open:
+            raise ShmbusError(
+                f"a claim on ring {self.name!r} is open: finish its `with` block before "
+                "sending again", name=self.name)
+
+    def close(self) -> None:
+        """Give up the ring (idempotent): it stays, with its messages, for consumers and
+        the next producer."""
+        if self._closed:
+            return
+        self._closed = True
+        if getattr(self, "_pid", os.getpid()) != os.getpid():
+            return  # a forked child never owned the parent's producer
+        self._words[H_COUNT] = self._seq
+        self._words[H_PRODUCER_PID] = 0
+        self._sleeper.close()
+        for waker in self._wakers.values():
+            waker.close()
+        del self._words, self._data
+        self._seg.close()
+        self._lock.release()
+
+    def unlink(self) -> None:
+        """Close, then remove the ring, its semaphores and lock files."""
+        self.close()
+        _unlink_segment(self.namespace, self.name)
+
+    def __enter__(self) -> "Producer":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            if not self._closed and self._pid == os.getpid():
+                self.close()
+        except Exception:
+            pass
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"seq={self._seq}"
+        return f"<Producer {self.name!r} ns={self.namespace!r} {self.on_full} {state}>"
+
+
+class Claim:
+    """A reserved, not yet published record; see :meth:`Producer.claim`."""
+
+    def __init__(self, producer: Producer, pos: int, total: int, key: bytes, size: int):
+        self.producer, self.pos, self.total, self.key, self.size = producer, pos, total, key, size
+        idx = pos & producer._mask
+        start = idx + RECORD_HEADER + len(key)
+        self.view = producer._data[start:start + size]
+        self.seq: int | None = None
+        producer._claim_open = True
+
+    def __enter__(self) -> memoryview:
+        return self.view
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.producer._claim_open = False
+        try:
+            self.view.release()
+        except BufferError:
+            pass  # the caller still holds an export (e.g. numpy); harmless
+        if exc_type is None:
+            self.seq = self.producer._publish_claim(self)

@@ -1,0 +1,172 @@
+"""Waiting for a cursor to move: the wait strategies and the wake-up protocol.
+
+This module and :mod:`shmbus.layout` are where memory ordering is reasoned about.
+
+Strategies (after the Disruptor's WaitStrategy family), as the ``wait=`` argument:
+
+``"spin"``      re-read the cursor in a loop: lowest latency, burns a core while waiting
+                (with two cores that core is the other process's: use with care);
+``"yield"``     re-read, calling ``sched_yield`` between reads;
+``"sleep"``     sleep on the waiter's POSIX semaphore at once;
+``"adaptive"``  (default) spin briefly, then yield briefly, then sleep.
+
+The wake-up protocol costs the side that makes progress no system call while nobody
+sleeps.  A waiter about to sleep makes its *sleep epoch* odd, issues a full fence,
+re-checks its condition, and only then sleeps on its semaphore; the other side, after
+publishing progress, reads the waiter's epoch (one load) and posts the semaphore only if
+it is odd and not already posted for that epoch.  The fence orders the waiter's epoch
+store before its re-check.  The publishing side does not fence (that would cost every
+message a locked instruction), so on x86-64 its cursor store may still sit in its store
+buffer when it reads the epoch: a wake-up can be missed.  That is why every sleep is
+bounded by ``max_sleep``: a missed wake-up delays a waiter by at most that much, and
+can never hang it.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import posix_ipc
+
+from .errors import Timeout
+
+__all__ = ["WaitStrategy", "strategy", "fence", "Sleeper", "STRATEGIES"]
+
+_fence_lock = threading.Lock()
+
+
+def fence() -> None:
+    """A full memory barrier: taking an uncontended lock is a LOCK-prefixed
+    read-modify-write on x86-64, which orders earlier stores before later loads."""
+    _fence_lock.acquire()
+    _fence_lock.release()
+
+
+@dataclass(frozen=True)
+class WaitStrategy:
+    """How to wait: ``spin`` reads, then ``yield_for`` seconds of ``sched_yield``, then
+    (if ``sleep``) semaphore sleeps of at most ``max_sleep`` seconds each."""
+
+    name: str
+    spin: int
+    yield_for: float
+    sleep: bool
+    max_sleep: float = 0.01
+
+
+STRATEGIES = {
+    "spin": WaitStrategy("spin", spin=1 << 62, yield_for=0.0, sleep=False),
+    "yield": WaitStrategy("yield", spin=100, yield_for=float("inf"), sleep=False),
+    "sleep": WaitStrategy("sleep", spin=0, yield_for=0.0, sleep=True),
+    "adaptive": WaitStrategy("adaptive", spin=2000, yield_for=0.0002, sleep=True),
+}
+
+
+def strategy(wait: "str | WaitStrategy") -> WaitStrategy:
+    """The strategy named ``wait`` (or ``wait`` itself); ValueError if unknown."""
+    if isinstance(wait, WaitStrategy):
+        return wait
+    try:
+        return STRATEGIES[wait]
+    except (KeyError, TypeError):
+        raise ValueError(
+            f"unknown wait strategy {wait!r}: expected one of {', '.join(STRATEGIES)} "
+            "or a shmbus.WaitStrategy") from None
+
+
+class Sleeper:
+    """One waiter's side of the protocol: its sleep-epoch word and its semaphore.
+
+    ``words[epoch_index]`` is written only by this waiter.
+    """
+
+    def __init__(self, words: memoryview, epoch_index: int, sem_name: str,
+                 how: WaitStrategy) -> None:
+        self.words = words
+        self.epoch_index = epoch_index
+        self.how = how
+        self.sem_name = sem_name
+        self.sem = posix_ipc.Semaphore(sem_name, posix_ipc.O_CREAT, 0o600, 0)
+        if words[epoch_index] & 1:  # a previous owner died asleep: make it even
+            words[epoch_index] += 1
+
+    def close(self) -> None:
+        if self.sem is not None:
+            self.sem.close()
+            self.sem = None
+
+    def wait(self, ready: Callable[[], bool], deadline: float | None) -> bool:
+        """Wait until ``ready()`` is true or ``deadline`` (time.monotonic) passes;
+        return whether it became ready."""
+        how = self.how
+        for _ in range(how.spin):
+            if ready():
+                return True
+            if deadline is not None and time.monotonic() >= deadline:
+                return ready()
+        if how.yield_for:
+            until = time.monotonic() + how.yield_for
+            while True:
+                if ready():
+                    return True
+                now = time.monotonic()
+                if deadline is not None and now >= deadline:
+                    return False
+                if now >= until:
+                    break
+                os.sched_yield()
+        words, i = self.words, self.epoch_index
+        while True:
+            if deadline is None:
+                timeout = how.max_sleep
+            else:
+                timeout = min(how.max_sleep, deadline - time.monotonic())
+                if timeout <= 0:
+                    return ready()
+            words[i] += 1  # odd: asleep
+            fence()
+            try:
+                if ready():
+                    return True
+                try:
+                    self.sem.acquire(timeout)
+                except posix_ipc.BusyError:
+                    pass
+            finally:
+                words[i] += 1  # even: awake
+            if ready():
+                return True
+
+
+class Waker:
+    """The publishing side: posts a sleeper's semaphore when its epoch is odd."""
+
+    def __init__(self, sem_name: str) -> None:
+        self.sem_name = sem_name
+        self.sem: posix_ipc.Semaphore | None = None
+        self.posted = -1
+
+    def wake(self, epoch: int) -> None:
+        """Post once for this sleep ``epoch`` (an odd number)."""
+        if epoch == self.posted:
+            return
+        self.posted = epoch
+        if self.sem is None:
+            try:
+                self.sem = posix_ipc.Semaphore(self.sem_name)
+            except posix_ipc.ExistentialError:
+                return  # the waiter is gone; nobody to wake
+        self.sem.release()
+
+    def close(self) -> None:
+        if self.sem is not None:
+            self.sem.close()
+            self.sem = None
+
+
+def raise_timeout(what: str, timeout: float | None, **fields: object) -> None:
+    raise Timeout(f"{what} within {timeout} s", timeout=timeout, **fields)

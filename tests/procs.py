@@ -1,0 +1,100 @@
+"""Child-process entry points for multiprocess tests (importable by spawn)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+
+import shmbus
+
+
+def make_payload(producer_id: int, seq: int, size: int = 48) -> bytes:
+    """Checkable content: producer id, seq, filler, and a checksum of all that."""
+    body = producer_id.to_bytes(4, "little") + seq.to_bytes(8, "little")
+    body += bytes((seq + i) & 0xFF for i in range(max(0, size - len(body) - 8)))
+    return body + hashlib.blake2b(body, digest_size=8).digest()
+
+
+def check_payload(data: bytes) -> tuple[int, int]:
+    """(producer id, seq) of a payload made by make_payload; ValueError if torn."""
+    body, digest = data[:-8], data[-8:]
+    if hashlib.blake2b(body, digest_size=8).digest() != digest:
+        raise ValueError(f"corrupt payload {data[:16].hex()}...")
+    return int.from_bytes(body[:4], "little"), int.from_bytes(body[4:12], "little")
+
+
+def produce(ns: str, ring: str, capacity: int, count: int, started, producer_id: int = 1,
+            on_full: str = "block") -> None:
+    """Send ``count`` messages (forever if count < 0); set ``started`` after the first."""
+    with shmbus.Producer(ring, capacity=capacity, namespace=ns, on_full=on_full) as pub:
+        i = 0
+        while count < 0 or i < count:
+            seq = pub.seq
+            pub.send(make_payload(producer_id, seq), key=f"k{seq % 7}", timeout=30)
+            if i == 0:
+                started.set()
+            i += 1
+
+
+def consume(ns: str, ring: str, count: int, results, ready, durable: str | None = None,
+            start: str = "latest") -> None:
+    """Receive ``count`` messages, check each, and put their seqs on ``results``."""
+    with shmbus.Consumer(ring, namespace=ns, durable=durable, start=start) as sub:
+        ready.set()
+        seqs = []
+        while len(seqs) < count:
+            for m in sub.recv_many(256, timeout=30):
+                pid_, seq = check_payload(bytes(m))
+                assert seq == m.seq, (seq, m.seq)
+                seqs.append(m.seq)
+        results.put(seqs)
+
+
+def consume_and_hang(ns: str, ring: str, durable: str | None, stop_at: int, results,
+                     holding) -> None:
+    """Receive until the message with seq ``stop_at`` (kept, not released), report the
+    seqs seen, then wait to be killed."""
+    with shmbus.Consumer(ring, namespace=ns, durable=durable, start="earliest") as sub:
+        holding_ready = False
+        seqs = []
+        while True:
+            if not holding_ready:
+                m = sub.recv(timeout=30)
+                seqs.append(m.seq)
+                if m.seq == stop_at:
+                    results.put(seqs)
+                    holding.set()
+                    holding_ready = True
+            else:
+                time.sleep(3600)  # not synchronisation: waiting to be SIGKILLed
+
+
+def attach_and_hang(ns: str, ring: str, attached) -> None:
+    """Attach an anonymous consumer, say so, then wait to be killed."""
+    sub = shmbus.Consumer(ring, namespace=ns)
+    attached.set()
+    time.sleep(3600)  # waiting to be SIGKILLed
+    sub.close()
+
+
+def idle_consumer(ns: str, ring: str, ready, results) -> None:
+    """Wait on an empty ring; report the CPU seconds the waiting thread spent (not the
+    process: numpy's thread pool burns some CPU after import) and what arrived."""
+    with shmbus.Consumer(ring, namespace=ns) as sub:
+        ready.set()
+        cpu0, t0 = time.thread_time(), time.monotonic()
+        msg = sub.recv(timeout=30)
+        results.put((time.thread_time() - cpu0, time.monotonic() - t0, bytes(msg)))
+
+
+def open_as_nobody(ns: str, ring: str, results) -> None:
+    """Drop to uid 65534, try to consume, report the error type and message."""
+    os.setgid(65534)
+    os.setuid(65534)
+    try:
+        shmbus.Consumer(ring, namespace=ns)
+    except Exception as e:  # report whatever it was
+        results.put((type(e).__name__, str(e)))
+    else:
+        results.put(("no error", ""))

@@ -1,0 +1,166 @@
+"""Producers and consumers in separate (spawned) processes, including kill -9."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+import shmbus
+
+from . import procs as P
+from .support import SPAWN, kill9, start
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def test_unrelated_processes_exchange_messages(ns):
+    """Two independent interpreters (not parent and child of each other)."""
+    consumer = textwrap.dedent(f"""
+        import shmbus, numpy as np, sys
+        with shmbus.Consumer("pipe", namespace={ns!r}) as sub:
+            print("ready", flush=True)
+            a = sub.recv(timeout=30)
+            b = sub.recv_many(10, timeout=30)
+            arr = np.frombuffer(b[0].data, np.int64)
+            print(bytes(a), a.key, [m.seq for m in b], int(arr.sum()), flush=True)
+    """)
+    producer = textwrap.dedent(f"""
+        import shmbus, numpy as np
+        with shmbus.Producer("pipe", namespace={ns!r}) as pub:
+            pub.send(b"hello", key="k")
+            pub.send_many([np.arange(100, dtype=np.int64), memoryview(b"xyz")])
+    """)
+    shmbus.Producer("pipe", capacity=1 << 16).close()
+    try:
+        cons = subprocess.Popen([sys.executable, "-c", consumer], stdout=subprocess.PIPE,
+                                text=True)
+        try:
+            assert cons.stdout.readline().strip() == "ready"
+            subprocess.run([sys.executable, "-c", producer], check=True, timeout=60)
+            out, _ = cons.communicate(timeout=60)
+        finally:
+            if cons.poll() is None:
+                cons.kill()
+                cons.wait()
+        assert out.strip() == "b'hello' b'k' [1, 2] 4950"
+    finally:
+        shmbus.unlink("pipe")
+
+
+def test_broadcast_across_processes(ns, procs):
+    shmbus.Producer("bc", capacity=1 << 16).close()
+    try:
+        results, count = SPAWN.Queue(), 5000
+        readies = [SPAWN.Event(), SPAWN.Event()]
+        for ready in readies:
+            procs.append(start(P.consume, ns, "bc", count, results, ready))
+        for ready in readies:
+            assert ready.wait(30)
+        started = SPAWN.Event()
+        procs.append(start(P.produce, ns, "bc", 1 << 16, count, started))
+        for _ in readies:
+            assert results.get(timeout=60) == list(range(count))
+    finally:
+        shmbus.unlink("bc")
+
+
+def test_kill9_producer_then_new_producer_continues(ns, procs):
+    """Everything the dead producer published arrives intact, and the next producer
+    continues the sequence with no gap and no repeat."""
+    shmbus.Producer("kp", capacity=1 << 14).close()
+    try:
+        with shmbus.Consumer("kp") as sub:
+            started = SPAWN.Event()
+            victim = start(P.produce, ns, "kp", 1 << 14, -1, started)
+            procs.append(victim)
+            assert started.wait(30)
+            seqs = []
+            while len(seqs) < 3000:
+                for m in sub.recv_many(100, timeout=30):
+                    assert P.check_payload(bytes(m))[1] == m.seq
+                    seqs.append(m.seq)
+            kill9(victim)
+            while (m := sub.try_recv()) is not None:  # drain what it published
+                assert P.check_payload(bytes(m))[1] == m.seq
+                seqs.append(m.seq)
+            assert seqs == list(range(len(seqs)))
+            with shmbus.Producer("kp") as pub:
+                nxt = pub.send(P.make_payload(2, len(seqs)))
+            assert nxt == len(seqs)
+            m = sub.recv(timeout=5)
+            assert (m.seq, P.check_payload(bytes(m))) == (nxt, (2, nxt))
+    finally:
+        shmbus.unlink("kp")
+
+
+def test_kill9_anonymous_consumer_does_not_block_producer(ns, procs):
+    pub = shmbus.Producer("ka", capacity=4096)
+    try:
+        attached = SPAWN.Event()
+        victim = start(P.attach_and_hang, ns, "ka", attached)
+        procs.append(victim)
+        assert attached.wait(30)
+        assert len(shmbus.inspect("ka")["consumers"]) == 1
+        kill9(victim)
+        for i in range(200):  # 20 KB through a 4 KB ring: needs the dead slot reclaimed
+            pub.send(b"z" * 100, timeout=10)
+        assert shmbus.inspect("ka")["consumers"] == []
+    finally:
+        pub.unlink()
+
+
+def test_kill9_durable_consumer_resumes_without_loss(ns, procs):
+    pub = shmbus.Producer("kd", capacity=1 << 16)
+    try:
+        shmbus.Consumer("kd", durable="billing", start="earliest").close()
+        for seq in range(100):
+            pub.send(P.make_payload(1, seq))
+        results, holding = SPAWN.Queue(), SPAWN.Event()
+        victim = start(P.consume_and_hang, ns, "kd", "billing", 40, results, holding)
+        procs.append(victim)
+        assert results.get(timeout=30) == list(range(41))
+        assert holding.wait(30)
+        kill9(victim)
+        with shmbus.Consumer("kd", durable="billing") as again:
+            seqs = []
+            while (m := again.try_recv()) is not None:
+                assert P.check_payload(bytes(m))[1] == m.seq
+                seqs.append(m.seq)
+        # 40 was received but never released, so it comes again; 0..39 do not.
+        assert seqs == list(range(40, 100))
+    finally:
+        pub.unlink()
+
+
+def test_idle_consumer_sleeps_and_wakes(ns, procs):
+    pub = shmbus.Producer("idle", capacity=1 << 14)
+    try:
+        ready, results = SPAWN.Event(), SPAWN.Queue()
+        procs.append(start(P.idle_consumer, ns, "idle", ready, results))
+        assert ready.wait(30)
+        time.sleep(1.0)  # the idle period being measured, not a synchronisation
+        pub.send(b"wake up")
+        cpu, waited, data = results.get(timeout=30)
+        assert data == b"wake up"
+        assert waited >= 1.0
+        assert cpu / waited < 0.05, f"idle consumer used {cpu:.3f} s CPU in {waited:.2f} s"
+    finally:
+        pub.unlink()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch to another uid")
+def test_permission_denied_is_a_clear_error(ns, procs):
+    pub = shmbus.Producer("priv", capacity=4096)
+    try:
+        results = SPAWN.Queue()
+        procs.append(start(P.open_as_nobody, ns, "priv", results))
+        kind, message = results.get(timeout=30)
+        assert kind in ("ShmbusError", "PermissionError"), (kind, message)
+        assert "ermission" in message
+    finally:
+        pub.unlink()
