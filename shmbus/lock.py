@@ -140,10 +140,11 @@ class FileLock:
         """True if this object holds the lock in this process."""
         return self._depth > 0 and self._owner_pid == os.getpid()
 
-    def acquire(self, timeout: float | None | object = ...) -> "FileLock":
+    def acquire(self, timeout: float | None | object = ...) -> "Acquired":
         """Take the lock, waiting up to ``timeout`` seconds (None: forever; 0: try once;
-        default: the constructor's).  Returns self; raises :class:`Timeout` naming the
-        holder when the lock stays taken."""
+        default: the constructor's).  Raises :class:`Timeout` naming the holder when the
+        lock stays taken.  Returns a context manager that releases it (so both
+        ``lock.acquire(); ...; lock.release()`` and ``with lock.acquire(5): ...`` work)."""
         if timeout is ...:
             timeout = self.timeout
         if timeout is not None and timeout < 0:  # type: ignore[operator]
@@ -175,7 +176,7 @@ class FileLock:
             raise
         self._depth += 1
         self._owner_pid = os.getpid()
-        return self
+        return Acquired(self)
 
     def try_acquire(self) -> bool:
         """Take the lock if it is free now; return whether it was taken."""
@@ -208,7 +209,8 @@ class FileLock:
         return lock_holders(self.path)
 
     def __enter__(self) -> "FileLock":
-        return self.acquire()
+        self.acquire()
+        return self
 
     def __exit__(self, *exc: object) -> None:
         self.release()
@@ -306,6 +308,21 @@ class FileLock:
             f"lock {self.name!r} not acquired within {timeout} s: held by "
             f"{held or 'another process'}; wait longer or stop the holder",
             name=self.name, timeout=timeout)
+
+
+class Acquired:
+    """What :meth:`FileLock.acquire` returns: ``with`` on it releases the lock."""
+
+    __slots__ = ("lock",)
+
+    def __init__(self, lock: FileLock) -> None:
+        self.lock = lock
+
+    def __enter__(self) -> FileLock:
+        return self.lock
+
+    def __exit__(self, *exc: object) -> None:
+        self.lock.release()
 
 
 def _proc_locks() -> list[tuple[int, str, int, bool]]:

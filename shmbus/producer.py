@@ -102,7 +102,7 @@ class Producer:
         try:
             self._seg = seg = Segment.open(ns, name, capacity=cap, flags=flags,
                                            slot_count=max_consumers,
-                                           create=create and cap is not None)
+                                           create=create)
             try:
                 self._check_compatible(cap, flags)
                 self._take_over(how)

@@ -68,9 +68,9 @@ class Segment:
                 if not create:
                     raise
             if capacity is None:
-                raise ValueError(
+                raise RingNotFound(
                     f"ring {ring!r} does not exist in namespace {ns!r}: pass capacity= "
-                    "(bytes) to create it")
+                    "(bytes) to create it", name=ring, namespace=ns)
             return cls._create(ns, ring, capacity, flags, slot_count)
 
     @classmethod

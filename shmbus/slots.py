@@ -45,7 +45,7 @@ class SlotTable:
         self.words = seg.words
         self.count = seg.slot_count
 
-    def lock(self, timeout: float = 10.0) -> FileLock:
+    def lock(self, timeout: float = 10.0):
         lk = FileLock(naming.ring_lock_name(self.seg.ring, "slots"),
                       namespace=self.seg.namespace, _internal=True)
         return lk.acquire(timeout)

@@ -98,3 +98,24 @@ def open_as_nobody(ns: str, ring: str, results) -> None:
         results.put((type(e).__name__, str(e)))
     else:
         results.put(("no error", ""))
+
+
+def increment_under_lock(ns: str, name: str, path: str, times: int, go) -> None:
+    """Read-modify-write a counter file ``times`` times, each under the lock."""
+    lock = shmbus.FileLock(name, namespace=ns)
+    go.wait(30)
+    for _ in range(times):
+        with lock:
+            with open(path, "r+") as f:
+                value = int(f.read() or 0)
+                f.seek(0)
+                f.write(str(value + 1))
+                f.truncate()
+
+
+def hold_lock(ns: str, name: str, shared: bool, held) -> None:
+    """Take the lock, say so, then wait to be killed."""
+    lock = shmbus.FileLock(name, namespace=ns, shared=shared)
+    lock.acquire()
+    held.set()
+    time.sleep(3600)  # waiting to be SIGKILLed

@@ -42,10 +42,10 @@ def test_any_sizes_keys_and_batches_round_trip(ns, batches, use_claim):
                 msgs = [payload(seq + i, size) for i, (size, _) in enumerate(batch)]
                 keys = [key for _, key in batch]
                 if len(batch) == 1 and use_claim:
-                    with pub.claim(len(msgs[0]), key=keys[0]) as buf:
+                    with pub.claim(len(msgs[0]), key=keys[0], timeout=5) as buf:
                         buf[:] = msgs[0]
                 else:
-                    pub.send_many(msgs, keys=keys)
+                    pub.send_many(msgs, keys=keys, timeout=5)
                 got = []
                 while len(got) < len(batch):
                     got.extend(sub.recv_many(len(batch) - len(got), timeout=1))
@@ -54,6 +54,7 @@ def test_any_sizes_keys_and_batches_round_trip(ns, batches, use_claim):
                     assert bytes(m) == data
                     assert m.key == (key if key else None)
                     seq += 1
+                sub.release()  # room for the next batch
             assert sub.try_recv() is None
     finally:
         pub.unlink()

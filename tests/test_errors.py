@@ -1,0 +1,205 @@
+"""Bad input and bad state: each gets a clear error, and nothing accepted is lost."""
+
+from __future__ import annotations
+
+import errno
+import os
+
+import posix_ipc
+import pytest
+
+import shmbus
+from shmbus import layout, naming
+
+
+@pytest.mark.parametrize("bad", ["", "a/b", "x" * 101, "sp ace", "é", ".", "..", None, 5,
+                                 "semi;colon", "at@sign"])
+def test_invalid_ring_names(ns, bad):
+    with pytest.raises(shmbus.InvalidName, match="expected 1 to 100 characters"):
+        shmbus.Producer(bad, capacity=4096)
+    with pytest.raises(shmbus.InvalidName):
+        shmbus.Consumer(bad)
+    assert isinstance(shmbus.InvalidName("x"), ValueError)
+
+
+def test_name_at_the_limit_works(ns):
+    name = "n" * 100
+    with shmbus.Producer(name, capacity=4096) as pub, shmbus.Consumer(name) as sub:
+        pub.send(b"ok")
+        assert bytes(sub.recv(timeout=1)) == b"ok"
+    shmbus.unlink(name)
+
+
+@pytest.mark.parametrize("bad", ["has.dot", "", "x" * 65, "a b"])
+def test_invalid_namespace(bad):
+    with pytest.raises(shmbus.InvalidName, match="namespace"):
+        shmbus.Producer("r", capacity=4096, namespace=bad)
+
+
+def test_invalid_durable_name(ns):
+    with shmbus.Producer("r", capacity=4096) as pub:
+        with pytest.raises(shmbus.InvalidName, match="durable name"):
+            shmbus.Consumer("r", durable="no/slash")
+        pub.unlink()
+
+
+@pytest.mark.parametrize("cap", [0, -1, 100, 1 << 41, 4096.0, "4096", True])
+def test_unusable_capacity(ns, cap):
+    with pytest.raises(ValueError, match="capacity"):
+        shmbus.Producer("r", capacity=cap)
+    assert os.listdir(naming.SHM_DIR) == [e for e in os.listdir(naming.SHM_DIR)
+                                         if not e.startswith(ns)]
+
+
+def test_capacity_rounded_up_to_power_of_two(ns):
+    with shmbus.Producer("r", capacity=5000) as pub:
+        assert pub.capacity == 8192
+        pub.unlink()
+
+
+def test_missing_ring(ns):
+    with pytest.raises(shmbus.RingNotFound, match="does not exist") as info:
+        shmbus.Consumer("nope")
+    assert isinstance(info.value, FileNotFoundError)
+    with pytest.raises(shmbus.RingNotFound):
+        shmbus.Producer("nope", create=False, capacity=4096)
+    with pytest.raises(shmbus.RingNotFound, match="pass capacity="):
+        shmbus.Producer("nope")
+
+
+def test_capacity_mismatch(ns):
+    with shmbus.Producer("r", capacity=4096):
+        pass
+    with pytest.raises(shmbus.LayoutMismatch, match="capacity 4096 bytes, not 8192"):
+        shmbus.Producer("r", capacity=8192)
+    with shmbus.Producer("r") as pub:  # no capacity: opens what is there
+        assert pub.capacity == 4096
+    shmbus.unlink("r")
+
+
+def test_mode_mismatch(ns):
+    shmbus.Producer("r", capacity=4096, on_full="overwrite").close()
+    with pytest.raises(shmbus.LayoutMismatch, match="on_full='overwrite'"):
+        shmbus.Producer("r")
+    with pytest.raises(ValueError, match="on_full"):
+        shmbus.Producer("r", on_full="drop")
+    shmbus.unlink("r")
+
+
+def _write_segment(ns: str, name: str, content: bytes) -> None:
+    shm = posix_ipc.SharedMemory(naming.segment_name(ns, name), posix_ipc.O_CREX,
+                                 size=len(content))
+    try:
+        os.pwrite(shm.fd, content, 0)
+    finally:
+        shm.close_fd()
+
+
+@pytest.mark.parametrize("content", [os.urandom(1 << 16), b"\x01" * 100, b"x"],
+                         ids=["random", "truncated", "tiny"])
+def test_foreign_or_truncated_segment(ns, content):
+    _write_segment(ns, "alien", content)
+    try:
+        for attempt in (lambda: shmbus.Consumer("alien"),
+                        lambda: shmbus.Producer("alien", capacity=4096),
+                        lambda: shmbus.inspect("alien")):
+            with pytest.raises(shmbus.CorruptRing, match="shmbus rm alien"):
+                attempt()
+        listed = shmbus.list_rings()
+        assert listed[0]["name"] == "alien" and "error" in listed[0]
+    finally:
+        shmbus.unlink("alien")
+
+
+def test_half_made_segment_is_replaced_by_the_next_producer(ns):
+    _write_segment(ns, "half", bytes(1 << 16))  # a creator died before the header
+    with pytest.raises(shmbus.CorruptRing):
+        shmbus.Consumer("half")
+    with shmbus.Producer("half", capacity=4096) as pub, shmbus.Consumer("half") as sub:
+        pub.send(b"fine")
+        assert bytes(sub.recv(timeout=1)) == b"fine"
+    shmbus.unlink("half")
+
+
+def _patch_word(ns: str, name: str, index: int, value: int) -> None:
+    shm = posix_ipc.SharedMemory(naming.segment_name(ns, name))
+    try:
+        os.pwrite(shm.fd, value.to_bytes(8, "little"), index * 8)
+    finally:
+        shm.close_fd()
+
+
+def test_newer_layout_version(ns):
+    with shmbus.Producer("v", capacity=4096) as pub:
+        pub.send(b"kept")
+    shm_version_word = layout.HEADER_DTYPE.fields["version"][1] // 8
+    # version is a u32 sharing its word with header_size: keep header_size
+    _patch_word(ns, "v", shm_version_word, (layout.HEADER_SIZE << 32) | 99)
+    for attempt in (lambda: shmbus.Consumer("v"), lambda: shmbus.Producer("v")):
+        with pytest.raises(shmbus.LayoutMismatch, match="layout version 99") as info:
+            attempt()
+        assert info.value.expected == layout.LAYOUT_VERSION and info.value.found == 99
+    shmbus.unlink("v")
+
+
+def test_corrupt_positions(ns):
+    shmbus.Producer("c", capacity=4096).close()
+    _patch_word(ns, "c", layout.H_TAIL, 1 << 40)
+    with pytest.raises(shmbus.CorruptRing, match="positions are inconsistent"):
+        shmbus.Consumer("c")
+    shmbus.unlink("c")
+
+
+def test_full_dev_shm_fails_at_creation(ns):
+    with pytest.raises(shmbus.ShmFull, match="free") as info:
+        shmbus.Producer("huge", capacity=1 << 40)  # 1 TiB: more than /dev/shm has
+    assert info.value.needed > info.value.free
+    assert not os.path.exists(naming.segment_path(ns, "huge"))
+
+
+def test_enospc_from_fallocate_leaves_nothing(ns, monkeypatch):
+    """Where /dev/shm fills up between our check and the allocation."""
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    with pytest.raises(shmbus.ShmFull, match="shmbus gc"):
+        shmbus.Producer("r", capacity=1 << 16)
+    assert not os.path.exists(naming.segment_path(ns, "r"))
+
+
+def test_message_too_large_keeps_ring_usable(ns):
+    with shmbus.Producer("big", capacity=4096) as pub, shmbus.Consumer("big") as sub:
+        pub.send(b"before")
+        with pytest.raises(shmbus.MessageTooLarge, match="largest payload is 2024 bytes"):
+            pub.send(b"x" * 3000)
+        with pytest.raises(shmbus.MessageTooLarge):
+            pub.send_many([b"ok", b"x" * 3000])
+        with pytest.raises(shmbus.MessageTooLarge):
+            pub.claim(5000)
+        with pytest.raises(shmbus.MessageTooLarge, match="key"):
+            pub.send(b"", key=b"k" * 70000)
+        assert [bytes(m) for m in sub.recv_many(10, timeout=1)] == [b"before", b"ok"]
+    shmbus.unlink("big")
+
+
+def test_bad_arguments(ns):
+    with shmbus.Producer("r", capacity=4096) as pub:
+        with pytest.raises(ValueError, match="start"):
+            shmbus.Consumer("r", start="middle")
+        with pytest.raises(ValueError, match="wait strategy"):
+            shmbus.Consumer("r", wait="nap")
+        with pytest.raises(TypeError):
+            pub.send(12345)
+        with shmbus.Consumer("r") as sub:
+            with pytest.raises(ValueError, match="max_messages"):
+                sub.recv_many(0)
+        pub.unlink()
+
+
+def test_unlink_removes_everything(ns):
+    with shmbus.Producer("gone", capacity=4096) as pub, shmbus.Consumer("gone"):
+        pub.send(b"x")
+    assert shmbus.unlink("gone") is True
+    assert shmbus.unlink("gone") is False
+    assert naming.owned_entries(ns, os.listdir(naming.SHM_DIR)) == []

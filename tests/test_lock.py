@@ -1,0 +1,132 @@
+"""FileLock: exclusion between processes and threads, death of the holder, fork."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import pytest
+
+import shmbus
+from shmbus import naming
+
+from . import procs as P
+from .support import SPAWN, kill9, start
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def test_counter_is_exact_under_contention(ns, procs, tmp_path):
+    counter = tmp_path / "counter"
+    counter.write_text("0")
+    go = SPAWN.Event()
+    workers = [start(P.increment_under_lock, ns, "counter", str(counter), 200, go)
+               for _ in range(4)]
+    procs.extend(workers)
+    go.set()
+    for w in workers:
+        w.join(60)
+        assert w.exitcode == 0
+    assert counter.read_text() == "800"
+
+
+def test_kill9_of_holder_releases_at_once(ns, procs):
+    held = SPAWN.Event()
+    holder = start(P.hold_lock, ns, "k", False, held)
+    procs.append(holder)
+    assert held.wait(30)
+    lock = shmbus.FileLock("k")
+    assert not lock.try_acquire()
+    (h,) = lock.holders()
+    assert (h.pid, h.mode, h.waiting) == (holder.pid, "exclusive", False)
+    assert h.since is not None
+    with pytest.raises(shmbus.Timeout, match=f"pid {holder.pid}"):
+        lock.acquire(timeout=0.05)
+    kill9(holder)
+    with lock.acquire(timeout=5):
+        assert lock.held
+
+
+def test_shared_holders_exclude_writers(ns, procs):
+    held = SPAWN.Event()
+    reader = start(P.hold_lock, ns, "rw", True, held)
+    procs.append(reader)
+    assert held.wait(30)
+    with shmbus.FileLock("rw", shared=True) as mine:
+        assert mine.held
+        modes = sorted(h.mode for h in mine.holders())
+        assert modes == ["shared", "shared"]
+    writer = shmbus.FileLock("rw")
+    assert not writer.try_acquire()
+    kill9(reader)
+    assert writer.try_acquire()
+    writer.release()
+
+
+def test_threads_exclude_each_other_and_reentrancy(ns):
+    lock = shmbus.FileLock("t")
+    with lock:
+        with lock:  # reentrant in the same thread
+            assert lock.held
+        assert lock.held
+        result = []
+        other = threading.Thread(target=lambda: result.append(
+            shmbus.FileLock("t").try_acquire()))
+        other.start()
+        other.join(10)
+        assert result == [False]
+    assert not lock.held
+    strict = shmbus.FileLock("t", reentrant=False)
+    with strict:
+        with pytest.raises(shmbus.Timeout, match="not reentrant"):
+            strict.acquire(0)
+
+
+def test_fork_child_does_not_hold_parent_lock(ns):
+    lock = shmbus.FileLock("f")
+    lock.acquire()
+    try:
+        pid = os.fork()
+        if pid == 0:  # child: report through the exit code only
+            code = 0
+            try:
+                if lock.held:
+                    code = 1
+                try:
+                    lock.release()
+                    code = 2
+                except shmbus.NotHeld:
+                    pass
+                if shmbus.FileLock("f").try_acquire():
+                    code = 3
+            except BaseException:
+                code = 4
+            os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert lock.held  # the child's exit did not release it
+        assert [h.pid for h in lock.holders()] == [os.getpid()]
+    finally:
+        lock.release()
+
+
+def test_release_not_held_and_bad_input(ns):
+    lock = shmbus.FileLock("x")
+    with pytest.raises(shmbus.NotHeld, match="not held"):
+        lock.release()
+    with pytest.raises(shmbus.InvalidName):
+        shmbus.FileLock("a/b")
+    with pytest.raises(ValueError, match="timeout"):
+        shmbus.FileLock("x", timeout=-1)
+    with pytest.raises(ValueError, match="timeout"):
+        lock.acquire(timeout=-2)
+
+
+def test_lock_files_vanish_and_list_locks(ns):
+    a, b = shmbus.FileLock("a"), shmbus.FileLock("b", shared=True)
+    with a, b:
+        listed = {entry["name"]: entry for entry in shmbus.list_locks()}
+        assert set(listed) == {"a", "b"}
+        assert listed["a"]["holders"][0]["pid"] == os.getpid()
+        assert listed["b"]["holders"][0]["mode"] == "shared"
+    assert not os.path.exists(naming.lock_dir(ns))

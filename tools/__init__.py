@@ -1,0 +1,1 @@
+"""The ``shmbus`` command-line tools (click)."""

@@ -1,0 +1,57 @@
+"""The ``shmbus`` command: the group, shared options and error translation.
+
+Library errors become one clear line on stderr at this boundary: exit 1 for a failure
+(a ring that does not exist, a corrupt segment, a permission problem), exit 2 for bad
+usage (click's own, and invalid names).  Never a traceback for an expected error.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+import shmbus
+
+
+class ShmbusGroup(click.Group):
+    """Translates shmbus errors raised by any command."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except shmbus.InvalidName as e:
+            raise click.UsageError(str(e), ctx) from None
+        except (shmbus.ShmbusError, PermissionError) as e:
+            raise click.ClickException(str(e)) from None
+
+
+namespace_option = click.option(
+    "--namespace", "-n", default=None, envvar="SHMBUS_NAMESPACE",
+    help="Namespace of the rings (default: $SHMBUS_NAMESPACE, else 'shmbus').")
+json_option = click.option("--json", "as_json", is_flag=True,
+                           help="Print the result as JSON (stable keys).")
+
+
+def emit_json(data: object) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=True))
+
+
+@click.group(cls=ShmbusGroup)
+@click.version_option(shmbus.__version__, prog_name="shmbus")
+def main() -> None:
+    """shmbus: look inside and drive the shared-memory message bus."""
+
+
+def _register() -> None:
+    from . import gc, inspect_cmd, locks, ls, rm
+
+    for module in (ls, inspect_cmd, rm, gc, locks):
+        main.add_command(module.command)
+
+
+_register()
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,41 @@
+"""``shmbus inspect NAME``: one ring in detail."""
+
+from __future__ import annotations
+
+import click
+
+import shmbus
+
+from . import fmt
+from .cli import emit_json, json_option, namespace_option
+
+
+@click.command("inspect")
+@click.argument("name")
+@namespace_option
+@json_option
+def command(name: str, namespace: str | None, as_json: bool) -> None:
+    """Show a ring's header, producer and every consumer slot."""
+    info = shmbus.inspect(name, namespace)
+    if as_json:
+        emit_json(info)
+        return
+    p = info["producer"]
+    lines = [
+        f"ring {info['name']} (namespace {info['namespace']}, layout v{info['layout_version']})",
+        f"  capacity {fmt.size(info['capacity'])}, on_full={info['on_full']}, "
+        f"{info['slot_count']} slots",
+        f"  messages {info['messages']}, oldest seq {info['oldest_seq']}, "
+        f"fill {info['fill']:.0%} (write {info['write']}, tail {info['tail']})",
+        "  producer " + (f"pid {p['pid']} ({p['alive']}), epoch {p['epoch']}" if p
+                         else "none"),
+    ]
+    click.echo("\n".join(lines))
+    rows = [[c["slot"], c["durable"] or "-", c["pid"] or "-", c["alive"] or "detached",
+             c["position"], fmt.size(c["lag_bytes"]), c["messages_read"], c["lost"]]
+            for c in info["consumers"]]
+    if rows:
+        click.echo(fmt.table(["SLOT", "DURABLE", "PID", "STATE", "POSITION", "LAG",
+                              "READ", "LOST"], rows))
+    else:
+        click.echo("  no consumers")

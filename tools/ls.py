@@ -1,0 +1,35 @@
+"""``shmbus ls``: every ring in the namespace."""
+
+from __future__ import annotations
+
+import click
+
+import shmbus
+
+from . import fmt
+from .cli import emit_json, json_option, namespace_option
+
+
+@click.command("ls")
+@namespace_option
+@json_option
+def command(namespace: str | None, as_json: bool) -> None:
+    """List rings: capacity, fill, messages, producer, consumers, worst lag."""
+    rings = shmbus.list_rings(namespace)
+    if as_json:
+        emit_json(rings)
+        return
+    if not rings:
+        click.echo("no rings")
+        return
+    rows = []
+    for r in rings:
+        if "error" in r:
+            rows.append([r["name"], "?", "?", "?", "?", "?", "?", "error: " + r["error"]])
+            continue
+        p = r["producer"]
+        producer = f"{p['pid']} ({p['alive']})" if p else "-"
+        rows.append([r["name"], fmt.size(r["capacity"]), f"{r['fill']:.0%}", r["messages"],
+                     producer, r["consumers"], r["durable"], fmt.size(r["max_lag_bytes"])])
+    click.echo(fmt.table(["RING", "CAPACITY", "FILL", "MESSAGES", "PRODUCER",
+                          "CONSUMERS", "DURABLE", "MAX LAG"], rows))
