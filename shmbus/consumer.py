@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import os
 import time
+from operator import itemgetter
 
 from . import layout, liveness, naming, ring
 from .errors import CorruptRing, DurableBusy, ShmbusError, Timeout
 from .layout import (H_GATE, H_LAST, H_PRODUCER_PID, H_PRODUCER_SLEEP, H_SCAN, H_TAIL,
                      H_WRITE, RECORD, RECORD_HEADER, REC_PAD, S_LOST, S_READ,
-                     S_READ_COUNT, S_SLEEP, slot_word)
+                     S_SLEEP, SLEEPERS_OFFSET, FLAGGED_SLOTS, slot_word)
 from .lock import FileLock
 from .segment import Segment
 from .slots import SlotTable
@@ -36,39 +37,46 @@ _NEVER = 1 << 64
 _STARTS = ("latest", "earliest")
 
 
-class Message:
+class Message(tuple):
     """One received message.
 
     ``data`` is a read-only memoryview of the payload (in ``block`` rings, inside the
     ring: valid until the message is released, i.e. until the next ``recv``);
     ``bytes(msg)`` copies it.  ``key`` is bytes or None, ``seq`` the per-ring sequence
     number, ``timestamp_ns`` the producer's ``time.monotonic_ns()`` at send.
+    (A tuple underneath: building one per message is the cheapest object there is.)
     """
 
-    __slots__ = ("data", "key", "seq", "timestamp_ns", "_consumer", "_end")
+    __slots__ = ()
 
-    def __init__(self, data: memoryview, key: bytes | None, seq: int, timestamp_ns: int,
-                 consumer: "Consumer", end: int) -> None:
-        self.data = data
-        self.key = key
-        self.seq = seq
-        self.timestamp_ns = timestamp_ns
-        self._consumer = consumer
-        self._end = end
+    def __new__(cls, data: memoryview, key: bytes | None, seq: int, timestamp_ns: int,
+                consumer: "Consumer", end: int) -> "Message":
+        return tuple.__new__(cls, (data, key, seq, timestamp_ns, consumer, end))
+
+    data = property(itemgetter(0), doc="The payload: a memoryview.")
+    key = property(itemgetter(1), doc="The key (bytes), or None.")
+    seq = property(itemgetter(2), doc="The per-ring sequence number.")
+    timestamp_ns = property(itemgetter(3), doc="time.monotonic_ns() at send.")
 
     def release(self) -> None:
         """Acknowledge this message and every one received before it: the producer may
         now overwrite them (and a durable consumer will not see them again)."""
-        self._consumer._commit_to(self._end)
+        self[4]._commit_to(self[5])
 
     def __bytes__(self) -> bytes:
-        return bytes(self.data)
+        return bytes(self[0])
 
     def __len__(self) -> int:
-        return len(self.data)
+        return len(self[0])
 
     def __repr__(self) -> str:
-        return f"<Message seq={self.seq} key={self.key!r} {len(self.data)} bytes>"
+        return f"<Message seq={self[2]} key={self[1]!r} {len(self[0])} bytes>"
+
+    def __eq__(self, other: object) -> bool:
+        return self is other
+
+    def __hash__(self) -> int:
+        return id(self)
 
 
 class Consumer:
@@ -150,15 +158,14 @@ class Consumer:
         self._max_record = layout.max_record(cap)
         base = slot_word(self.slot)
         self._read_word = base + S_READ
-        self._count_word = base + S_READ_COUNT
         self._lost_word = base + S_LOST
-        self._count = w[self._count_word]
         self.lost = w[self._lost_word]
         self._pos = self._committed = pos
         self._wcache = 0
         self._expect: int | None = self._seq_at(pos) if seg.overwrite else None
+        flag = (seg.buf, SLEEPERS_OFFSET + self.slot) if self.slot < FLAGGED_SLOTS else None
         self._sleeper = Sleeper(w, base + S_SLEEP, naming.consumer_semaphore_name(
-            self.namespace, self.name, self.slot), how)
+            self.namespace, self.name, self.slot), how, flag)
         self._producer_waker = Waker(naming.producer_semaphore_name(self.namespace,
                                                                     self.name))
         self._safe_from = _NEVER if seg.overwrite else self._join(pos)
@@ -209,13 +216,13 @@ class Consumer:
         me = self
         words, data, take = self._words, self._data, self._take
         mask, pad_limit, safe_from = self._mask, self._pad_limit, self._safe_from
-        read_word, count_word = self._read_word, self._count_word
+        read_word = self._read_word
         wake_producer = self._producer_waker.wake
         unpack = RECORD.unpack_from
+        new = tuple.__new__
 
         def commit(pos: int) -> None:
             words[read_word] = pos
-            words[count_word] = me._count
             me._committed = pos
             if words[H_PRODUCER_SLEEP] & 1:
                 wake_producer(words[H_PRODUCER_SLEEP])
@@ -223,7 +230,10 @@ class Consumer:
         def recv(timeout: float | None = None) -> Message:
             pos = me._pos
             if pos != me._committed:
-                commit(pos)
+                words[read_word] = pos
+                me._committed = pos
+                if words[H_PRODUCER_SLEEP] & 1:
+                    wake_producer(words[H_PRODUCER_SLEEP])
             if pos >= me._wcache:
                 me._wcache = words[H_WRITE]
                 if pos >= me._wcache:
@@ -241,8 +251,7 @@ class Consumer:
             else:
                 key = None
             end = me._pos = pos + ((RECORD_HEADER + 7 + klen + plen) & -8)
-            me._count += 1
-            return Message(data[start:start + plen], key, seq, ts, me, end)
+            return new(Message, (data[start:start + plen], key, seq, ts, me, end))
 
         def recv_many(max_messages: int, timeout: float | None = None) -> list[Message]:
             if max_messages < 1:
@@ -251,20 +260,22 @@ class Consumer:
                 commit(me._pos)
             batch = [take(timeout)]
             append = batch.append
-            pos, wcache, count = me._pos, me._wcache, me._count
+            pos, wcache = me._pos, me._wcache
             while len(batch) < max_messages:
                 if pos >= wcache:
                     wcache = me._wcache = words[H_WRITE]
                     if pos >= wcache:
                         break
                 idx = pos & mask
-                if pos < safe_from or idx > pad_limit or \
-                        unpack(data, idx)[2]:  # unusual: let _take handle it
-                    me._pos, me._count = pos, count
+                if pos < safe_from or idx > pad_limit:
+                    flags = 1
+                else:
+                    plen, klen, flags, seq, ts = unpack(data, idx)
+                if flags:  # unusual (padding, checked read): let _take handle it
+                    me._pos = pos
                     append(take(None))
-                    pos, wcache, count = me._pos, me._wcache, me._count
+                    pos, wcache = me._pos, me._wcache
                     continue
-                plen, klen, flags, seq, ts = unpack(data, idx)
                 start = idx + RECORD_HEADER
                 if klen:
                     key = bytes(data[start:start + klen])
@@ -272,9 +283,8 @@ class Consumer:
                 else:
                     key = None
                 pos += (RECORD_HEADER + 7 + klen + plen) & -8
-                count += 1
-                append(Message(data[start:start + plen], key, seq, ts, me, pos))
-            me._pos, me._count = pos, count
+                append(new(Message, (data[start:start + plen], key, seq, ts, me, pos)))
+            me._pos = pos
             return batch
 
         self.recv = recv
@@ -297,7 +307,6 @@ class Consumer:
         if end > self._committed:
             w = self._words
             w[self._read_word] = end
-            w[self._count_word] = self._count
             self._committed = end
             if w[H_PRODUCER_SLEEP] & 1:
                 self._producer_waker.wake(w[H_PRODUCER_SLEEP])
@@ -351,7 +360,6 @@ class Consumer:
                     w[self._lost_word] = self.lost
                 self._expect = seq + 1
             end = self._pos = pos + size
-            self._count += 1
             return Message(payload, key, seq, ts, self, end)
 
     def _seq_at(self, pos: int) -> int | None:

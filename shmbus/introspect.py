@@ -45,7 +45,7 @@ def list_rings(namespace: str | None = None) -> list[dict]:
 def inspect(name: str, namespace: str | None = None) -> dict:
     """Everything about ring ``name``: header fields, producer (pid, alive, epoch),
     positions, and every slot in use (pid, alive, durable name, position, lag in
-    bytes, messages read, lost).  Raises :class:`RingNotFound` / :class:`CorruptRing`."""
+    bytes, next seq to read, lost).  Raises :class:`RingNotFound` / :class:`CorruptRing`."""
     naming.check_name(name)
     ns = naming.resolve_namespace(namespace)
     seg = Segment.open(ns, name)
@@ -70,7 +70,7 @@ def inspect(name: str, namespace: str | None = None) -> dict:
                 "slot": i, "durable": layout.slot_name(seg.buf, i),
                 "pid": pid, "alive": liveness.liveness(pid, start).value if pid else None,
                 "position": read, "lag_bytes": max(0, write - read),
-                "messages_read": int(s["read_count"]), "lost": int(s["lost"]),
+                "next_seq": _seq_at(seg, read, write, cap), "lost": int(s["lost"]),
             })
         return {
             "name": name, "namespace": ns, "layout_version": h["version"],
@@ -94,6 +94,16 @@ def _message_count(seg: Segment, h: dict) -> int:
                                    h["tail"], h["count"])
     except ValueError:
         return h["count"]
+
+
+def _seq_at(seg: Segment, pos: int, write: int, cap: int) -> int | None:
+    """The seq of the message at ``pos`` (a consumer's next), None if not published."""
+    while pos < write:
+        rec = ring.read(seg.data, pos, cap)
+        if not rec.flags & REC_PAD:
+            return rec.seq
+        pos += rec.size
+    return None
 
 
 def _oldest_seq(seg: Segment, h: dict) -> int | None:

@@ -17,8 +17,11 @@
     512    | lines 8-15  CHECKPOINTS: 64 words; word b % 64 holds the      |
            |         position of the first record starting at or after   |
            |         the start of block b (the ring is 64 blocks)        |
-    1024   +--------------------------------------------------------------+
-           | slot 0  line 0  READ position, messages read, lost, SLEEP     |
+    1024   | line 16 SLEEPERS: byte i (i < 7) is 1 while the consumer of   |
+           |         slot i sleeps (written by it); byte 7 is 1 while a   |
+           |         slot >= 7 is in use (written under the slots lock)  |
+    1088   +--------------------------------------------------------------+
+           | slot 0  line 0  READ position, (spare), lost, SLEEP epoch     |
            |                 epoch                          (its consumer)|
            |         line 1  state, pid, start time, attached-at, name len |
            |         lines 2-3  durable name (utf-8, up to 100 bytes)      |
@@ -62,7 +65,9 @@ LAYOUT_VERSION = 1
 CACHE_LINE = 64
 PAGE = 4096
 
-HEADER_SIZE = 16 * CACHE_LINE
+HEADER_SIZE = 17 * CACHE_LINE
+SLEEPERS_OFFSET = 16 * CACHE_LINE
+FLAGGED_SLOTS = 7          # slots with their own sleeper byte; byte 7 says "more"
 CHECKPOINTS = 64
 SLOT_SIZE = 4 * CACHE_LINE
 DEFAULT_SLOTS = 64
@@ -77,19 +82,19 @@ HEADER_DTYPE = np.dtype({
               "slot_size", "data_offset", "created_at_ns", "segment_size",
               "producer_pid", "producer_start", "producer_epoch", "producer_since_ns",
               "write", "last", "count", "tail", "gate", "scan",
-              "producer_sleep", "generation", "checkpoints"],
+              "producer_sleep", "generation", "checkpoints", "sleepers"],
     "formats": ["<u8", "<u4", "<u4", "<u8", "<u8", "<u4", "<u4", "<u8", "<u8", "<u8",
                 "<u8", "<u8", "<u8", "<u8",
                 "<u8", "<u8", "<u8", "<u8", "<u8", "<u8", "<u8", "<u8",
-                ("<u8", (CHECKPOINTS,))],
+                ("<u8", (CHECKPOINTS,)), ("u1", (8,))],
     "offsets": [0, 8, 12, 16, 24, 32, 36, 40, 48, 56,
                 64, 72, 80, 88,
-                128, 192, 200, 256, 320, 328, 384, 448, 512],
+                128, 192, 200, 256, 320, 328, 384, 448, 512, 1024],
     "itemsize": HEADER_SIZE,
 })
 
 SLOT_DTYPE = np.dtype({
-    "names": ["read", "read_count", "lost", "sleep",
+    "names": ["read", "spare", "lost", "sleep",
               "state", "pid", "start_time", "attached_ns", "name_len", "name"],
     "formats": ["<u8", "<u8", "<u8", "<u8",
                 "<u8", "<u8", "<u8", "<u8", "<u8", "S128"],
@@ -124,10 +129,10 @@ H_SCAN = _word(HEADER_DTYPE, "scan")
 H_PRODUCER_SLEEP = _word(HEADER_DTYPE, "producer_sleep")
 H_GENERATION = _word(HEADER_DTYPE, "generation")
 H_CHECKPOINTS = _word(HEADER_DTYPE, "checkpoints")
+H_SLEEPERS = _word(HEADER_DTYPE, "sleepers")
 
 # Word offsets inside a slot (add slot_word(i)).
 S_READ = _word(SLOT_DTYPE, "read")
-S_READ_COUNT = _word(SLOT_DTYPE, "read_count")
 S_LOST = _word(SLOT_DTYPE, "lost")
 S_SLEEP = _word(SLOT_DTYPE, "sleep")
 S_STATE = _word(SLOT_DTYPE, "state")
@@ -202,7 +207,8 @@ def init_header(buf: memoryview, *, capacity: int, flags: int, slot_count: int,
 def read_header(buf: memoryview | bytes) -> dict:
     """The header fields as a dict of ints (no validation; checkpoints left out)."""
     hdr = np.frombuffer(buf, HEADER_DTYPE, 1)[0]
-    return {name: int(hdr[name]) for name in HEADER_DTYPE.names if name != "checkpoints"}
+    return {name: int(hdr[name]) for name in HEADER_DTYPE.names
+            if name not in ("checkpoints", "sleepers")}
 
 
 def block_shift(capacity: int) -> int:

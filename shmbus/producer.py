@@ -22,7 +22,7 @@ from . import layout, liveness, naming, ring
 from .errors import LayoutMismatch, MessageTooLarge, RingBusy, ShmbusError, Timeout
 from .layout import (H_COUNT, H_GATE, H_GENERATION, H_LAST, H_PRODUCER_EPOCH,
                      H_PRODUCER_PID, H_PRODUCER_SINCE, H_PRODUCER_SLEEP,
-                     H_PRODUCER_START, H_SCAN, H_TAIL, H_WRITE, RECORD,
+                     H_PRODUCER_START, H_SCAN, H_SLEEPERS, H_TAIL, H_WRITE, RECORD,
                      RECORD_HEADER, S_READ, S_SLEEP, S_STATE, SLOT_FREE, slot_word)
 from .lock import FileLock
 from .segment import Segment
@@ -164,6 +164,8 @@ class Producer:
         self._last_reclaim = 0.0
         self._rescan()
         self._room = tail + cap
+        self._limit = min(self._room, self._cp_next)
+        self._unusable = False
         self.send = self._bind_send()
 
     # -- sending ----------------------------------------------------------------------
@@ -186,7 +188,7 @@ class Producer:
         pack, now = RECORD.pack_into, time.monotonic_ns
 
         def send(data, key=None, *, timeout: float | None = None) -> int:
-            if me._claim_open or me._closed:
+            if me._unusable:
                 me._check_usable()
             if type(data) is not bytes:
                 data = _as_bytes_view(data)
@@ -196,14 +198,13 @@ class Producer:
                 kb = _key_bytes(key)
                 klen = len(kb)
             n = len(data)
-            size = (RECORD_HEADER + klen + n + 7) & -8
+            size = (RECORD_HEADER + 7 + klen + n) & -8
             pos = me._write
             idx = pos & mask
-            if idx + size > cap or pos + size > me._room or size > max_record:
+            # One test covers wrapping, a full ring and a checkpoint due (_limit).
+            if idx + size > cap or pos + size > me._limit or size > max_record:
                 pos = me._reserve(size, klen, n, timeout, None)
                 idx = pos & mask
-            if pos >= me._cp_next:
-                me._cp_next = ring.checkpoint(words, me._shift, me._cp_next, pos)
             seq = me._seq
             pack(data_area, idx, n, klen, 0, seq, now())
             start = idx + RECORD_HEADER
@@ -215,11 +216,8 @@ class Producer:
             end = me._write = pos + size
             words[H_WRITE] = end
             words[H_LAST] = pos
-            if words[H_GENERATION] != me._gen:
-                me._refresh_wakers()
-            for word, waker in me._wake:
-                if words[word] & 1:
-                    waker.wake(words[word])
+            if words[H_SLEEPERS]:
+                me._wake_sleepers()
             return seq
 
         return send
@@ -246,15 +244,13 @@ class Producer:
             klen, n = len(kb), len(data)
             size = (RECORD_HEADER + klen + n + 7) & -8
             idx = pos & mask
-            if idx + size > cap or pos + size > self._room or size > max_record:
+            if idx + size > cap or pos + size > self._limit or size > max_record:
                 self._seq, self._write = seq, pos
                 if last >= 0:
                     self._publish(pos, last)
                     last = -1
                 pos = self._reserve(size, klen, n, None, deadline)
                 idx = pos & mask
-            if pos >= self._cp_next:
-                self._cp_next = ring.checkpoint(self._words, self._shift, self._cp_next, pos)
             pack(data_area, idx, n, klen, 0, seq, now())
             start = idx + RECORD_HEADER
             if klen:
@@ -280,7 +276,7 @@ class Producer:
         kb = _key_bytes(key)
         total = (RECORD_HEADER + len(kb) + size + 7) & -8
         pos = self._write
-        if (pos & self._mask) + total > self.capacity or pos + total > self._room or \
+        if (pos & self._mask) + total > self.capacity or pos + total > self._limit or \
                 total > self._max_record:
             pos = self._reserve(total, len(kb), size, timeout, None)
         return Claim(self, pos, total, kb, size)
@@ -289,9 +285,6 @@ class Producer:
         idx = claim.pos & self._mask
         seq = self._seq
         klen = len(claim.key)
-        if claim.pos >= self._cp_next:
-            self._cp_next = ring.checkpoint(self._words, self._shift, self._cp_next,
-                                            claim.pos)
         RECORD.pack_into(self._data, idx, claim.size, klen, 0, seq, time.monotonic_ns())
         if klen:
             self._data[idx + RECORD_HEADER:idx + RECORD_HEADER + klen] = claim.key
@@ -304,10 +297,12 @@ class Producer:
         w = self._words
         w[H_WRITE] = end
         w[H_LAST] = last
-        self._after_publish()
+        if w[H_SLEEPERS]:
+            self._wake_sleepers()
 
-    def _after_publish(self) -> None:
-        """Wake the consumers that sleep (re-reading the slot table if it changed)."""
+    def _wake_sleepers(self) -> None:
+        """Post the semaphore of every consumer that sleeps (the sleeper bytes said
+        some may); re-read the slot table first if it changed."""
         w = self._words
         if w[H_GENERATION] != self._gen:
             self._refresh_wakers()
@@ -340,6 +335,9 @@ class Producer:
             ring.write_padding(self._data, pos, self.capacity)
             pos += pad
             self._write = pos
+        if pos >= self._cp_next:
+            self._cp_next = ring.checkpoint(self._words, self._shift, self._cp_next, pos)
+        self._limit = min(self._room, self._cp_next)
         return pos
 
     def _make_room(self, end: int, deadline: float | None, timeout) -> None:
@@ -358,6 +356,7 @@ class Producer:
         w[H_TAIL] = target
         self._tail = target
         self._room = target + self.capacity
+        self._limit = min(self._room, self._cp_next)
 
     def _rescan(self) -> None:
         """Recompute the gate (lowest read position of any slot in use) under the scan
@@ -447,7 +446,7 @@ class Producer:
         the next producer."""
         if self._closed:
             return
-        self._closed = True
+        self._closed = self._unusable = True
         if getattr(self, "_pid", os.getpid()) != os.getpid():
             return  # a forked child never owned the parent's producer
         self._words[H_COUNT] = self._seq
@@ -491,13 +490,13 @@ class Claim:
         start = idx + RECORD_HEADER + len(key)
         self.view = producer._data[start:start + size]
         self.seq: int | None = None
-        producer._claim_open = True
+        producer._claim_open = producer._unusable = True
 
     def __enter__(self) -> memoryview:
         return self.view
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        self.producer._claim_open = False
+        self.producer._claim_open = self.producer._unusable = False
         try:
             self.view.release()
         except BufferError:

@@ -13,8 +13,9 @@ from dataclasses import dataclass
 
 from . import layout, liveness, naming
 from .errors import RingBusy
-from .layout import (H_GENERATION, S_ATTACHED, S_LOST, S_PID, S_READ, S_READ_COUNT,
-                     S_START, S_STATE, SLOT_ACTIVE, SLOT_DURABLE, SLOT_FREE, slot_word)
+from .layout import (FLAGGED_SLOTS, H_GENERATION, S_ATTACHED, S_LOST, S_PID, S_READ,
+                     S_START, S_STATE, SLEEPERS_OFFSET, SLOT_ACTIVE, SLOT_DURABLE,
+                     SLOT_FREE, slot_word)
 from .lock import FileLock
 from .segment import Segment
 
@@ -28,7 +29,6 @@ class SlotInfo:
     pid: int
     start_time: int
     read: int
-    read_count: int
     lost: int
     durable: str | None
 
@@ -53,7 +53,7 @@ class SlotTable:
     def info(self, i: int) -> SlotInfo:
         w, base = self.words, slot_word(i)
         return SlotInfo(i, w[base + S_STATE], w[base + S_PID], w[base + S_START],
-                        w[base + S_READ], w[base + S_READ_COUNT], w[base + S_LOST],
+                        w[base + S_READ], w[base + S_LOST],
                         layout.slot_name(self.seg.buf, i))
 
     def in_use(self) -> list[int]:
@@ -82,7 +82,6 @@ class SlotTable:
                 "recreate the ring with more slots", name=self.seg.ring)
         w, base, me = self.words, slot_word(free), liveness.current()
         w[base + S_READ] = read
-        w[base + S_READ_COUNT] = 0
         w[base + S_LOST] = 0
         w[base + S_PID] = me.pid
         w[base + S_START] = me.start_time
@@ -133,6 +132,10 @@ class SlotTable:
         return freed
 
     def bump(self) -> None:
+        """Tell the producer the table changed (caller holds the lock), and keep the
+        "wide" sleeper byte right: set while any slot without its own byte is in use."""
+        wide = any(i >= FLAGGED_SLOTS for i in self.in_use())
+        self.seg.buf[SLEEPERS_OFFSET + FLAGGED_SLOTS] = 1 if wide else 0
         self.words[H_GENERATION] += 1
 
     def _first_free(self) -> int | None:

@@ -85,14 +85,19 @@ class Sleeper:
     """
 
     def __init__(self, words: memoryview, epoch_index: int, sem_name: str,
-                 how: WaitStrategy) -> None:
+                 how: WaitStrategy, flag: tuple[memoryview, int] | None = None) -> None:
         self.words = words
         self.epoch_index = epoch_index
+        # Optionally a byte set while asleep, so the waker can test several waiters
+        # with one load (a byte store never disturbs the neighbouring bytes).
+        self.flag_buf, self.flag_index = flag if flag else (None, 0)
         self.how = how
         self.sem_name = sem_name
         self.sem = posix_ipc.Semaphore(sem_name, posix_ipc.O_CREAT, 0o600, 0)
         if words[epoch_index] & 1:  # a previous owner died asleep: make it even
             words[epoch_index] += 1
+        if self.flag_buf is not None:
+            self.flag_buf[self.flag_index] = 0
 
     def close(self) -> None:
         if self.sem is not None:
@@ -128,6 +133,8 @@ class Sleeper:
                 if timeout <= 0:
                     return ready()
             words[i] += 1  # odd: asleep
+            if self.flag_buf is not None:
+                self.flag_buf[self.flag_index] = 1
             fence()
             try:
                 if ready():
@@ -137,6 +144,8 @@ class Sleeper:
                 except posix_ipc.BusyError:
                     pass
             finally:
+                if self.flag_buf is not None:
+                    self.flag_buf[self.flag_index] = 0
                 words[i] += 1  # even: awake
             if ready():
                 return True

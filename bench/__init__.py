@@ -1,0 +1,1 @@
+"""shmbus benchmarks: programs, not tests.  See bench/README.md."""

@@ -1,0 +1,230 @@
+"""The shared harness: run topologies in spawned processes, interleave transports,
+repeat, and report medians (with min-max) as a Markdown table and JSON.
+
+Interleaving (A B C A B C ...) spreads the machine's noise over every transport
+instead of letting it hit one: this host has 2 cores and is shared.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from typing import Callable
+
+from .transports import SPAWN, Transport
+
+WARM = b"w"  # 1-byte probes sent until every receiver is connected (PUB/SUB peers)
+
+
+# -- child processes ----------------------------------------------------------------
+
+
+def _receiver_main(transport: Transport, cfg, index, n, batch, ready, warm, out):
+    r = transport.receiver(cfg, index)
+    try:
+        ready.set()
+        got, t0, cpu0 = 0, None, None
+        recv, recv_batch = r.recv, r.recv_batch
+        while got < n:
+            lengths = recv_batch(min(batch, n - got)) if batch > 1 else [recv()]
+            for length in lengths:
+                if length == len(WARM):
+                    warm.set()
+                    continue
+                if t0 is None:
+                    t0, cpu0 = time.perf_counter(), time.process_time()
+                got += 1
+        out.put(("recv", index, time.perf_counter() - t0, time.process_time() - cpu0))
+    finally:
+        r.close()
+
+
+def _sender_main(transport: Transport, cfg, n, size, batch, readies, warms, out):
+    s = transport.sender(cfg)
+    try:
+        for ready in readies:
+            ready.wait(60)
+        if s.needs_warmup:
+            while not all(w.is_set() for w in warms):
+                s.send(WARM)
+                time.sleep(0.001)
+        payload = os.urandom(size)
+        t0, cpu0 = time.perf_counter(), time.process_time()
+        if batch > 1:
+            chunk = [payload] * batch
+            for _ in range(n // batch):
+                s.send_batch(chunk)
+        else:
+            send = s.send
+            for _ in range(n):
+                send(payload)
+        out.put(("send", 0, time.perf_counter() - t0, time.process_time() - cpu0))
+    finally:
+        s.close()
+
+
+def run_stream(transport: Transport, n: int, size: int, receivers: int = 1,
+               batch: int = 1, timeout: float = 300) -> dict:
+    """One producer process streaming ``n`` messages of ``size`` bytes to
+    ``receivers`` processes; rates are messages per second."""
+    n -= n % batch
+    cfg = transport.setup(receivers, size)
+    procs = []
+    try:
+        out = SPAWN.Queue()
+        readies = [SPAWN.Event() for _ in range(receivers)]
+        warms = [SPAWN.Event() for _ in range(receivers)]
+        for i in range(receivers):
+            procs.append(SPAWN.Process(target=_receiver_main, args=(
+                transport, cfg, i, n, batch, readies[i], warms[i], out), daemon=True))
+        procs.append(SPAWN.Process(target=_sender_main, args=(
+            transport, cfg, n, size, batch, readies, warms, out), daemon=True))
+        for p in procs:
+            p.start()
+        results = [_collect(out, procs, timeout) for _ in range(receivers + 1)]
+        for p in procs:
+            p.join(timeout)
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+                p.join(5)
+        transport.teardown(cfg)
+    send = next(r for r in results if r[0] == "send")
+    recvs = sorted((r for r in results if r[0] == "recv"), key=lambda r: r[1])
+    return {
+        "per_consumer_rate": statistics.median(n / r[2] for r in recvs),
+        "producer_rate": n / send[2],
+        "cpu_s_per_million": (send[3] + sum(r[3] for r in recvs)) / n * 1e6,
+        "bytes_per_s": statistics.median(n * size / r[2] for r in recvs),
+    }
+
+
+def _collect(out, procs, timeout: float):
+    """The next result from ``out``; fail fast if a child process died."""
+    import queue
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return out.get(timeout=0.2)
+        except queue.Empty:
+            dead = [p for p in procs if p.exitcode not in (None, 0)]
+            if dead:
+                raise RuntimeError(f"benchmark process failed (exit {dead[0].exitcode})")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no result within {timeout} s")
+
+
+def _echo_main(transport_a, cfg_a, transport_b, cfg_b, rounds, ready, go):
+    r = transport_a.receiver(cfg_a, 0)
+    s = transport_b.sender(cfg_b)
+    try:
+        ready.set()
+        recv, send = r.recv, s.send
+        payload = bytes(64)
+        for _ in range(rounds):
+            recv()
+            send(payload)
+    finally:
+        r.close()
+        s.close()
+
+
+def run_ping_pong(transport: Transport, rounds: int, timeout: float = 300) -> dict:
+    """Round trips of a 64-byte message between two processes; latencies in µs."""
+    cfg_a, cfg_b = transport.setup(1, 64), transport.setup(1, 64)
+    proc = None
+    out = SPAWN.Queue()
+    try:
+        ready = SPAWN.Event()
+        proc = SPAWN.Process(target=_echo_main, args=(
+            transport, cfg_a, transport, cfg_b, rounds, ready, None), daemon=True)
+        proc.start()
+        ready.wait(60)
+        child = SPAWN.Process(target=_ping_main, args=(transport, cfg_a, cfg_b, rounds, out),
+                              daemon=True)
+        child.start()
+        lat = _collect(out, [proc, child], timeout)
+        child.join(timeout)
+        proc.join(timeout)
+    finally:
+        if proc is not None and proc.is_alive():
+            proc.kill()
+            proc.join(5)
+        transport.teardown(cfg_a)
+        transport.teardown(cfg_b)
+    lat.sort()
+    q = lambda f: lat[min(len(lat) - 1, int(f * len(lat)))] / 1e3  # noqa: E731
+    return {"p50_us": q(0.5), "p99_us": q(0.99), "p999_us": q(0.999)}
+
+
+def _ping_main(transport, cfg_a, cfg_b, rounds, out):
+    s = transport.sender(cfg_a)
+    r = transport.receiver(cfg_b, 0)
+    try:
+        send, recv, now = s.send, r.recv, time.perf_counter_ns
+        payload = bytes(64)
+        lat = []
+        for i in range(rounds):
+            t0 = now()
+            send(payload)
+            recv()
+            lat.append(now() - t0)
+        out.put(lat[rounds // 10:])  # the first tenth warms up
+    finally:
+        s.close()
+        r.close()
+
+
+# -- repetition and reporting ----------------------------------------------------------
+
+
+def interleaved(cases: list[tuple[str, Callable[[], dict]]], repeats: int,
+                progress: bool = True) -> dict[str, dict]:
+    """Run every case once per round, ``repeats`` rounds; per case and metric return
+    ``{"median", "min", "max", "runs"}``."""
+    runs: dict[str, list[dict]] = {name: [] for name, _ in cases}
+    for round_ in range(repeats):
+        for name, fn in cases:
+            if progress:
+                print(f"  round {round_ + 1}/{repeats}: {name} ...", file=sys.stderr,
+                      flush=True)
+            runs[name].append(fn())
+    summary = {}
+    for name, results in runs.items():
+        summary[name] = {
+            metric: {"median": statistics.median(r[metric] for r in results),
+                     "min": min(r[metric] for r in results),
+                     "max": max(r[metric] for r in results),
+                     "runs": [r[metric] for r in results]}
+            for metric in results[0]}
+    return summary
+
+
+def machine() -> dict:
+    import psutil
+    return {"python": platform.python_version(), "machine": platform.machine(),
+            "cpus": os.cpu_count(), "memory_gib": round(psutil.virtual_memory().total / 2**30),
+            "platform": platform.platform(), "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+
+def fmt_value(stats: dict, scale: float = 1.0, digits: int = 2) -> str:
+    return (f"{stats['median'] * scale:.{digits}f} "
+            f"({stats['min'] * scale:.{digits}f}-{stats['max'] * scale:.{digits}f})")
+
+
+def markdown(title: str, rows: list[list[str]], headers: list[str]) -> str:
+    lines = [f"### {title}", "", "| " + " | ".join(headers) + " |",
+             "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_json(path: str | None, data: dict) -> None:
+    if path:
+        with open(path, "w") as f:
+            json.dump(data, f, indent=2, sort_keys=True)
