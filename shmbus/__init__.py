@@ -10,6 +10,7 @@ from .errors import (CorruptRing, DurableBusy, InvalidName, LayoutMismatch, Leas
                      MessageTooLarge, NotHeld, RingBusy, RingNotFound, ShmbusError,
                      ShmFull, Timeout)
 from .introspect import inspect, list_locks, list_rings
+from .lease import Fence, Lease, list_leases
 from .layout import LAYOUT_VERSION
 from .lock import FileLock
 from .producer import Producer
@@ -19,8 +20,8 @@ from .wait import WaitStrategy
 __version__ = "0.1.0"
 
 __all__ = [
-    "Producer", "Consumer", "Message", "FileLock", "WaitStrategy",
-    "list_rings", "inspect", "list_locks", "unlink", "LAYOUT_VERSION",
+    "Producer", "Consumer", "Message", "FileLock", "Lease", "Fence", "WaitStrategy",
+    "list_rings", "inspect", "list_locks", "list_leases", "unlink", "LAYOUT_VERSION",
     "ShmbusError", "RingNotFound", "RingBusy", "DurableBusy", "LayoutMismatch",
     "CorruptRing", "MessageTooLarge", "InvalidName", "Timeout", "LeaseLost", "NotHeld",
     "ShmFull",

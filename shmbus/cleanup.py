@@ -4,7 +4,8 @@ A ring is *in use* while its producer or any attached consumer is alive (pid and
 time).  ``collect`` removes rings not in use (with their durable cursors: stopping every
 participant and collecting is how a namespace is emptied), segments that are not readable
 rings and whose locks nobody holds, semaphores of rings that no longer exist, and lock
-files nobody holds.  In rings still in use it frees the slots of dead anonymous
+files nobody holds, and leases whose holder is gone (fence files are kept).  In rings still
+in use it frees the slots of dead anonymous
 consumers.  It never touches anything a live process uses.
 """
 
@@ -17,7 +18,8 @@ import posix_ipc
 from . import naming
 from .errors import ShmbusError
 from .introspect import inspect
-from .lock import FileLock, lock_holders
+from .lease import list_leases
+from .lock import FileLock, is_lease_file, lock_holders
 from .segment import Segment
 from .segment import unlink as unlink_segment
 from .slots import SlotTable
@@ -105,8 +107,19 @@ def _collect_locks(ns: str, dry_run: bool, done: list[dict]) -> None:
         names = sorted(os.listdir(directory))
     except FileNotFoundError:
         return
+    for lease in list_leases(ns):
+        if lease["pid"] and lease["alive"] != "dead":
+            continue
+        done.append({"kind": "lease", "name": lease["name"], "reason": "no live holder"})
+        if not dry_run:  # tokens stay increasing without the file: see shmbus.lease
+            try:
+                os.unlink(f"{directory}/{lease['name']}@lease")
+            except FileNotFoundError:
+                pass
     for name in names:
         path = f"{directory}/{name}"
+        if is_lease_file(name):
+            continue  # leases above; fences are kept: they guard resources
         if any(not h.waiting for h in lock_holders(path)):
             continue
         done.append({"kind": "lock", "name": name, "reason": "nobody holds it"})

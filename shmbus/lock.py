@@ -381,7 +381,7 @@ def list_locks(namespace: str | None = None) -> list[dict]:
     ns = naming.resolve_namespace(namespace)
     directory = naming.lock_dir(ns)
     try:
-        names = sorted(os.listdir(directory))
+        names = sorted(n for n in os.listdir(directory) if not is_lease_file(n))
     except FileNotFoundError:
         return []
     out = []
@@ -390,3 +390,8 @@ def list_locks(namespace: str | None = None) -> list[dict]:
         out.append({"name": name, "path": path,
                     "holders": [h.to_dict() for h in lock_holders(path)]})
     return out
+
+
+def is_lease_file(name: str) -> bool:
+    """Lease and fence files live beside lock files but are not flock-held."""
+    return name.endswith("@lease") or name.endswith("@fence")

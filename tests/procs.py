@@ -119,3 +119,12 @@ def hold_lock(ns: str, name: str, shared: bool, held) -> None:
     lock.acquire()
     held.set()
     time.sleep(3600)  # waiting to be SIGKILLed
+
+
+def hold_lease(ns: str, name: str, ttl: float, held, tokens) -> None:
+    """Acquire the lease, report its token, then wait to be stopped or killed."""
+    lease = shmbus.Lease(name, ttl=ttl, namespace=ns)
+    lease.acquire(timeout=30)
+    tokens.put(lease.token)
+    held.set()
+    time.sleep(3600)  # waiting to be SIGSTOPped / SIGKILLed
