@@ -34,8 +34,8 @@ def memcpy_bandwidth(size: int = 1 << 20, rounds: int = 2000) -> float:
     return size * rounds / (time.perf_counter() - t0)
 
 
-def cases(quick: bool) -> list[tuple[str, int, int, object]]:
-    counts = QUICK if quick else SIZES
+def cases(quick: bool, scale: float = 1.0) -> list[tuple[str, int, int, object, int]]:
+    counts = {size: max(50, int(n * scale)) for size, n in (QUICK if quick else SIZES).items()}
     out = []
     for size, n in counts.items():
         peers = [Shmbus(), MpQueue(), MpPipe(), FasterFifo(), Zmq(), Iceoryx2()]
@@ -55,9 +55,15 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--quick", action="store_true", help="small counts (under a minute)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--json", default=None, help="write results to this file")
+    ap.add_argument("--scale", type=float, default=1.0, help="multiply message counts")
+    ap.add_argument("--only", default=None,
+                    help="comma-separated transport names to run (default: all)")
     args = ap.parse_args(argv)
+    only = set(args.only.split(",")) if args.only else None
     runnable, notes = [], []
-    for name, size, n, t, batch in cases(args.quick):
+    for name, size, n, t, batch in cases(args.quick, args.scale):
+        if only and t.name not in only:
+            continue
         why = t.missing()
         if why:
             notes.append(f"skipped {t.name}: {why}")

@@ -25,13 +25,15 @@ def check_payload(data: bytes) -> tuple[int, int]:
 
 
 def produce(ns: str, ring: str, capacity: int, count: int, started, producer_id: int = 1,
-            on_full: str = "block") -> None:
-    """Send ``count`` messages (forever if count < 0); set ``started`` after the first."""
+            on_full: str = "block", vary: bool = False) -> None:
+    """Send ``count`` messages (forever if count < 0); set ``started`` after the first.
+    With ``vary``, payload sizes vary from 24 to 400 bytes."""
     with shmbus.Producer(ring, capacity=capacity, namespace=ns, on_full=on_full) as pub:
         i = 0
         while count < 0 or i < count:
             seq = pub.seq
-            pub.send(make_payload(producer_id, seq), key=f"k{seq % 7}", timeout=30)
+            size = 24 + (seq * 37) % 377 if vary else 48
+            pub.send(make_payload(producer_id, seq, size), key=f"k{seq % 7}", timeout=30)
             if i == 0:
                 started.set()
             i += 1

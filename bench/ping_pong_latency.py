@@ -1,0 +1,55 @@
+"""PingPongLatency: the round trip of a 64-byte message between two processes.
+
+    pinger --A--> echoer
+    pinger <--B-- echoer
+
+p50 / p99 / p99.9 in microseconds, for each shmbus wait strategy and for the peers
+(the first tenth of the round trips warms up and is not counted).
+
+    python -m bench.ping_pong_latency [--rounds N] [--repeats N] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from . import harness
+from .transports import FasterFifo, Iceoryx2, MpPipe, MpQueue, Shmbus, Zmq
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rounds", type=int, default=20_000)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args(argv)
+    transports = [Shmbus(), Shmbus(wait="spin"), Shmbus(wait="sleep"), MpQueue(),
+                  MpPipe(), FasterFifo(), Zmq(), Iceoryx2()]
+    notes = [f"skipped {t.name}: {t.missing()}" for t in transports if t.missing()]
+    cases = [(t.name, lambda t=t: harness.run_ping_pong(t, args.rounds))
+             for t in transports if not t.missing()]
+    summary = harness.interleaved(cases, args.repeats)
+    base = summary["shmbus"]["p50_us"]["median"]
+    spin = summary["shmbus[spin]"]["p50_us"]["median"]
+    rows = []
+    for name, s in summary.items():
+        ref = spin if name != "shmbus" and not name.startswith("shmbus") else None
+        rows.append([name, harness.fmt_value(s["p50_us"], 1, 1),
+                     harness.fmt_value(s["p99_us"], 1, 1),
+                     harness.fmt_value(s["p999_us"], 1, 1),
+                     f"{base / s['p50_us']['median']:.2f}" if not name.startswith("shmbus")
+                     else "-",
+                     f"{ref / s['p50_us']['median']:.2f}" if ref else "-"])
+    print(harness.markdown(f"round trip, 64 B, {args.rounds} rounds", rows,
+                           ["transport", "p50 µs", "p99 µs", "p99.9 µs",
+                            "shmbus p50 / peer p50", "shmbus[spin] p50 / peer p50"]))
+    for n in notes:
+        print(n)
+    result = {"machine": harness.machine(), "benchmark": "ping_pong_latency",
+              "rounds": args.rounds, "results": summary, "notes": notes}
+    harness.write_json(args.json, result)
+    return result
+
+
+if __name__ == "__main__":
+    main()
