@@ -182,6 +182,7 @@ class Consumer:
         w = self._words
         fence()
         deadline = time.monotonic() + 0.05
+        give_up = deadline + 1.0
         while True:
             epoch = w[H_SCAN]
             gate = w[H_GATE]
@@ -192,6 +193,10 @@ class Consumer:
                 pid = w[H_PRODUCER_PID]
                 if not pid or liveness.is_dead(pid, 0):
                     return max(pos, gate)  # it died mid-scan; its successor rescans
+                if time.monotonic() > give_up:
+                    # A live producer stuck mid-scan (stopped?): never hang, never trust
+                    # zero-copy: check (copy, then validate) every read from now on.
+                    return _NEVER
                 deadline = time.monotonic() + 0.05
             os.sched_yield()
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import errno
 import os
+import shlex
+import sys
 
 import posix_ipc
 import pytest
@@ -203,3 +205,54 @@ def test_unlink_removes_everything(ns):
     assert shmbus.unlink("gone") is True
     assert shmbus.unlink("gone") is False
     assert naming.owned_entries(ns, os.listdir(naming.SHM_DIR)) == []
+
+
+def _can_mount_tmpfs() -> bool:
+    import shutil
+    import subprocess
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        return False
+    probe = subprocess.run(["unshare", "-m", "sh", "-c",
+                            "mount -t tmpfs -o size=1M tmpfs /dev/shm"],
+                           capture_output=True, timeout=30)
+    return probe.returncode == 0
+
+
+@pytest.mark.skipif(not _can_mount_tmpfs(), reason="needs root and unshare to mount "
+                    "a small private /dev/shm; test_enospc_from_fallocate_leaves_nothing "
+                    "simulates the same")
+def test_really_full_dev_shm(ns):
+    """In a private mount namespace whose /dev/shm is a 1 MiB tmpfs: the ring that does
+    not fit fails with ShmFull, both at the free-space check and in posix_fallocate,
+    leaving nothing behind, and the ring that fits keeps working (no SIGBUS)."""
+    import subprocess
+    import textwrap
+    script = textwrap.dedent("""
+        import os, shmbus, shmbus.segment as seg
+        with shmbus.Producer("fits", capacity=512 << 10) as pub, \\
+                shmbus.Consumer("fits") as sub:
+            try:
+                shmbus.Producer("big", capacity=2 << 20)
+            except shmbus.ShmFull as e:
+                print("precheck:", type(e).__name__)
+            seg._check_free_space = lambda ring, size: None  # reach fallocate itself
+            try:
+                shmbus.Producer("big2", capacity=1 << 20)
+            except shmbus.ShmFull as e:
+                print("fallocate:", type(e).__name__)
+            for i in range(3000):
+                pub.send(b"x" * 1000)
+                assert bytes(sub.recv(timeout=1)) == b"x" * 1000
+            print("still works")
+        shmbus.unlink("fits")
+        print(sorted(os.listdir("/dev/shm")))
+    """)
+    out = subprocess.run(
+        ["unshare", "-m", "sh", "-c",
+         f"mount -t tmpfs -o size=1M tmpfs /dev/shm && exec {sys.executable} -c "
+         + shlex.quote(script)],
+        capture_output=True, text=True, timeout=120, env={**os.environ,
+                                                          "SHMBUS_NAMESPACE": ns})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[:4] == ["precheck: ShmFull", "fallocate: ShmFull",
+                                          "still works", "[]"], out.stdout
