@@ -79,7 +79,7 @@ class _LeaseFile:
                 self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
                 break
             except FileNotFoundError:
-                os.makedirs(self.directory, exist_ok=True)
+                naming.make_dir(self.directory)
         fcntl.flock(self.fd, fcntl.LOCK_EX)
         return self
 

@@ -260,7 +260,7 @@ class FileLock:
             try:
                 return os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
             except FileNotFoundError:
-                os.makedirs(self.directory, exist_ok=True)
+                naming.make_dir(self.directory)
             except PermissionError as e:
                 raise PermissionError(
                     e.errno, f"cannot open lock file {self.path}: {e.strerror}; it belongs "

@@ -78,6 +78,15 @@ def lock_dir(ns: str) -> str:
     return f"{SHM_DIR}/{ns}@locks"
 
 
+def make_dir(path: str) -> None:
+    """Create a lock directory if it is missing.  Others may create or remove it at the
+    same moment (the last lock released removes it): callers retry their open."""
+    try:
+        os.mkdir(path, 0o755)
+    except FileExistsError:
+        pass
+
+
 def ring_lock_name(ring: str, role: str) -> str:
     """Internal lock name for one of a ring's roles (``producer``, ``create``,
     ``slots``, ``durable.NAME``); contains ``@`` so it never equals a user's lock."""
