@@ -1,0 +1,101 @@
+"""Dispatch policies as pure units: balance, stability, keys moved, bounded loads."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from balancer.policies import ConsistentHash, RoundRobin, hash64, policy
+
+KEYS = [f"key-{i}".encode() for i in range(100_000)]
+
+
+def shares(ch: ConsistentHash) -> dict:
+    return {k: ch.owner(k) for k in KEYS}
+
+
+def test_round_robin_spreads_evenly_and_skips():
+    rr = RoundRobin(["a", "b", "c"])
+    assert [rr.pick() for _ in range(6)] == ["a", "b", "c", "a", "b", "c"]
+    assert [rr.pick(skip=lambda w: w == "b") for _ in range(4)] == ["a", "c", "a", "c"]
+    assert rr.pick(skip=lambda w: True) is None
+    rr.remove("a")
+    assert Counter(rr.pick() for _ in range(100)) == {"b": 50, "c": 50}
+    rr.add("d")
+    assert Counter(rr.pick() for _ in range(99)) == {"b": 33, "c": 33, "d": 33}
+    with pytest.raises(ValueError, match="already"):
+        rr.add("d")
+
+
+@pytest.mark.parametrize("n, limit", [(10, 1.06), (100, 1.12)])
+def test_consistent_hash_balance(n, limit):
+    ch = ConsistentHash([f"w{i}" for i in range(n)])
+    load = Counter(shares(ch).values())
+    assert len(load) == n
+    assert max(load.values()) / (len(KEYS) / n) <= limit
+
+
+@pytest.mark.parametrize("n", [10, 100])
+def test_join_and_leave_move_about_one_nth(n):
+    ch = ConsistentHash([f"w{i}" for i in range(n)])
+    before = shares(ch)
+    ch.add("newcomer")
+    after = shares(ch)
+    moved = [k for k in KEYS if after[k] != before[k]]
+    assert all(after[k] == "newcomer" for k in moved)  # only keys of the new worker
+    assert abs(len(moved) / len(KEYS) - 1 / (n + 1)) <= 0.1 / (n + 1)
+    ch.remove("newcomer")
+    assert shares(ch) == before  # stable: membership back, ownership back
+    ch.remove("w3")
+    gone = shares(ch)
+    moved = [k for k in KEYS if gone[k] != before[k]]
+    assert all(before[k] == "w3" for k in moved)
+    assert abs(len(moved) / len(KEYS) - 1 / n) <= 0.1 / n
+
+
+def test_same_key_same_worker_across_instances():
+    a = ConsistentHash(["x", "y", "z"])
+    b = ConsistentHash(["z", "y", "x"])
+    assert all(a.owner(k) == b.owner(k) for k in KEYS[:2000])
+    assert a.pick("user-42") == a.pick(b"user-42") == a.owner("user-42")
+    assert hash64(b"abc") == hash64(b"abc")
+
+
+def test_weights_scale_shares():
+    ch = ConsistentHash(["small", "big"], weights={"big": 3.0})
+    load = Counter(shares(ch).values())
+    assert 2.6 <= load["big"] / load["small"] <= 3.4
+
+
+def test_bounded_load_caps_every_worker():
+    ch = ConsistentHash([f"w{i}" for i in range(10)], load_factor=0.25)
+    loads: Counter = Counter()
+    hot = [b"hot"] * 5000 + KEYS[:5000]  # half the traffic on one key
+    for k in hot:
+        w = ch.pick(k, loads=loads)
+        loads[w] += 1
+    mean = len(hot) / 10
+    assert max(loads.values()) <= 1.25 * mean + 1
+    assert ch.pick(b"hot") == ch.owner(b"hot")  # without loads: the plain owner
+
+
+def test_skip_walks_to_the_next_worker():
+    ch = ConsistentHash(["a", "b", "c"])
+    owner = ch.owner("k")
+    other = ch.pick("k", skip=lambda w: w == owner)
+    assert other is not None and other != owner
+    assert ch.pick("k", skip=lambda w: True) is None
+    assert ConsistentHash().pick("k") is None
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match="unknown policy"):
+        policy("random")
+    with pytest.raises(ValueError, match="vnodes"):
+        ConsistentHash(vnodes=0)
+    with pytest.raises(ValueError, match="load_factor"):
+        ConsistentHash(load_factor=0)
+    with pytest.raises(ValueError, match="weight"):
+        ConsistentHash(["a"], weights={"a": -1})
+    assert isinstance(policy("round-robin"), RoundRobin)
