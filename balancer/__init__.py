@@ -1,5 +1,12 @@
 """The shmbus balancer: work queues over rings (round-robin, consistent hash).
 
-Not built yet: see the balancer issue.  The package exists so that the distribution's
-layout (shmbus, balancer, tools) is in place.
+``Balancer(group, inputs, policy=...)`` reads input rings and gives each message to
+exactly one ``Worker(group, name)``; see :mod:`balancer.balancer`.
 """
+
+from .balancer import Balancer
+from .policies import ConsistentHash, RoundRobin
+from .stats import read as read_stats
+from .worker import Worker
+
+__all__ = ["Balancer", "Worker", "RoundRobin", "ConsistentHash", "read_stats"]

@@ -24,7 +24,8 @@ from operator import itemgetter
 from . import layout, liveness, naming, ring
 from .errors import CorruptRing, DurableBusy, ShmbusError, Timeout
 from .layout import (H_GATE, H_LAST, H_PRODUCER_PID, H_PRODUCER_SLEEP, H_SCAN, H_TAIL,
-                     H_WRITE, RECORD, RECORD_HEADER, REC_PAD, S_LOST, S_READ,
+                     H_WRITE, RECORD, RECORD_HEADER, REC_PAD, REC_REDELIVERY_SHIFT,
+                     S_LOST, S_READ,
                      S_SLEEP, SLEEPERS_OFFSET, FLAGGED_SLOTS, slot_word)
 from .lock import FileLock
 from .segment import Segment
@@ -50,14 +51,19 @@ class Message(tuple):
     __slots__ = ()
 
     def __new__(cls, data: memoryview, key: bytes | None, seq: int, timestamp_ns: int,
-                consumer: "Consumer", end: int) -> "Message":
-        return tuple.__new__(cls, (data, key, seq, timestamp_ns, consumer, end))
+                consumer: "Consumer", end: int, flags: int = 0) -> "Message":
+        return tuple.__new__(cls, (data, key, seq, timestamp_ns, consumer, end, flags))
 
     data = property(itemgetter(0), doc="The payload: a memoryview.")
     key = property(itemgetter(1), doc="The key (bytes), or None.")
     seq = property(itemgetter(2), doc="The per-ring sequence number.")
     timestamp_ns = property(itemgetter(3), doc="time.monotonic_ns() at send.")
 
+    @property
+    def deliveries(self) -> int:
+        """How many times this message has been delivered, this time included (more
+        than 1 only for messages a balancer redelivered after a worker died)."""
+        return (self[6] >> REC_REDELIVERY_SHIFT) + 1
     def release(self) -> None:
         """Acknowledge this message and every one received before it: the producer may
         now overwrite them (and a durable consumer will not see them again)."""
@@ -256,7 +262,7 @@ class Consumer:
             else:
                 key = None
             end = me._pos = pos + ((RECORD_HEADER + 7 + klen + plen) & -8)
-            return new(Message, (data[start:start + plen], key, seq, ts, me, end))
+            return new(Message, (data[start:start + plen], key, seq, ts, me, end, 0))
 
         def recv_many(max_messages: int, timeout: float | None = None) -> list[Message]:
             if max_messages < 1:
@@ -288,7 +294,7 @@ class Consumer:
                 else:
                     key = None
                 pos += (RECORD_HEADER + 7 + klen + plen) & -8
-                append(new(Message, (data[start:start + plen], key, seq, ts, me, pos)))
+                append(new(Message, (data[start:start + plen], key, seq, ts, me, pos, 0)))
             me._pos = pos
             return batch
 
@@ -365,7 +371,7 @@ class Consumer:
                     w[self._lost_word] = self.lost
                 self._expect = seq + 1
             end = self._pos = pos + size
-            return Message(payload, key, seq, ts, self, end)
+            return Message(payload, key, seq, ts, self, end, flags)
 
     def _seq_at(self, pos: int) -> int | None:
         """The seq of the message that will be published at ``pos`` if ``pos`` is the

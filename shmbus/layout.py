@@ -145,6 +145,7 @@ SLOT_NAME_OFFSET = SLOT_DTYPE.fields["name"][1]
 RECORD = struct.Struct("<IHHQQ")
 RECORD_HEADER = RECORD.size          # 24
 REC_PAD = 1                          # record flag: padding to the end of the data area
+REC_REDELIVERY_SHIFT = 8             # flags bits 8-15: times delivered before (balancer)
 ALIGN = 8
 
 

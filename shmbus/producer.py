@@ -223,7 +223,7 @@ class Producer:
         return send
 
     def send_many(self, messages: Iterable, *, keys: Iterable | None = None,
-                  timeout: float | None = None) -> range:
+                  timeout: float | None = None, _flags: int = 0) -> range:
         """Publish several messages with one store of the write position (and one
         wake-up); return the range of their seqs.  ``keys``, if given, pairs one key
         with each message.  If the ring fills up midway, what was written so far is
@@ -251,7 +251,7 @@ class Producer:
                     last = -1
                 pos = self._reserve(size, klen, n, None, deadline)
                 idx = pos & mask
-            pack(data_area, idx, n, klen, 0, seq, now())
+            pack(data_area, idx, n, klen, _flags, seq, now())
             start = idx + RECORD_HEADER
             if klen:
                 data_area[start:start + klen] = kb
@@ -428,6 +428,16 @@ class Producer:
     def seq(self) -> int:
         """The seq the next message will carry."""
         return self._seq
+
+    @property
+    def position(self) -> int:
+        """The write position: the byte position just after the last message sent."""
+        return self._write
+
+    def read_position(self, slot: int) -> int:
+        """Consumer slot ``slot``'s read position (what it has released), e.g. to count
+        what a consumer still holds."""
+        return self._words[slot_word(slot) + S_READ]
 
     @property
     def closed(self) -> bool:

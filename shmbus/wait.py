@@ -141,8 +141,8 @@ class Sleeper:
                     return True
                 try:
                     self.sem.acquire(timeout)
-                except posix_ipc.BusyError:
-                    pass
+                except (posix_ipc.BusyError, posix_ipc.SignalError):
+                    pass  # timed out, or a signal handler ran: re-check either way
             finally:
                 if self.flag_buf is not None:
                     self.flag_buf[self.flag_index] = 0

@@ -130,3 +130,32 @@ def hold_lease(ns: str, name: str, ttl: float, held, tokens) -> None:
     tokens.put(lease.token)
     held.set()
     time.sleep(3600)  # waiting to be SIGSTOPped / SIGKILLed
+
+
+def run_balancer(ns: str, group: str, inputs: list, policy: str, ttl: float = 1.0,
+                 prefetch: int = 64) -> None:
+    """Run a balancer (leader or standby) until killed or terminated."""
+    import signal
+    from balancer import Balancer
+    b = Balancer(group, inputs, policy=policy, namespace=ns, lease_ttl=ttl,
+                 prefetch=prefetch)
+    signal.signal(signal.SIGTERM, lambda *a: b.stop(0))
+    b.run()
+
+
+def run_worker(ns: str, group: str, name: str, results, stop, hang_after: int = -1) -> None:
+    """Receive messages, report (worker, key, payload, deliveries) for each; with
+    ``hang_after`` >= 0, stop releasing after that many and wait to be killed."""
+    from balancer import Worker
+    with Worker(group, name, namespace=ns) as w:
+        got = 0
+        while not stop.is_set():
+            try:
+                m = w.recv(timeout=0.05)
+            except shmbus.Timeout:
+                continue
+            results.put((name, m.key, bytes(m), m.deliveries))
+            got += 1
+            if got == hang_after:
+                results.put((name, None, b"hanging", 0))
+                time.sleep(3600)  # holding the message unreleased until SIGKILL

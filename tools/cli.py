@@ -45,9 +45,9 @@ def main() -> None:
 
 
 def _register() -> None:
-    from . import gc, inspect_cmd, locks, ls, rm
+    from . import balancer_cmd, gc, inspect_cmd, locks, ls, rm
 
-    for module in (ls, inspect_cmd, rm, gc, locks):
+    for module in (ls, inspect_cmd, rm, gc, locks, balancer_cmd):
         main.add_command(module.command)
 
 

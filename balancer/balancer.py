@@ -1,0 +1,359 @@
+"""``Balancer``: turns input rings into a work queue over the group's workers.
+
+The leader (one per group, by ``shmbus.Lease``; others wait as standbys and take over
+within about one lease ttl of its death) reads each input ring as the durable consumer
+``balancer.GROUP`` and writes every message into exactly one worker's ring, chosen by
+the policy among workers that are live and hold fewer than ``prefetch`` unacknowledged
+messages.  A worker acknowledges by releasing (advancing its read position).
+
+At-least-once: input messages are released only after they are in a worker ring.  When
+a worker leaves or dies, what it had not acknowledged is read back from its ring and
+dispatched again (for consistent hashing, to the key's new owner, before any newer
+message for that key), counted as redelivered; a message delivered ``max_deliveries``
+times goes to the group's dead-letter ring ``GROUP.dlq`` instead.  Duplicates happen
+only for messages in flight at a crash.  A message no worker can take waits in its input
+ring (back-pressure), not in the balancer's memory.
+
+Round-robin skips workers that are full (``prefetch`` unacknowledged messages, or a
+full ring) or dead.  Consistent hashing never reroutes a key while its owner lives: a
+message whose owner is busy waits, so per-key order holds; with ``load_factor`` (bounded
+loads) a key may go to the next worker when its owner is over the bound, which trades
+per-key order for balance.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import threading
+import time
+
+import shmbus
+from shmbus import layout, naming
+from shmbus import ring as ringmod
+from shmbus.errors import (DurableBusy, LeaseLost, RingBusy, RingNotFound, ShmbusError,
+                           Timeout)
+
+from . import membership, stats
+from .policies import ConsistentHash, Policy, policy as make_policy
+
+__all__ = ["Balancer"]
+
+
+class _Member:
+    """The leader's view of one worker: its ring (as producer), its slot, and the end
+    positions of the messages it has not acknowledged yet."""
+
+    def __init__(self, name: str, producer: shmbus.Producer, slot: int) -> None:
+        self.name, self.producer, self.slot = name, producer, slot
+        self.ends: collections.deque[int] = collections.deque()
+        self.dispatched = 0
+
+    def in_flight(self) -> int:
+        acked = self.producer.read_position(self.slot)
+        ends = self.ends
+        while ends and ends[0] <= acked:
+            ends.popleft()
+        return len(ends)
+
+
+class Balancer:
+    """The balancer of ``group`` over ``inputs`` (ring names).
+
+    ``policy``: ``"round-robin"`` or ``"consistent-hash"`` (or a
+    :class:`balancer.policies.Policy`); ``prefetch``: unacknowledged messages a worker
+    may hold; ``max_deliveries``: deliveries before a message goes to ``GROUP.dlq``;
+    ``lease_ttl``: seconds a dead or hung leader blocks its standby.  ``run()`` blocks
+    (as standby until it leads); ``start()`` runs it in a thread; ``stop()`` ends it.
+    """
+
+    def __init__(self, group: str, inputs: list[str], *, policy: str | Policy = "round-robin",
+                 namespace: str | None = None, prefetch: int = 1000,
+                 max_deliveries: int = 5, lease_ttl: float = 2.0,
+                 dead_letter_capacity: int = 1 << 20, poll: float = 0.02) -> None:
+        membership.check_group(group)
+        if not inputs:
+            raise ValueError("a balancer needs at least one input ring")
+        for name in inputs:
+            naming.check_name(name, "input ring name")
+        if prefetch < 1 or max_deliveries < 1:
+            raise ValueError("prefetch and max_deliveries must be >= 1")
+        self.group, self.inputs = group, list(inputs)
+        self.namespace = naming.resolve_namespace(namespace)
+        self.policy = make_policy(policy) if isinstance(policy, str) else policy
+        self.prefetch, self.max_deliveries, self.poll = prefetch, max_deliveries, poll
+        self.dead_letter_capacity = dead_letter_capacity
+        self.lease = shmbus.Lease(membership.leader_lease(group), ttl=lease_ttl,
+                                  namespace=self.namespace, on_stale="kill", keepalive=True)
+        self.members: dict[str, _Member] = {}
+        self.counters = {"dispatched": 0, "redelivered": 0, "dead_lettered": 0}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._consumers: list[shmbus.Consumer] = []
+        self._pending: collections.deque = collections.deque()
+        self._dlq: shmbus.Producer | None = None
+        self.leading = threading.Event()
+
+    # -- lifetime ---------------------------------------------------------------------
+
+    def start(self) -> threading.Thread:
+        self._thread = threading.Thread(target=self.run, name=f"balancer-{self.group}",
+                                        daemon=True)
+        self._thread.start()
+        return self._thread
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+    def run(self, duration: float | None = None) -> None:
+        """Wait to lead, then dispatch until :meth:`stop` (or ``duration`` seconds).
+        A leader that loses its lease (it was paused past its ttl) stops dispatching at
+        once and goes back to waiting as a standby."""
+        end = None if duration is None else time.monotonic() + duration
+        while not self._stop.is_set():
+            if end is not None and time.monotonic() > end:
+                return
+            try:
+                self.lease.acquire(timeout=self.poll * 5)
+            except Timeout:
+                continue
+            try:
+                self._lead(end)
+            except LeaseLost:
+                continue  # someone else leads now: be a standby again
+            finally:
+                self._close()
+
+    def _lead(self, end: float | None) -> None:
+        self.leading.set()
+        self._consumers = [shmbus.Consumer(r, durable=membership.input_durable(self.group),
+                                           start="earliest", namespace=self.namespace)
+                           for r in self.inputs]
+        next_refresh = 0.0
+        while not self._stop.is_set():
+            now = time.monotonic()
+            if end is not None and now > end:
+                return
+            if now >= next_refresh:
+                self.lease.check()  # LeaseLost ends the leadership
+                self._refresh_members()
+                self._publish_stats()
+                next_refresh = now + self.poll
+            if not self._pump():
+                self._idle(next_refresh)
+
+    def _close(self) -> None:
+        self.leading.clear()
+        for c in self._consumers:  # what was dispatched is acknowledged, what waits is not
+            c.close(release=not any(m[4] is c for m in self._pending))
+        self._consumers = []
+        self._pending.clear()
+        for m in self.members.values():
+            m.producer.close()
+        self.members.clear()
+        if self._dlq is not None:
+            self._dlq.close()
+            self._dlq = None
+        stats.remove(self.namespace, self.group)
+        if self.lease.held:
+            try:
+                self.lease.release()
+            except ShmbusError:
+                pass
+
+    # -- dispatching ------------------------------------------------------------------
+
+    def _pump(self) -> bool:
+        """Move what is available from the inputs to workers; False if nothing moved.
+        Input messages are zero-copy views until the next ``recv_many`` releases them,
+        which happens only once every one of them sits in a worker ring."""
+        if self._pending:
+            before = len(self._pending)
+            self._pending = collections.deque(self._place(list(self._pending)))
+            if self._pending:
+                return len(self._pending) < before
+        moved = False
+        for consumer in self._consumers:
+            if not self.members:
+                break
+            try:
+                batch = consumer.recv_many(256, timeout=0)  # releases the previous batch
+            except Timeout:
+                continue
+            moved = True
+            unplaced = self._place(batch)
+            if unplaced:
+                self._pending.extend(unplaced)  # retried before any newer message
+                return True
+        return moved
+
+    def _idle(self, until: float) -> None:
+        """Nothing to move: wait for input (one input: sleep on it), briefly."""
+        timeout = max(0.0, min(until - time.monotonic(), self.poll))
+        if len(self._consumers) == 1 and self.members and not self._pending:
+            try:
+                batch = self._consumers[0].recv_many(256, timeout=timeout)
+            except Timeout:
+                return
+            self._pending.extend(batch)
+        else:
+            self._stop.wait(min(timeout, 0.001))
+
+    def _place(self, msgs: list, redelivery: bool = False) -> list:
+        """Dispatch ``msgs`` in order, one ``send_many`` per worker; return those that
+        found no place (from the first that could not be placed on, so that order
+        holds), to be tried again before anything newer."""
+        hashing = isinstance(self.policy, ConsistentHash) and not self.policy.load_factor
+        room = {n: self.prefetch - m.in_flight() for n, m in self.members.items()}
+        loads = ({n: self.prefetch - r for n, r in room.items()}
+                 if isinstance(self.policy, ConsistentHash) and self.policy.load_factor
+                 else None)
+        skip = room.__getitem__  # used as "no room left" below
+        buckets: dict[str, list] = {}
+        unplaced: list = []
+        for i, msg in enumerate(msgs):
+            deliveries = msg.deliveries if redelivery else 0
+            if deliveries >= self.max_deliveries:
+                self._dead_letter(msg.data, msg.key, deliveries)
+                continue
+            if hashing:
+                # A key stays with its owner: when the owner is busy the message waits
+                # (rerouting it would break the key's order).
+                name = self.policy.pick(msg.key)
+                if name is not None and room[name] <= 0:
+                    name = None
+            else:
+                name = self.policy.pick(msg.key, loads=loads,
+                                        skip=lambda w: skip(w) <= 0)
+            if name is None:
+                unplaced = msgs[i:]
+                break
+            room[name] -= 1
+            if loads is not None:
+                loads[name] += 1
+            buckets.setdefault(name, []).append((msg, deliveries))
+        leftovers = []
+        for name, items in buckets.items():
+            leftovers += self._send_bucket(self.members[name], items)
+        if leftovers:  # a worker ring was full: those wait, in their original order
+            order = {id(m): k for k, m in enumerate(msgs)}
+            unplaced = sorted(leftovers + unplaced, key=lambda m: order[id(m)])
+        return unplaced
+
+    def _send_bucket(self, member: _Member, items: list) -> list:
+        """Send ``items`` to one worker; return the messages its full ring refused."""
+        shift = layout.REC_REDELIVERY_SHIFT
+        producer = member.producer
+        sent = 0
+        for flags in sorted({d for _, d in items}):  # normally one group: deliveries 0
+            group = [m for m, d in items if d == flags]
+            first = producer.seq
+            try:
+                producer.send_many([m.data for m in group], keys=[m.key for m in group],
+                                   timeout=0, _flags=flags << shift)
+            except Timeout:
+                done = producer.seq - first
+                self._count(member, done, flags)
+                return [m for m, _ in items][sent + done:]
+            self._count(member, len(group), flags)
+            sent += len(group)
+        return []
+
+    def _count(self, member: _Member, n: int, deliveries: int) -> None:
+        if not n:
+            return
+        member.ends.extend([member.producer.position] * n)  # acked together or later
+        member.dispatched += n
+        self.counters["dispatched"] += n
+        if deliveries:
+            self.counters["redelivered"] += n
+
+    def _dead_letter(self, data, key, deliveries: int) -> None:
+        if self._dlq is None:
+            self._dlq = shmbus.Producer(membership.dead_letter_ring(self.group),
+                                        capacity=self.dead_letter_capacity,
+                                        namespace=self.namespace, on_full="overwrite")
+        self._dlq.send_many([data], keys=[key],
+                            _flags=deliveries << layout.REC_REDELIVERY_SHIFT)
+        self.counters["dead_lettered"] += 1
+
+    # -- membership -------------------------------------------------------------------
+
+    def _refresh_members(self) -> None:
+        rings = membership.worker_rings(self.namespace, self.group)
+        for name in list(self.members):
+            if name not in rings or not membership.is_registered(self.namespace,
+                                                                 self.group, name):
+                self._drop(name)
+        for name, ring in rings.items():
+            if name in self.members:
+                continue
+            if membership.is_registered(self.namespace, self.group, name):
+                self._join(name, ring)
+            else:
+                self._recover(name, ring)  # left over from a worker that is gone
+
+    def _join(self, name: str, ring: str) -> None:
+        try:
+            info = shmbus.inspect(ring, namespace=self.namespace)
+        except ShmbusError:
+            return
+        slot = next((c["slot"] for c in info["consumers"]
+                     if c["durable"] == membership.WORKER_DURABLE), None)
+        if slot is None:
+            return  # registering: its consumer is not attached yet
+        try:
+            producer = shmbus.Producer(ring, namespace=self.namespace)
+        except (RingBusy, RingNotFound):
+            return  # a previous leader still lets go of it; next round
+        member = _Member(name, producer, slot)
+        acked, write = producer.read_position(slot), producer.position
+        # Messages a previous leader dispatched and the worker still holds count too.
+        member.ends.extend(r.pos + r.size for r in ringmod.walk(
+            producer._data, producer.capacity, acked, write) if not r.flags & layout.REC_PAD)
+        self.members[name] = member
+        self.policy.add(name)
+
+    def _drop(self, name: str) -> None:
+        member = self.members.pop(name)
+        self.policy.remove(name)
+        ring = member.producer.name
+        member.producer.close()
+        self._recover(name, ring)
+
+    def _recover(self, name: str, ring: str) -> None:
+        """Dispatch again what the gone worker ``name`` had not acknowledged, then
+        remove its ring (if it all found a place)."""
+        try:
+            leftovers = shmbus.Consumer(ring, durable=membership.WORKER_DURABLE,
+                                        namespace=self.namespace)
+        except (DurableBusy, RingNotFound):
+            return  # still closing, or gone already
+        except ShmbusError:
+            return
+        done = True
+        try:
+            while (msg := leftovers.try_recv()) is not None:
+                if self._place([msg], redelivery=True):
+                    done = False
+                    break
+                msg.release()
+        finally:
+            leftovers.close(release=False)
+        if done:
+            shmbus.unlink(ring, namespace=self.namespace)
+
+    # -- stats --------------------------------------------------------------------------
+
+    def stats(self) -> dict:
+        workers = {n: {"in_flight": m.in_flight(), "dispatched": m.dispatched}
+                   for n, m in self.members.items()}
+        inputs = {c.name: c.lag for c in self._consumers}
+        return {"group": self.group, "policy": self.policy.name, "leader_pid": os.getpid(),
+                "lease_token": self.lease.token, **self.counters, "workers": workers,
+                "input_lag_bytes": inputs, "pending": len(self._pending)}
+
+    def _publish_stats(self) -> None:
+        stats.write(self.namespace, self.group, self.stats())

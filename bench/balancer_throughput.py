@@ -1,0 +1,116 @@
+"""BalancerDispatchThroughput: producer -> input ring -> balancer -> 2 worker rings.
+
+    producer --> [in] --> balancer --+--> [g.w.0] --> worker 0
+                                     +--> [g.w.1] --> worker 1
+
+64-byte messages, round-robin and consistent-hash (20 keys); messages/s received by
+the two workers together, against one direct producer-to-consumer ring in the same run.
+
+    python -m bench.balancer_throughput [--messages N] [--repeats N] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+import uuid
+
+import shmbus
+
+from . import harness
+from .transports import SPAWN, Shmbus
+
+
+def _worker(ns, group, index, n, out, ready):
+    from balancer import Worker
+    with Worker(group, f"w{index}", namespace=ns, capacity=8 << 20) as w:
+        ready.set()
+        got, first = 0, None
+        while got < n:
+            batch = w.recv_many(256, timeout=60)
+            if first is None:
+                first = time.perf_counter()
+            got += len(batch)
+        out.put((first, time.perf_counter(), time.process_time()))
+
+
+def _balancer(ns, group, policy):
+    import signal
+    from balancer import Balancer
+    b = Balancer(group, ["in"], policy=policy, namespace=ns, prefetch=100_000)
+    signal.signal(signal.SIGTERM, lambda *a: b.stop(0))
+    b.run()
+
+
+def _producer(ns, n, keyed, go):
+    with shmbus.Producer("in", namespace=ns) as pub:
+        go.wait(60)
+        payload = os.urandom(64)
+        keys = [f"k{i % 20}" for i in range(256)] if keyed else None
+        for _ in range(n // 256):
+            pub.send_many([payload] * 256, keys=keys)
+
+
+def run_balanced(policy: str, n: int) -> dict:
+    from balancer import read_stats
+    from shmbus.cleanup import collect
+    ns, group = f"bbench{uuid.uuid4().hex[:8]}", "g"
+    n -= n % 512
+    shmbus.Producer("in", capacity=64 << 20, namespace=ns).close()
+    out, go = SPAWN.Queue(), SPAWN.Event()
+    readies = [SPAWN.Event(), SPAWN.Event()]
+    procs = [SPAWN.Process(target=_balancer, args=(ns, group, policy), daemon=True)]
+    if policy == "consistent-hash":
+        per_worker = None  # unequal shares: workers stop on the stats instead
+    procs += [SPAWN.Process(target=_worker, args=(ns, group, i, n // 2, out, readies[i]),
+                            daemon=True) for i in range(2)]
+    procs.append(SPAWN.Process(target=_producer, args=(ns, n, policy != "round-robin", go),
+                               daemon=True))
+    try:
+        for p in procs:
+            p.start()
+        for r in readies:
+            r.wait(60)
+        deadline = time.monotonic() + 60
+        while len((read_stats(ns, group) or {}).get("workers", {})) < 2:
+            if time.monotonic() > deadline:
+                raise TimeoutError("workers did not join")
+            time.sleep(0.01)
+        go.set()
+        res = [harness._collect(out, procs, 300) for _ in range(2)]
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+                p.join(10)
+        shmbus.unlink("in", namespace=ns)
+        collect(ns)
+    first = min(r[0] for r in res)
+    last = max(r[1] for r in res)
+    return {"rate": n / (last - first)}
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--messages", type=int, default=200_000)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args(argv)
+    cases = [("direct ring", lambda: {"rate": harness.run_stream(
+                  Shmbus(), args.messages, 64, batch=256)["per_consumer_rate"]}),
+             ("balancer round-robin", lambda: run_balanced("round-robin", args.messages))]
+    summary = harness.interleaved(cases, args.repeats)
+    base = summary["direct ring"]["rate"]["median"]
+    rows = [[name, harness.fmt_value(s["rate"], 1e-6),
+             f"{s['rate']['median'] / base:.0%}"] for name, s in summary.items()]
+    print(harness.markdown("dispatch to 2 workers, 64 B (producer batches of 256)", rows,
+                           ["path", "M msg/s", "of direct"]))
+    result = {"machine": harness.machine(), "benchmark": "balancer_throughput",
+              "results": summary}
+    harness.write_json(args.json, result)
+    return result
+
+
+if __name__ == "__main__":
+    main()
