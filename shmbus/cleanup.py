@@ -116,8 +116,18 @@ def _collect_locks(ns: str, dry_run: bool, done: list[dict]) -> None:
                 os.unlink(f"{directory}/{lease['name']}@lease")
             except FileNotFoundError:
                 pass
+    live_leases = {le["name"] for le in list_leases(ns)
+                   if le["pid"] and le["alive"] != "dead"}
     for name in names:
         path = f"{directory}/{name}"
+        if name.endswith("@stats") and f"{name[:-len('@stats')]}.leader" not in live_leases:
+            done.append({"kind": "stats", "name": name, "reason": "no live balancer"})
+            if not dry_run:
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
+            continue
         if is_lease_file(name):
             continue  # leases above; fences are kept: they guard resources
         if any(not h.waiting for h in lock_holders(path)):

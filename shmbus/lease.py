@@ -72,19 +72,31 @@ class _LeaseFile:
 
     def __init__(self, path: str, directory: str) -> None:
         self.path, self.directory = path, directory
+        # Threads of one process (a keepalive thread and its owner) take turns here:
+        # flock alone would let them trample each other's descriptor.
+        self._threads = threading.Lock()
 
     def __enter__(self) -> "_LeaseFile":
-        while True:
-            try:
-                self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-                break
-            except FileNotFoundError:
-                naming.make_dir(self.directory)
-        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        self._threads.acquire()
+        try:
+            while True:
+                try:
+                    self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
+                                      0o644)
+                    break
+                except FileNotFoundError:
+                    naming.make_dir(self.directory)
+            fcntl.flock(self.fd, fcntl.LOCK_EX)
+        except BaseException:
+            self._threads.release()
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:
-        os.close(self.fd)  # closing releases the flock
+        try:
+            os.close(self.fd)  # closing releases the flock
+        finally:
+            self._threads.release()
 
     def read(self) -> LeaseState:
         raw = os.pread(self.fd, _RECORD.size, 0)

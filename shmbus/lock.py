@@ -393,5 +393,6 @@ def list_locks(namespace: str | None = None) -> list[dict]:
 
 
 def is_lease_file(name: str) -> bool:
-    """Lease and fence files live beside lock files but are not flock-held."""
-    return name.endswith("@lease") or name.endswith("@fence")
+    """Lease, fence and balancer-stats files live beside lock files but are not
+    flock-held."""
+    return name.endswith(("@lease", "@fence", "@stats")) or name.endswith(".tmp")

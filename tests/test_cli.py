@@ -71,3 +71,11 @@ def test_installed_command_runs_as_a_subprocess(ns):
     out = subprocess.run([sys.executable, "-m", "shmbus", "ls", "--json"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and json.loads(out.stdout) == []
+
+
+def test_demo_runs_and_cleans_up():
+    out = subprocess.run([sys.executable, "-m", "shmbus", "demo", "--seconds", "1",
+                          "--workers", "2"], capture_output=True, text=True, timeout=100)
+    assert out.returncode == 0, out.stderr
+    assert "summary:" in out.stdout and "worker1:" in out.stdout
+    assert "nothing left in /dev/shm" in out.stdout

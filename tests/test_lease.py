@@ -154,3 +154,18 @@ def test_list_leases_and_gc(ns, lease_name):
         assert collect() == []  # a live holder's lease is kept
     removed = collect()
     assert [(r["kind"], r["name"]) for r in removed] == [("lease", lease_name)]
+
+
+def test_keepalive_thread_and_owner_share_the_file_safely(lease_name):
+    """The owner calling check() while its keepalive thread renews must never hang
+    (each used to be able to close the other's descriptor)."""
+    lease = shmbus.Lease(lease_name, ttl=0.05, keepalive=True).acquire()
+    try:
+        end = time.monotonic() + 1.0
+        checks = 0
+        while time.monotonic() < end:
+            lease.check()
+            checks += 1
+        assert checks > 100
+    finally:
+        lease.release()

@@ -45,9 +45,9 @@ def main() -> None:
 
 
 def _register() -> None:
-    from . import balancer_cmd, gc, inspect_cmd, locks, ls, rm
+    from . import balancer_cmd, demo, gc, inspect_cmd, locks, ls, rm
 
-    for module in (ls, inspect_cmd, rm, gc, locks, balancer_cmd):
+    for module in (ls, inspect_cmd, rm, gc, locks, balancer_cmd, demo):
         main.add_command(module.command)
 
 
