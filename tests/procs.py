@@ -133,12 +133,12 @@ def hold_lease(ns: str, name: str, ttl: float, held, tokens) -> None:
 
 
 def run_balancer(ns: str, group: str, inputs: list, policy: str, ttl: float = 1.0,
-                 prefetch: int = 64) -> None:
+                 prefetch: int = 64, max_deliveries: int = 5) -> None:
     """Run a balancer (leader or standby) until killed or terminated."""
     import signal
     from balancer import Balancer
     b = Balancer(group, inputs, policy=policy, namespace=ns, lease_ttl=ttl,
-                 prefetch=prefetch)
+                 prefetch=prefetch, max_deliveries=max_deliveries)
     signal.signal(signal.SIGTERM, lambda *a: b.stop(0))
     b.run()
 

@@ -142,3 +142,23 @@ def test_bad_input(group, ns):
     with Worker(group, "dup"):
         with pytest.raises(shmbus.RingBusy, match="already live"):
             Worker(group, "dup")
+
+
+def test_poison_message_goes_to_the_dead_letter_ring(group, ns, procs):
+    """A message whose every worker dies goes to g.dlq after max_deliveries."""
+    results, stop = SPAWN.Queue(), SPAWN.Event()
+    procs.append(start(P.run_balancer, ns, group, ["in"], "round-robin", 1.0, 64, 2))
+    with shmbus.Producer("in") as pub:
+        pub.send(b"poison", key="p")
+    for round_, name in enumerate(("first", "second")):
+        victim = start(P.run_worker, ns, group, name, results, stop, 1)
+        procs.append(victim)
+        got = drain(results, lambda g: any(p == b"hanging" for _, _, p, _ in g))
+        (delivery,) = [(w, p, d) for w, _, p, d in got if p == b"poison"]
+        assert delivery == (name, b"poison", round_ + 1)
+        kill9(victim)
+    await_until(lambda: read_stats(None, "g")["dead_lettered"] == 1, 30)
+    with shmbus.Consumer("g.dlq", start="earliest") as dlq:
+        msg = dlq.recv(timeout=5)
+        assert (bytes(msg), msg.key, msg.deliveries - 1) == (b"poison", b"p", 2)
+    stop.set()
