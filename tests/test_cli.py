@@ -79,3 +79,44 @@ def test_demo_runs_and_cleans_up():
     assert out.returncode == 0, out.stderr
     assert "summary:" in out.stdout and "worker1:" in out.stdout
     assert "nothing left in /dev/shm" in out.stdout
+
+
+def test_send_and_tail(ns):
+    assert run("send", "t", "hello", "--capacity", "65536", "--count", "2").exit_code == 0
+    r = CliRunner().invoke(main, ["send", "t", "-", "--key", "k"], input="a\nb\n")
+    assert r.exit_code == 0
+    r = run("tail", "t", "--from", "earliest", "--count", "4")
+    assert r.output.splitlines() == ["0\t-\thello", "1\t-\thello", "2\tk\ta", "3\tk\tb"]
+    r = run("tail", "t", "--from", "earliest", "--count", "1", "--format", "json")
+    assert json.loads(r.output) == {"seq": 0, "key": None, "size": 5, "data": "hello",
+                                    "timestamp_ns": json.loads(r.output)["timestamp_ns"]}
+    assert run("tail", "t", "--from", "earliest", "--count", "1", "--format", "hex"
+               ).output.strip().endswith("68656c6c6f")
+    assert shmbus.inspect("t")["consumers"] == []  # tail left no slot behind
+    assert run("send", "t").exit_code == 2
+    assert run("tail", "missing", "--count", "1").exit_code == 1
+    shmbus.unlink("t")
+
+
+def test_tail_and_top_against_another_process(ns, procs):
+    shmbus.Producer("live", capacity=1 << 16).close()
+    started = SPAWN.Event()
+    with shmbus.Consumer("live", durable="audit"):
+        pass
+    procs.append(start(P.produce, ns, "live", 1 << 16, 300, started))
+    assert started.wait(30)
+    r = run("tail", "live", "--from", "earliest", "--count", "300", "--format", "hex")
+    assert r.exit_code == 0 and len(r.output.splitlines()) == 300
+    r = run("top", "--once", "--interval", "0.1")
+    assert r.exit_code == 0 and "live" in r.output and "audit" in r.output
+    data = json.loads(run("top", "--iterations", "1", "--interval", "0.1", "--json").output)
+    assert any(row.get("consumer") == "audit" for row in data)
+    procs[-1].join(30)
+    shmbus.unlink("live")
+
+
+def test_doctor(ns):
+    r = run("doctor")
+    assert r.exit_code == 0 and "/dev/shm size" in r.output and "CPU architecture" in r.output
+    assert {c["check"] for c in json.loads(run("doctor", "--json").output)} >= {
+        "/dev/shm size", "/dev/shm permissions", "CPU architecture", "leftovers"}

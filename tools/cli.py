@@ -45,9 +45,11 @@ def main() -> None:
 
 
 def _register() -> None:
-    from . import balancer_cmd, demo, gc, inspect_cmd, locks, ls, rm
+    from . import (balancer_cmd, demo, doctor, gc, inspect_cmd, locks, ls, rm, send,
+                   tail, top)
 
-    for module in (ls, inspect_cmd, rm, gc, locks, balancer_cmd, demo):
+    for module in (ls, inspect_cmd, top, tail, send, rm, gc, locks, doctor,
+                   balancer_cmd, demo):
         main.add_command(module.command)
 
 

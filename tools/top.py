@@ -1,0 +1,99 @@
+"""``shmbus top``: live rates and lag of every ring and balancer, refreshing."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import click
+
+import shmbus
+from shmbus import naming
+
+from . import fmt
+from .cli import emit_json, json_option, namespace_option
+
+
+def snapshot(namespace: str | None) -> dict:
+    ns = naming.resolve_namespace(namespace)
+    rings = {}
+    for r in shmbus.list_rings(ns):
+        if "error" in r:
+            continue
+        info = shmbus.inspect(r["name"], ns)
+        rings[r["name"]] = {"messages": info["messages"], "write": info["write"],
+                            "capacity": info["capacity"], "consumers": {
+                                c["slot"]: (c["durable"] or c["pid"], c["position"],
+                                            c["lag_bytes"]) for c in info["consumers"]}}
+    groups = {}
+    try:
+        entries = os.listdir(naming.lock_dir(ns))
+    except FileNotFoundError:
+        entries = []
+    from balancer import read_stats
+    for e in entries:
+        if e.endswith("@stats"):
+            s = read_stats(ns, e[:-len("@stats")])
+            if s:
+                groups[s["group"]] = s
+    return {"time": time.monotonic(), "rings": rings, "groups": groups}
+
+
+def render(prev: dict, cur: dict) -> tuple[str, list]:
+    dt = max(1e-9, cur["time"] - prev["time"])
+    rows, data = [], []
+    for name, r in sorted(cur["rings"].items()):
+        p = prev["rings"].get(name, r)
+        rate = (r["messages"] - p["messages"]) / dt
+        for slot, (who, pos, lag) in sorted(r["consumers"].items()):
+            ppos = p["consumers"].get(slot, (who, pos, lag))[1]
+            rows.append([name, f"{rate:,.0f}", who, fmt.size((pos - ppos) / dt) + "/s",
+                         fmt.size(lag)])
+            data.append({"ring": name, "send_rate": rate, "consumer": who,
+                         "recv_bytes_per_s": (pos - ppos) / dt, "lag_bytes": lag})
+        if not r["consumers"]:
+            rows.append([name, f"{rate:,.0f}", "-", "-", "-"])
+            data.append({"ring": name, "send_rate": rate})
+    out = fmt.table(["RING", "MSG/S IN", "CONSUMER", "READ", "LAG"], rows) if rows \
+        else "no rings"
+    for g, s in sorted(cur["groups"].items()):
+        ps = prev["groups"].get(g, s)
+        rate = (s["dispatched"] - ps["dispatched"]) / dt
+        out += (f"\n\nbalancer {g} (leader pid {s['leader_pid']}, token {s['lease_token']}, "
+                f"{s['policy']}): {rate:,.0f} msg/s dispatched, {s['redelivered']} "
+                f"redelivered, {s['dead_lettered']} dead-lettered\n")
+        out += fmt.table(["WORKER", "IN FLIGHT", "DISPATCHED"],
+                         [[w, v["in_flight"], v["dispatched"]]
+                          for w, v in sorted(s["workers"].items())])
+        data.append({"group": g, "dispatch_rate": rate, **s})
+    return out, data
+
+
+@click.command("top")
+@click.option("--interval", type=float, default=1.0, show_default=True)
+@click.option("--iterations", "-i", type=click.IntRange(1), default=None,
+              help="Refresh this many times, then exit.")
+@click.option("--once", is_flag=True, help="One refresh (over --interval), then exit.")
+@namespace_option
+@json_option
+def command(interval, iterations, once, namespace, as_json) -> None:
+    """Live view of rings and balancers: rates, lag, workers; Ctrl-C to quit."""
+    if once:
+        iterations = 1
+    prev = snapshot(namespace)
+    n = 0
+    try:
+        while iterations is None or n < iterations:
+            time.sleep(interval)
+            cur = snapshot(namespace)
+            text, data = render(prev, cur)
+            if as_json:
+                emit_json(data)
+            else:
+                if iterations is None and click.get_text_stream("stdout").isatty():
+                    click.clear()
+                click.echo(text)
+            prev = cur
+            n += 1
+    except KeyboardInterrupt:
+        pass
