@@ -84,30 +84,37 @@ def test_consistent_hash_keeps_keys_together_and_in_order(group, ns, procs):
     assert len(set(owner.values())) == 3
 
 
-def test_kill9_worker_redelivers_what_it_had_not_acknowledged(group, ns, procs):
+@pytest.mark.parametrize("policy", ["round-robin", "consistent-hash"])
+def test_kill9_worker_redelivers_what_it_had_not_acknowledged(group, ns, procs, policy):
     results, stop = SPAWN.Queue(), SPAWN.Event()
-    procs.append(start(P.run_balancer, ns, group, ["in"], "round-robin"))
+    procs.append(start(P.run_balancer, ns, group, ["in"], policy))
     victim = start(P.run_worker, ns, group, "victim", results, stop, 5)
     procs.append(victim)
     procs.append(start(P.run_worker, ns, group, "survivor", results, stop))
     workers_in_stats(2)
     with shmbus.Producer("in") as pub:
         for i in range(100):
-            pub.send(str(i).encode())
+            pub.send(str(i).encode(), key=f"k{i % 10}")
     got = drain(results, lambda g: any(p == b"hanging" for _, _, p, _ in g))
     kill9(victim)
     got += drain(results, lambda g: {int(p) for _, _, p, _ in got + g if p != b"hanging"}
                  >= set(range(100)))
     stop.set()
-    delivered = [(w, int(p), d) for w, _, p, d in got if p != b"hanging"]
-    counts = Counter(i for _, i, _ in delivered)
+    delivered = [(w, k, int(p), d) for w, k, p, d in got if p != b"hanging"]
+    counts = Counter(i for _, _, i, _ in delivered)
     assert set(counts) == set(range(100))  # nothing lost
-    victim_got = {i for w, i, _ in delivered if w == "victim"}
+    victim_got = {i for w, _, i, _ in delivered if w == "victim"}
     duplicates = {i for i, c in counts.items() if c > 1}
     # Only the victim's last, unreleased message can come twice (at-least-once).
     assert duplicates <= victim_got and len(duplicates) <= 1
-    assert all(d == 2 for w, i, d in delivered if i in duplicates and w == "survivor")
+    assert all(d == 2 for w, _, i, d in delivered if i in duplicates and w == "survivor")
     await_until(lambda: read_stats(None, "g")["redelivered"] >= 1, 30)
+    if policy == "consistent-hash":  # every key's messages reach the survivor in order
+        per_key = defaultdict(list)
+        for w, key, i, _ in delivered:
+            if w == "survivor":
+                per_key[key].append(i)
+        assert all(s == sorted(s) for s in per_key.values())
 
 
 def test_standby_takes_over_when_the_leader_dies(group, ns, procs):
@@ -161,4 +168,47 @@ def test_poison_message_goes_to_the_dead_letter_ring(group, ns, procs):
     with shmbus.Consumer("g.dlq", start="earliest") as dlq:
         msg = dlq.recv(timeout=5)
         assert (bytes(msg), msg.key, msg.deliveries - 1) == (b"poison", b"p", 2)
+    stop.set()
+
+
+@pytest.mark.parametrize("policy", ["round-robin", "consistent-hash"])
+def test_workers_join_and_leave_while_messages_flow(group, ns, procs, policy):
+    """Nothing is lost or repeated when a worker joins mid-stream and another leaves
+    cleanly (what it had not received goes to the others)."""
+    results = SPAWN.Queue()
+    stop_a, stop_b = SPAWN.Event(), SPAWN.Event()
+    procs.append(start(P.run_balancer, ns, group, ["in"], policy, 1.0, 16))
+    procs.append(start(P.run_worker, ns, group, "a", results, stop_a))
+    workers_in_stats(1)
+    started = SPAWN.Event()
+    procs.append(start(P.produce, ns, "in", 1 << 20, 3000, started))
+    got = drain(results, lambda g: len(g) >= 300)
+    procs.append(start(P.run_worker, ns, group, "b", results, stop_b))  # joins
+    got += drain(results, lambda g: any(w == "b" for w, *_ in got + g))
+    stop_a.set()                                                       # leaves
+    got += drain(results, lambda g: len(got) + len(g) >= 3000)
+    stop_b.set()
+    seqs = Counter(P.check_payload(p)[1] for _, _, p, _ in got)
+    assert set(seqs) == set(range(3000)) and max(seqs.values()) == 1
+    if policy == "consistent-hash":  # per key, order holds within each worker's stream
+        per = defaultdict(list)
+        for w, key, p, _ in got:
+            per[(w, key)].append(P.check_payload(p)[1])
+        assert all(s == sorted(s) for s in per.values())
+
+
+def test_inspect_and_top_show_the_balancer(group, ns, procs):
+    from click.testing import CliRunner
+
+    from tools.cli import main
+    results, stop = SPAWN.Queue(), SPAWN.Event()
+    procs.append(start(P.run_balancer, ns, group, ["in"], "round-robin"))
+    procs.append(start(P.run_worker, ns, group, "w", results, stop))
+    workers_in_stats(1)
+    r = CliRunner().invoke(main, ["inspect", "in"])
+    assert r.exit_code == 0 and "balancer g (input)" in r.output
+    r = CliRunner().invoke(main, ["inspect", "g.w.w"])
+    assert "balancer g (worker ring)" in r.output
+    r = CliRunner().invoke(main, ["top", "--once", "--interval", "0.05"])
+    assert "balancer g" in r.output and "IN FLIGHT" in r.output
     stop.set()

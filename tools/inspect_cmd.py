@@ -17,8 +17,9 @@ from .cli import emit_json, json_option, namespace_option
 def command(name: str, namespace: str | None, as_json: bool) -> None:
     """Show a ring's header, producer and every consumer slot."""
     info = shmbus.inspect(name, namespace)
+    groups = balancer_stats_for(name, namespace)
     if as_json:
-        emit_json(info)
+        emit_json({**info, "balancers": groups})
         return
     p = info["producer"]
     lines = [
@@ -40,3 +41,27 @@ def command(name: str, namespace: str | None, as_json: bool) -> None:
                               "NEXT SEQ", "LOST"], rows))
     else:
         click.echo("  no consumers")
+    for g in groups:
+        role = "input" if name in g["input_lag_bytes"] else "worker ring"
+        click.echo(f"balancer {g['group']} ({role}): leader pid {g['leader_pid']}, token "
+                   f"{g['lease_token']}, {g['policy']}, dispatched {g['dispatched']}, "
+                   f"redelivered {g['redelivered']}, dead-lettered {g['dead_lettered']}")
+
+
+def balancer_stats_for(ring: str, namespace: str | None) -> list[dict]:
+    """Stats of the balancer groups that read ``ring`` or own it as a worker ring."""
+    import os
+
+    from balancer import read_stats
+    from shmbus import naming
+    try:
+        entries = os.listdir(naming.lock_dir(naming.resolve_namespace(namespace)))
+    except FileNotFoundError:
+        return []
+    out = []
+    for e in sorted(entries):
+        if e.endswith("@stats"):
+            s = read_stats(namespace, e[:-len("@stats")])
+            if s and (ring in s["input_lag_bytes"] or ring.startswith(s["group"] + ".w.")):
+                out.append(s)
+    return out

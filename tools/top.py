@@ -62,8 +62,9 @@ def render(prev: dict, cur: dict) -> tuple[str, list]:
         out += (f"\n\nbalancer {g} (leader pid {s['leader_pid']}, token {s['lease_token']}, "
                 f"{s['policy']}): {rate:,.0f} msg/s dispatched, {s['redelivered']} "
                 f"redelivered, {s['dead_lettered']} dead-lettered\n")
-        out += fmt.table(["WORKER", "IN FLIGHT", "DISPATCHED"],
-                         [[w, v["in_flight"], v["dispatched"]]
+        out += fmt.table(["WORKER", "IN FLIGHT", "DISPATCHED", "MSG/S"],
+                         [[w, v["in_flight"], v["dispatched"],
+                           f"{(v['dispatched'] - ps['workers'].get(w, v)['dispatched']) / dt:,.0f}"]
                           for w, v in sorted(s["workers"].items())])
         data.append({"group": g, "dispatch_rate": rate, **s})
     return out, data
