@@ -31,6 +31,7 @@ import time
 import shmbus
 from shmbus import layout, naming
 from shmbus import ring as ringmod
+from shmbus.lock import FileLock
 from shmbus.errors import (DurableBusy, LeaseLost, RingBusy, RingNotFound, ShmbusError,
                            Timeout)
 
@@ -343,7 +344,16 @@ class Balancer:
         finally:
             leftovers.close(release=False)
         if done:
-            shmbus.unlink(ring, namespace=self.namespace)
+            # Remove the ring only while no worker of that name can be registering:
+            # one that came back meanwhile keeps its ring (and what is left in it).
+            registration = FileLock(membership.registration_lock(self.group, name),
+                                    namespace=self.namespace, reentrant=False,
+                                    _internal=True)
+            if registration.try_acquire():
+                try:
+                    shmbus.unlink(ring, namespace=self.namespace)
+                finally:
+                    registration.release()
 
     # -- stats --------------------------------------------------------------------------
 

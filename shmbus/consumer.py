@@ -22,7 +22,7 @@ import time
 from operator import itemgetter
 
 from . import layout, liveness, naming, ring
-from .errors import CorruptRing, DurableBusy, ShmbusError, Timeout
+from .errors import CorruptRing, DurableBusy, RingNotFound, ShmbusError, Timeout
 from .layout import (H_GATE, H_LAST, H_PRODUCER_PID, H_PRODUCER_SLEEP, H_SCAN, H_TAIL,
                      H_WRITE, RECORD, RECORD_HEADER, REC_PAD, REC_REDELIVERY_SHIFT,
                      S_LOST, S_READ,
@@ -35,6 +35,7 @@ from .wait import Sleeper, Waker, fence, strategy
 __all__ = ["Consumer", "Message"]
 
 _NEVER = 1 << 64
+_LINK_CHECK = 1.0  # seconds of waiting between checks that the ring still exists
 _STARTS = ("latest", "earliest")
 
 
@@ -401,9 +402,18 @@ class Consumer:
         def ready() -> bool:
             return w[H_WRITE] > pos
 
-        if not self._sleeper.wait(ready, deadline):
-            raise Timeout(f"no message on ring {self.name!r} within {timeout} s",
-                          name=self.name, timeout=timeout)
+        while True:
+            step = time.monotonic() + _LINK_CHECK
+            if self._sleeper.wait(ready, step if deadline is None else min(deadline, step)):
+                return
+            if deadline is not None and time.monotonic() >= deadline:
+                raise Timeout(f"no message on ring {self.name!r} within {timeout} s",
+                              name=self.name, timeout=timeout)
+            if not self._seg.linked():  # waiting on a removed ring would never end
+                raise RingNotFound(
+                    f"ring {self.name!r} was removed (or replaced) while this consumer "
+                    "waited on it; every message it held was received: open a new "
+                    "Consumer if the ring is created again", name=self.name)
 
     # -- iteration and lifetime ---------------------------------------------------------
 

@@ -49,6 +49,7 @@ class Segment:
         self.words = self.buf[:off].cast("Q")
         self.data = self.buf[off:off + self.capacity]
         self.overwrite = bool(header["flags"] & layout.FLAG_OVERWRITE)
+        self.inode = -1
 
     # -- opening ----------------------------------------------------------------------
 
@@ -93,6 +94,7 @@ class Segment:
                     f"for a shmbus ring (header {layout.HEADER_SIZE} bytes): remove it with "
                     f"`shmbus rm {ring}`", name=ring, found=size)
             mm = mmap.mmap(shm.fd, size)
+            inode = os.fstat(shm.fd).st_ino
         finally:
             shm.close_fd()
         try:
@@ -108,7 +110,9 @@ class Segment:
         except BaseException:
             mm.close()
             raise
-        return cls(ns, ring, mm, header, created=False)
+        seg = cls(ns, ring, mm, header, created=False)
+        seg.inode = inode
+        return seg
 
     @classmethod
     def _create(cls, ns: str, ring: str, capacity: int, flags: int,
@@ -128,6 +132,7 @@ class Segment:
                     raise _full_error(ring, size) from None
                 raise
             mm = mmap.mmap(shm.fd, size)
+            inode = os.fstat(shm.fd).st_ino
         except BaseException:
             shm.close_fd()
             posix_ipc.unlink_shared_memory(shm_name)
@@ -136,7 +141,9 @@ class Segment:
         layout.init_header(memoryview(mm), capacity=capacity, flags=flags,
                            slot_count=slot_count, created_at_ns=time.time_ns())
         header = layout.check_header(mm, ring, size)
-        return cls(ns, ring, mm, header, created=True)
+        seg = cls(ns, ring, mm, header, created=True)
+        seg.inode = inode
+        return seg
 
     # -- closing ----------------------------------------------------------------------
 
@@ -159,6 +166,14 @@ class Segment:
     @property
     def closed(self) -> bool:
         return self._mmap is None
+
+    def linked(self) -> bool:
+        """Whether the ring's name still refers to this segment (not unlinked, and not
+        replaced by a new ring of the same name)."""
+        try:
+            return os.stat(naming.segment_path(self.namespace, self.ring)).st_ino == self.inode
+        except FileNotFoundError:
+            return False
 
 
 def _check_free_space(ring: str, size: int) -> None:

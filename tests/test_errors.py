@@ -256,3 +256,19 @@ def test_really_full_dev_shm(ns):
     assert out.returncode == 0, out.stderr
     assert out.stdout.split("\n")[:4] == ["precheck: ShmFull", "fallocate: ShmFull",
                                           "still works", "[]"], out.stdout
+
+
+def test_consumer_of_a_ring_being_unlinked(ns):
+    """What was accepted before the ring was removed is still delivered; then the
+    waiting consumer is told the ring is gone instead of waiting forever."""
+    pub = shmbus.Producer("doomed", capacity=4096)
+    sub = shmbus.Consumer("doomed")
+    try:
+        pub.send_many([b"1", b"2", b"3"])
+        pub.unlink()
+        assert [bytes(sub.recv(timeout=1)) for _ in range(3)] == [b"1", b"2", b"3"]
+        with pytest.raises(shmbus.RingNotFound, match="was removed"):
+            sub.recv(timeout=5)
+    finally:
+        sub.close()
+        shmbus.unlink("doomed")  # the consumer's semaphore, if it made one again
