@@ -251,7 +251,8 @@ def _diagnose(cast: Cast, out) -> None:
               f"{info.get('consumers')}", file=out)
     for role, p in cast.procs.items():
         print(f"stalled: {role} pid {p.pid} exit {p.exitcode}", file=out)
-        if p.exitcode is None and role.startswith(("durable", "worker")):
+        if p.exitcode is None and role.startswith(("durable", "worker")) and \
+                shutil.which("py-spy"):
             dump = subprocess.run(["py-spy", "dump", "--pid", str(p.pid)],
                                   capture_output=True, text=True)
             print(dump.stdout[-3000:], file=out)
