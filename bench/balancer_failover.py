@@ -14,8 +14,8 @@ import uuid
 
 import shmbus
 
-from . import harness
-from .transports import SPAWN
+from tools.benchkit import harness
+from tools.benchkit.transports import SPAWN
 
 
 def _balancer(ns, ttl):

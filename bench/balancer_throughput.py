@@ -18,8 +18,8 @@ import uuid
 
 import shmbus
 
-from . import harness
-from .transports import SPAWN, Shmbus
+from tools.benchkit import harness
+from tools.benchkit.transports import SPAWN, Shmbus
 
 
 def _worker(ns, group, index, n, out, ready):

@@ -30,7 +30,7 @@ from collections import Counter
 
 import shmbus
 
-from .transports import SPAWN
+from tools.benchkit.transports import SPAWN
 
 PRODUCERS, WORKERS, GROUP = 2, 3, "g"
 

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import argparse
 
-from . import harness
-from .transports import Iceoryx2, Shmbus, Zmq
+from tools.benchkit import harness
+from tools.benchkit.transports import Iceoryx2, Shmbus, Zmq
 
 
 def main(argv=None) -> dict:

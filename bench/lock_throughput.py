@@ -19,8 +19,8 @@ import uuid
 
 import shmbus
 
-from . import harness
-from .transports import SPAWN
+from tools.benchkit import harness
+from tools.benchkit.transports import SPAWN
 
 
 def _loop(acquire_release, seconds: float) -> float:

@@ -18,8 +18,8 @@ import time
 
 import numpy as np
 
-from . import harness
-from .transports import FasterFifo, Iceoryx2, MpPipe, MpQueue, Shmbus, Zmq
+from tools.benchkit import harness
+from tools.benchkit.transports import FasterFifo, Iceoryx2, MpPipe, MpQueue, Shmbus, Zmq
 
 SIZES = {64: 300_000, 65536: 20_000, 1 << 20: 2_000}
 QUICK = {64: 60_000, 65536: 3_000, 1 << 20: 300}

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import argparse
 
-from . import harness
-from .transports import FasterFifo, Iceoryx2, MpPipe, MpQueue, Shmbus, Zmq
+from tools.benchkit import harness
+from tools.benchkit.transports import FasterFifo, Iceoryx2, MpPipe, MpQueue, Shmbus, Zmq
 
 
 def main(argv=None) -> dict:

@@ -6,8 +6,9 @@ import json
 
 import pytest
 
-from bench import harness, one_to_one_throughput
-from bench.transports import MpPipe, Shmbus
+from bench import one_to_one_throughput
+from tools.benchkit import harness
+from tools.benchkit.transports import MpPipe, Shmbus
 
 pytestmark = pytest.mark.timeout(180)
 

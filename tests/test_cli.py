@@ -37,6 +37,9 @@ def test_ls_inspect_locks_on_a_live_ring(ns):
         assert info["consumers"][0]["next_seq"] == 0  # "a" not yet released
         r = run("locks")
         assert r.exit_code == 0 and "orders@producer" in r.output
+        r = run("ls", "--locks")
+        assert "orders@producer" in r.output and "RING" in r.output
+        assert "locks" in json.loads(run("ls", "--locks", "--json").output)
     assert run("rm", "orders").exit_code == 0
 
 
@@ -120,3 +123,12 @@ def test_doctor(ns):
     assert r.exit_code == 0 and "/dev/shm size" in r.output and "CPU architecture" in r.output
     assert {c["check"] for c in json.loads(run("doctor", "--json").output)} >= {
         "/dev/shm size", "/dev/shm permissions", "CPU architecture", "leftovers"}
+
+
+def test_quick_bench_reports_every_installed_peer():
+    r = run("bench", "--messages", "2000", "--json")
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.output[r.output.index("{"):])
+    assert data["results"]["shmbus"]["msgs_per_s"] > 0
+    assert "multiprocessing.Pipe" in data["results"]  # always installed
+    assert all(v["p50_us"] > 0 for v in data["results"].values())

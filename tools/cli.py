@@ -45,11 +45,11 @@ def main() -> None:
 
 
 def _register() -> None:
-    from . import (balancer_cmd, demo, doctor, gc, inspect_cmd, locks, ls, rm, send,
-                   tail, top)
+    from . import (balancer_cmd, bench_cmd, demo, doctor, gc, inspect_cmd, locks, ls, rm,
+                   send, tail, top)
 
     for module in (ls, inspect_cmd, top, tail, send, rm, gc, locks, doctor,
-                   balancer_cmd, demo):
+                   balancer_cmd, demo, bench_cmd):
         main.add_command(module.command)
 
 

@@ -11,14 +11,21 @@ from .cli import emit_json, json_option, namespace_option
 
 
 @click.command("ls")
+@click.option("--locks", "-l", "with_locks", is_flag=True,
+              help="Also list locks and leases (as `shmbus locks`).")
 @namespace_option
 @json_option
-def command(namespace: str | None, as_json: bool) -> None:
+def command(with_locks: bool, namespace: str | None, as_json: bool) -> None:
     """List rings: capacity, fill, messages, producer, consumers, worst lag."""
     rings = shmbus.list_rings(namespace)
     if as_json:
-        emit_json(rings)
+        emit_json({"rings": rings, "locks": shmbus.list_locks(namespace),
+                   "leases": shmbus.list_leases(namespace)} if with_locks else rings)
         return
+    if with_locks:
+        from .locks import command as locks_command
+        click.get_current_context().invoke(locks_command, namespace=namespace,
+                                           as_json=False)
     if not rings:
         click.echo("no rings")
         return

@@ -1,0 +1,48 @@
+"""``shmbus bench``: the quick benchmark (well under a minute): shmbus against the
+peers that are installed, one run each, as a Markdown table.  The full programs, with
+repeats and JSON, are in the source tree's ``bench/``."""
+
+from __future__ import annotations
+
+import click
+
+from .cli import emit_json, json_option
+
+
+@click.command("bench")
+@click.option("--messages", type=int, default=100_000, show_default=True,
+              help="64-byte messages per throughput run.")
+@json_option
+def command(messages: int, as_json: bool) -> None:
+    """Quick throughput and round-trip comparison with the installed peers."""
+    from .benchkit import harness
+    from .benchkit.transports import FasterFifo, Iceoryx2, MpPipe, MpQueue, Shmbus, Zmq
+
+    peers = [t for t in (MpQueue(), MpPipe(), FasterFifo(), Zmq(), Iceoryx2())
+             if not t.missing()]
+    results, rows = {}, []
+    base = None
+    with click.progressbar([Shmbus(), *peers], label="throughput and round trip",
+                           file=click.get_text_stream("stderr"),
+                           item_show_func=lambda t: t.name if t else "") as bar:
+        for t in bar:
+            n = messages if not isinstance(t, MpQueue) else messages // 4
+            s = harness.run_stream(t, n, 64)
+            big = harness.run_stream(t, 200, 1 << 20)
+            rtt = harness.run_ping_pong(t, 3000)
+            results[t.name] = {"msgs_per_s": s["per_consumer_rate"],
+                               "cpu_s_per_million": s["cpu_s_per_million"],
+                               "mib_bytes_per_s": big["bytes_per_s"], **rtt}
+            base = base or results[t.name]
+            r = results[t.name]
+            rows.append([t.name, f"{r['msgs_per_s'] / 1e6:.2f}",
+                         f"{base['msgs_per_s'] / r['msgs_per_s']:.2f}x",
+                         f"{r['mib_bytes_per_s'] / 1e9:.1f}", f"{r['p50_us']:.1f}",
+                         f"{r['p99_us']:.1f}", f"{r['cpu_s_per_million']:.2f}"])
+    if as_json:
+        emit_json({"machine": harness.machine(), "results": results})
+        return
+    click.echo(harness.markdown(
+        "quick benchmark (one run each; `python -m bench.*` for medians)", rows,
+        ["transport", "64 B M msg/s", "shmbus / it", "1 MiB GB/s", "RTT p50 µs",
+         "RTT p99 µs", "CPU s / M msgs"]))
