@@ -71,7 +71,12 @@ def inspect(name: str, namespace: str | None = None) -> dict:
                 "pid": pid, "alive": liveness.liveness(pid, start).value if pid else None,
                 "position": read, "lag_bytes": max(0, write - read),
                 "next_seq": _seq_at(seg, read, write, cap), "lost": int(s["lost"]),
+                "lag_messages": 0,
             })
+        messages = _message_count(seg, h)
+        for c in consumers:
+            if c["next_seq"] is not None:
+                c["lag_messages"] = max(0, messages - c["next_seq"])
         return {
             "name": name, "namespace": ns, "layout_version": h["version"],
             "capacity": cap,
@@ -79,7 +84,7 @@ def inspect(name: str, namespace: str | None = None) -> dict:
             "slot_count": h["slot_count"], "segment_size": h["segment_size"],
             "created_at_ns": h["created_at_ns"],
             "write": write, "tail": tail, "fill": min(1.0, (write - tail) / cap),
-            "messages": _message_count(seg, h), "oldest_seq": _oldest_seq(seg, h),
+            "messages": messages, "oldest_seq": _oldest_seq(seg, h),
             "producer": producer, "consumers": consumers,
         }
     finally:

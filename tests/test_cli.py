@@ -132,3 +132,40 @@ def test_quick_bench_reports_every_installed_peer():
     assert data["results"]["shmbus"]["msgs_per_s"] > 0
     assert "multiprocessing.Pipe" in data["results"]  # always installed
     assert all(v["p50_us"] > 0 for v in data["results"].values())
+
+
+@pytest.mark.parametrize("argv", [
+    ["inspect", "bad name"], ["tail", "a/b"], ["send", "x/y", "data"], ["rm", "@"],
+    ["ls", "--namespace", "has.dot"], ["top", "--iterations", "0"],
+    ["balancer", "run", "in", "--group", "g", "--policy", "random"],
+    ["demo", "--workers", "0"], ["send", "r"], ["tail", "r", "--format", "xml"],
+])
+def test_bad_usage_exits_2(ns, argv):
+    r = run(*argv)
+    assert r.exit_code == 2, (argv, r.output)
+    assert "Traceback" not in r.output
+
+
+@pytest.mark.parametrize("argv", [["inspect", "nope"], ["tail", "nope", "--count", "1"],
+                                  ["send", "nope", "x"], ["rm", "nope"],
+                                  ["rm", "nope", "--durable", "d"]])
+def test_missing_ring_exits_1(ns, argv):
+    r = run(*argv)
+    assert r.exit_code == 1 and "nope" in r.output, (argv, r.output)
+
+
+def test_balancer_run_command(ns, procs):
+    shmbus.Producer("in", capacity=1 << 16).close()
+    results, stop = SPAWN.Queue(), SPAWN.Event()
+    procs.append(start(P.run_worker, ns, "g", "w", results, stop))
+    with shmbus.Producer("in") as pub:
+        pub.send_many([b"1", b"2", b"3"])
+    r = run("balancer", "run", "in", "--group", "g", "--seconds", "1.5")
+    assert r.exit_code == 0 and "dispatched 3" in r.output
+    got = sorted(results.get(timeout=10)[2] for _ in range(3))
+    assert got == [b"1", b"2", b"3"]
+    stop.set()
+    procs[-1].join(10)
+    from shmbus.cleanup import collect
+    shmbus.unlink("in")
+    collect()

@@ -33,11 +33,12 @@ def command(name: str, namespace: str | None, as_json: bool) -> None:
     ]
     click.echo("\n".join(lines))
     rows = [[c["slot"], c["durable"] or "-", c["pid"] or "-", c["alive"] or "detached",
-             c["position"], fmt.size(c["lag_bytes"]),
+             c["position"], f"{c['lag_messages']} ({fmt.size(c['lag_bytes'])})",
              "-" if c["next_seq"] is None else c["next_seq"], c["lost"]]
             for c in info["consumers"]]
     if rows:
-        click.echo(fmt.table(["SLOT", "DURABLE", "PID", "STATE", "POSITION", "LAG",
+        click.echo(fmt.table(["SLOT", "DURABLE", "PID", "STATE", "POSITION",
+                              "LAG MSGS (BYTES)",
                               "NEXT SEQ", "LOST"], rows))
     else:
         click.echo("  no consumers")
