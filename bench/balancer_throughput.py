@@ -3,8 +3,8 @@
     producer --> [in] --> balancer --+--> [g.w.0] --> worker 0
                                      +--> [g.w.1] --> worker 1
 
-64-byte messages, round-robin and consistent-hash (20 keys); messages/s received by
-the two workers together, against one direct producer-to-consumer ring in the same run.
+64-byte messages, round-robin; messages/s received by the two workers together, against
+one direct producer-to-consumer ring in the same run.
 
     python -m bench.balancer_throughput [--messages N] [--repeats N] [--json FILE]
 """
@@ -61,8 +61,6 @@ def run_balanced(policy: str, n: int) -> dict:
     out, go = SPAWN.Queue(), SPAWN.Event()
     readies = [SPAWN.Event(), SPAWN.Event()]
     procs = [SPAWN.Process(target=_balancer, args=(ns, group, policy), daemon=True)]
-    if policy == "consistent-hash":
-        per_worker = None  # unequal shares: workers stop on the stats instead
     procs += [SPAWN.Process(target=_worker, args=(ns, group, i, n // 2, out, readies[i]),
                             daemon=True) for i in range(2)]
     procs.append(SPAWN.Process(target=_producer, args=(ns, n, policy != "round-robin", go),

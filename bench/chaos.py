@@ -8,6 +8,8 @@ Afterwards the harness checks, and prints as a table:
 
 * every message whose ``send`` returned reached its ring's durable consumer, in order,
   and at least one worker; duplicates (allowed: in flight at a crash) are counted;
+* each worker got every key's messages in order (keys move between workers only on
+  membership changes; not checked: order across two workers during a move);
 * no payload was torn or corrupt; a fresh consumer can read every ring;
 * after every process is killed, ``shmbus gc`` leaves nothing in ``/dev/shm``.
 
@@ -32,7 +34,7 @@ import shmbus
 
 from tools.benchkit.transports import SPAWN
 
-PRODUCERS, WORKERS, GROUP = 2, 3, "g"
+PRODUCERS, WORKERS, GROUP, KEYS = 2, 3, "g", 16
 
 
 def make_payload(producer_id: int, seq: int) -> bytes:
@@ -60,7 +62,7 @@ def producer(ns: str, logdir: str, i: int, stop) -> None:
         while not stop.is_set():
             seq = pub.seq
             try:
-                pub.send(make_payload(i, seq), key=f"k{seq % 16}", timeout=0.5)
+                pub.send(make_payload(i, seq), key=f"k{seq % KEYS}", timeout=0.5)
             except shmbus.Timeout:
                 continue
             log.write(f"{i} {seq}\n")
@@ -159,14 +161,36 @@ def _collect(logdir: str) -> dict:
     durable_seen = {i: [(int(a), int(b)) for a, b, *_ in
                         (ln for ln in _read(f"{logdir}/durable{i}") if len(ln) == 3)]
                     for i in range(PRODUCERS)}
-    worker_seen = [(int(a), int(b)) for i in range(WORKERS)
-                   for a, b, *_ in (ln for ln in _read(f"{logdir}/worker{i}") if len(ln) == 3)]
+    per_worker = [[(int(a), int(b)) for a, b, *_ in
+                   (ln for ln in _read(f"{logdir}/worker{i}") if len(ln) == 3)]
+                  for i in range(WORKERS)]
+    worker_seen = [m for stream in per_worker for m in stream]
     corrupt = sum(1 for i in range(WORKERS) for ln in _read(f"{logdir}/worker{i}")
                   if ln and ln[0] == "CORRUPT")
     corrupt += sum(1 for i in range(PRODUCERS) for ln in _read(f"{logdir}/durable{i}")
                    if ln and ln[0] == "CORRUPT")
     return {"sent": sent, "durable": durable_seen, "workers": worker_seen,
-            "corrupt": corrupt}
+            "per_worker": per_worker, "corrupt": corrupt}
+
+
+def _key_order_violations(streams: list) -> int:
+    """Messages a worker got before an older message of the same key and producer
+    (first deliveries only: redelivered duplicates are at-least-once, not disorder).
+    Keys only move between workers on membership changes, and a moved key's
+    unacknowledged messages go to its new owner before newer ones, so within each
+    worker's stream every key's messages must arrive in order."""
+    bad = 0
+    for stream in streams:
+        seen, last = set(), {}
+        for producer_id, seq in stream:
+            if (producer_id, seq) in seen:
+                continue
+            seen.add((producer_id, seq))
+            key = (producer_id, seq % KEYS)
+            if seq < last.get(key, -1):
+                bad += 1
+            last[key] = seq
+    return bad
 
 
 def _delivered(logs: dict) -> bool:
@@ -291,6 +315,10 @@ def _report(logs, kills, stops, duration, readable, left, seed, out) -> dict:
     ok &= not missing
     rows.append(("workers (balancer)", f"{len(missing)} missing, "
                  f"{sum(c - 1 for c in wc.values())} duplicates"))
+    disorder = _key_order_violations(logs["per_worker"])
+    ok &= disorder == 0
+    rows.append(("per-key order at each worker (consistent hash)",
+                 f"{disorder} messages out of order"))
     ok &= logs["corrupt"] == 0
     rows.append(("torn or corrupt payloads", str(logs["corrupt"])))
     bad = {k: v for k, v in readable.items() if isinstance(v, str)}
