@@ -1,0 +1,52 @@
+"""The public surface DESIGN.md promises: names and signatures stay put."""
+
+from __future__ import annotations
+
+import inspect
+
+import balancer
+import shmbus
+
+PUBLIC = {"Producer", "Consumer", "Message", "FileLock", "Lease", "Fence", "WaitStrategy",
+          "list_rings", "inspect", "list_locks", "list_leases", "unlink",
+          "ShmbusError", "RingNotFound", "RingBusy", "DurableBusy", "LayoutMismatch",
+          "CorruptRing", "MessageTooLarge", "InvalidName", "Timeout", "LeaseLost",
+          "NotHeld", "ShmFull", "LAYOUT_VERSION"}
+
+
+def test_all_names_exist():
+    assert PUBLIC <= set(shmbus.__all__)
+    assert all(hasattr(shmbus, name) for name in shmbus.__all__)
+    assert {"Balancer", "Worker", "RoundRobin", "ConsistentHash"} <= set(balancer.__all__)
+
+
+def _kwonly(fn) -> dict:
+    params = inspect.signature(fn).parameters
+    return {n: p.default for n, p in params.items() if p.kind is p.KEYWORD_ONLY}
+
+
+def test_signatures_match_the_contract():
+    p = _kwonly(shmbus.Producer.__init__)
+    assert {k: p[k] for k in ("capacity", "create", "on_full", "namespace")} == \
+        {"capacity": None, "create": True, "on_full": "block", "namespace": None}
+    c = _kwonly(shmbus.Consumer.__init__)
+    assert {k: c[k] for k in ("durable", "start", "namespace")} == \
+        {"durable": None, "start": "latest", "namespace": None}
+    assert _kwonly(shmbus.FileLock.__init__)["shared"] is False
+    assert "ttl" in _kwonly(shmbus.Lease.__init__)
+    for name in ("send", "send_many", "claim", "unlink", "close"):
+        assert callable(getattr(shmbus.Producer, name))
+    for name in ("recv", "try_recv", "recv_many", "release", "close"):
+        assert callable(getattr(shmbus.Consumer, name))
+    for name in ("data", "key", "seq", "timestamp_ns", "release", "deliveries"):
+        assert hasattr(shmbus.Message, name)
+
+
+def test_errors_are_also_builtins():
+    assert issubclass(shmbus.Timeout, TimeoutError)
+    assert issubclass(shmbus.RingNotFound, FileNotFoundError)
+    assert issubclass(shmbus.InvalidName, ValueError)
+    assert all(issubclass(getattr(shmbus, n), shmbus.ShmbusError)
+               for n in PUBLIC if n.endswith(("Error", "Found", "Busy", "Mismatch", "Ring",
+                                               "Large", "Name", "Lost", "Held", "Full"))
+               and n != "ShmbusError")
