@@ -124,6 +124,11 @@ class Balancer:
                 self._lead(end)
             except LeaseLost:
                 continue  # someone else leads now: be a standby again
+            except DurableBusy:
+                # The previous leader is still letting go of an input (it lost the
+                # lease a moment ago): step down and try again shortly.
+                self._stop.wait(self.poll)
+                continue
             finally:
                 self._close()
 

@@ -13,7 +13,7 @@ Afterwards the harness checks, and prints as a table:
 * no payload was torn or corrupt; a fresh consumer can read every ring;
 * after every process is killed, ``shmbus gc`` leaves nothing in ``/dev/shm``.
 
-    python -m bench.chaos [--seconds S] [--seed N] [--kills-per-second K]
+    python -m bench.chaos [--seconds S] [--seed N] [--kills-per-second K] [--rate R]
 """
 
 from __future__ import annotations
@@ -57,15 +57,25 @@ def _log(path: str):
     return open(path, "a", buffering=1)
 
 
-def producer(ns: str, logdir: str, i: int, stop) -> None:
+def producer(ns: str, logdir: str, i: int, rate: float) -> None:
+    """Send until the file ``stop`` appears in ``logdir`` (a file, not an Event: an
+    Event's lock dies with a process killed while holding it), at most ``rate``
+    messages per second (0: as fast as it can)."""
+    stop = f"{logdir}/stop"
     with shmbus.Producer(f"in{i}", namespace=ns) as pub, _log(f"{logdir}/sent{i}") as log:
-        while not stop.is_set():
+        t0, n = time.monotonic(), 0
+        while n % 256 or not os.path.exists(stop):
             seq = pub.seq
             try:
                 pub.send(make_payload(i, seq), key=f"k{seq % KEYS}", timeout=0.5)
             except shmbus.Timeout:
                 continue
             log.write(f"{i} {seq}\n")
+            n += 1
+            if rate and n % 64 == 0:
+                ahead = n / rate - (time.monotonic() - t0)
+                if ahead > 0:
+                    time.sleep(ahead)  # pacing, not synchronisation
 
 
 def _consume(sub, log) -> None:
@@ -105,9 +115,9 @@ def balancer(ns: str) -> None:
 class Cast:
     """The running participants, restartable by role."""
 
-    def __init__(self, ns: str, logdir: str) -> None:
-        self.ns, self.logdir = ns, logdir
-        self.stop_sending = SPAWN.Event()
+    def __init__(self, ns: str, logdir: str, rate: float) -> None:
+        self.ns, self.logdir, self.rate = ns, logdir, rate
+        self.sending = True
         self.roles = ([f"producer{i}" for i in range(PRODUCERS)] + ["balancerA", "balancerB"]
                       + [f"worker{i}" for i in range(WORKERS)]
                       + [f"durable{i}" for i in range(PRODUCERS)])
@@ -118,7 +128,7 @@ class Cast:
         if kind == "balancer":
             target, args = balancer, (self.ns,)
         elif kind == "producer":
-            target, args = producer, (self.ns, self.logdir, int(role[-1]), self.stop_sending)
+            target, args = producer, (self.ns, self.logdir, int(role[-1]), self.rate)
         else:
             target, args = {"worker": worker, "durable": durable}[kind], \
                 (self.ns, self.logdir, int(role[-1]))
@@ -131,7 +141,7 @@ class Cast:
         for role in self.roles:
             p = self.procs.get(role)
             if p is None or p.exitcode is not None:
-                if role.startswith("producer") and self.stop_sending.is_set():
+                if role.startswith("producer") and not self.sending:
                     continue
                 if p is not None:
                     p.join(1)
@@ -193,6 +203,18 @@ def _key_order_violations(streams: list) -> int:
     return bad
 
 
+def _drained(ns: str) -> bool:
+    """Cheap test before reading the logs: every consumer of every ring has released
+    everything (so the logs should be complete)."""
+    for r in shmbus.list_rings(ns):
+        if "error" in r:
+            return False
+        info = shmbus.inspect(r["name"], ns)
+        if any(c["lag_bytes"] for c in info["consumers"]):
+            return False
+    return True
+
+
 def _delivered(logs: dict) -> bool:
     worker_keys = set(logs["workers"])
     for i, seqs in logs["sent"].items():
@@ -204,7 +226,7 @@ def _delivered(logs: dict) -> bool:
 
 
 def run(seconds: float = 20, seed: int = 1, kills_per_second: float = 2.0,
-        out=sys.stdout) -> dict:
+        out=sys.stdout, rate: float = 0.0) -> dict:
     """Run the chaos for ``seconds``; return the results (``ok`` says if every check
     passed)."""
     rng = random.Random(seed)
@@ -216,7 +238,7 @@ def run(seconds: float = 20, seed: int = 1, kills_per_second: float = 2.0,
         # The cursors exist before the first message, so they see every message.
         for name in ("audit", input_durable(GROUP)):
             shmbus.Consumer(f"in{i}", durable=name, start="earliest", namespace=ns).close()
-    cast = Cast(ns, logdir)
+    cast = Cast(ns, logdir, rate)
     kills, stops = Counter(), Counter()
     t0 = time.monotonic()
     try:
@@ -240,11 +262,17 @@ def run(seconds: float = 20, seed: int = 1, kills_per_second: float = 2.0,
                 os.kill(p.pid, signal.SIGCONT)
                 stops[kind] += 1
             cast.revive()
-        cast.stop_sending.set()
-        deadline = time.monotonic() + 60
-        while not _delivered(_collect(logdir)) and time.monotonic() < deadline:
+        cast.sending = False
+        open(f"{logdir}/stop", "w").close()
+        for role in cast.roles:  # producers finish their last message and stop
+            if role.startswith("producer"):
+                cast.procs[role].join(30)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
             cast.revive()
-            time.sleep(0.2)
+            if _drained(ns) and _delivered(_collect(logdir)):
+                break
+            time.sleep(0.5)
         duration = time.monotonic() - t0
         if not _delivered(_collect(logdir)):
             _diagnose(cast, out)
@@ -343,8 +371,12 @@ def main(argv=None) -> int:
     ap.add_argument("--seconds", type=float, default=60)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--kills-per-second", type=float, default=2.0)
+    ap.add_argument("--rate", type=float, default=0.0,
+                    help="messages/s per producer (default: as fast as they go); long "
+                    "runs use it to keep the logs that the checks read small")
     args = ap.parse_args(argv)
-    return 0 if run(args.seconds, args.seed, args.kills_per_second)["ok"] else 1
+    return 0 if run(args.seconds, args.seed, args.kills_per_second,
+                    rate=args.rate)["ok"] else 1
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import os
 
 import posix_ipc
 
-from . import naming
+from . import liveness, naming
 from .errors import ShmbusError
 from .introspect import inspect
 from .lease import list_leases
@@ -127,6 +127,16 @@ def _collect_locks(ns: str, dry_run: bool, done: list[dict]) -> None:
                     os.unlink(path)
                 except FileNotFoundError:
                     pass
+            continue
+        if name.endswith(".tmp"):  # a stats file its writer never finished
+            writer = name.rsplit(".", 2)[-2]
+            if writer.isdigit() and liveness.is_dead(int(writer), 0):
+                done.append({"kind": "stats", "name": name, "reason": "writer is dead"})
+                if not dry_run:
+                    try:
+                        os.unlink(path)
+                    except FileNotFoundError:
+                        pass
             continue
         if is_lease_file(name):
             continue  # leases above; fences are kept: they guard resources

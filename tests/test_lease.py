@@ -169,3 +169,13 @@ def test_keepalive_thread_and_owner_share_the_file_safely(lease_name):
         assert checks > 100
     finally:
         lease.release()
+
+
+def test_gc_removes_a_stats_file_whose_writer_died(ns):
+    from shmbus import naming
+    from shmbus.cleanup import collect
+    os.makedirs(naming.lock_dir(ns))
+    stale = f"{naming.lock_dir(ns)}/g@stats.999999999.tmp"  # no such pid
+    open(stale, "w").close()
+    assert [(d["kind"], d["reason"]) for d in collect()] == [("stats", "writer is dead")]
+    assert not os.path.exists(naming.lock_dir(ns))
