@@ -92,6 +92,7 @@ class Balancer:
         self._thread: threading.Thread | None = None
         self._consumers: list[shmbus.Consumer] = []
         self._pending: collections.deque = collections.deque()
+        self._gone: dict[str, str] = {}  # gone workers whose leftovers wait: name -> ring
         self._dlq: shmbus.Producer | None = None
         self.leading = threading.Event()
 
@@ -156,6 +157,7 @@ class Balancer:
             c.close(release=not any(m[4] is c for m in self._pending))
         self._consumers = []
         self._pending.clear()
+        self._gone.clear()
         for m in self.members.values():
             m.producer.close()
         self.members.clear()
@@ -175,6 +177,10 @@ class Balancer:
         """Move what is available from the inputs to workers; False if nothing moved.
         Input messages are zero-copy views until the next ``recv_many`` releases them,
         which happens only once every one of them sits in a worker ring."""
+        if self._gone:
+            before = self.counters["redelivered"] + self.counters["dead_lettered"]
+            if not self._drain_gone():
+                return self.counters["redelivered"] + self.counters["dead_lettered"] > before
         if self._pending:
             before = len(self._pending)
             self._pending = collections.deque(self._place(list(self._pending)))
@@ -297,9 +303,10 @@ class Balancer:
             if name in self.members:
                 continue
             if membership.is_registered(self.namespace, self.group, name):
+                self._gone.pop(name, None)  # back again: it finishes its own leftovers
                 self._join(name, ring)
             else:
-                self._recover(name, ring)  # left over from a worker that is gone
+                self._gone.setdefault(name, ring)  # left over from a worker that is gone
 
     def _join(self, name: str, ring: str) -> None:
         try:
@@ -325,32 +332,31 @@ class Balancer:
     def _drop(self, name: str) -> None:
         member = self.members.pop(name)
         self.policy.remove(name)
-        ring = member.producer.name
+        self._gone[name] = member.producer.name
         member.producer.close()
-        self._recover(name, ring)
 
-    def _recover(self, name: str, ring: str) -> None:
-        """Dispatch again what the gone worker ``name`` had not acknowledged, then
-        remove its ring (if it all found a place)."""
-        try:
-            leftovers = shmbus.Consumer(ring, durable=membership.WORKER_DURABLE,
-                                        namespace=self.namespace)
-        except (DurableBusy, RingNotFound):
-            return  # still closing, or gone already
-        except ShmbusError:
-            return
-        done = True
-        try:
-            while (msg := leftovers.try_recv()) is not None:
-                if self._place([msg], redelivery=True):
-                    done = False
-                    break
-                msg.release()
-        finally:
-            leftovers.close(release=False)
-        if done:
+    def _drain_gone(self) -> bool:
+        """Dispatch again what gone workers had not acknowledged; True when nothing is
+        left.  Until then no new input moves: a gone worker's keys must get their old
+        messages before any newer one (per-key order)."""
+        for name, ring in list(self._gone.items()):
+            try:
+                leftovers = shmbus.Consumer(ring, durable=membership.WORKER_DURABLE,
+                                            namespace=self.namespace)
+            except RingNotFound:
+                del self._gone[name]
+                continue
+            except ShmbusError:
+                return False  # its previous user still lets go of it: next round
+            try:
+                while (msg := leftovers.try_recv()) is not None:
+                    if self._place([msg], redelivery=True):
+                        return False  # no room now: the rest waits in its ring
+                    msg.release()
+            finally:
+                leftovers.close(release=False)
             # Remove the ring only while no worker of that name can be registering:
-            # one that came back meanwhile keeps its ring (and what is left in it).
+            # one that came back meanwhile keeps its ring.
             registration = FileLock(membership.registration_lock(self.group, name),
                                     namespace=self.namespace, reentrant=False,
                                     _internal=True)
@@ -359,6 +365,8 @@ class Balancer:
                     shmbus.unlink(ring, namespace=self.namespace)
                 finally:
                     registration.release()
+            del self._gone[name]
+        return True
 
     # -- stats --------------------------------------------------------------------------
 
