@@ -12,14 +12,16 @@ from .cli import emit_json, json_option
 @click.command("bench")
 @click.option("--messages", type=int, default=100_000, show_default=True,
               help="64-byte messages per throughput run.")
+@click.option("--only", default=None, help="Comma-separated peer names to compare with.")
 @json_option
-def command(messages: int, as_json: bool) -> None:
+def command(messages: int, only: str | None, as_json: bool) -> None:
     """Quick throughput and round-trip comparison with the installed peers."""
     from .benchkit import harness
     from .benchkit.transports import FasterFifo, Iceoryx2, MpPipe, MpQueue, Shmbus, Zmq
 
+    wanted = set(only.split(",")) if only else None
     peers = [t for t in (MpQueue(), MpPipe(), FasterFifo(), Zmq(), Iceoryx2())
-             if not t.missing()]
+             if not t.missing() and (wanted is None or t.name in wanted)]
     results, rows = {}, []
     base = None
     with click.progressbar([Shmbus(), *peers], label="throughput and round trip",
