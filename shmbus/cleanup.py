@@ -91,6 +91,16 @@ def _collect_ring(ns: str, ring: str, dry_run: bool, done: list[dict]) -> None:
                 seg.close()
 
 
+def _remove(path: str, kind: str, name: str, reason: str, dry_run: bool,
+            done: list[dict]) -> None:
+    done.append({"kind": kind, "name": name, "reason": reason})
+    if not dry_run:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+
 def _ring_locks_held(ns: str, ring: str) -> bool:
     directory = naming.lock_dir(ns)
     try:
@@ -107,36 +117,23 @@ def _collect_locks(ns: str, dry_run: bool, done: list[dict]) -> None:
         names = sorted(os.listdir(directory))
     except FileNotFoundError:
         return
-    for lease in list_leases(ns):
+    leases = list_leases(ns)
+    for lease in leases:
         if lease["pid"] and lease["alive"] != "dead":
             continue
-        done.append({"kind": "lease", "name": lease["name"], "reason": "no live holder"})
-        if not dry_run:  # tokens stay increasing without the file: see shmbus.lease
-            try:
-                os.unlink(f"{directory}/{lease['name']}@lease")
-            except FileNotFoundError:
-                pass
-    live_leases = {le["name"] for le in list_leases(ns)
-                   if le["pid"] and le["alive"] != "dead"}
+        _remove(f"{directory}/{lease['name']}@lease", "lease", lease["name"],
+                "no live holder", dry_run, done)  # tokens stay increasing: shmbus.lease
+    live_leases = {le["name"] for le in leases if le["pid"] and le["alive"] != "dead"}
     for name in names:
         path = f"{directory}/{name}"
-        if name.endswith("@stats") and f"{name[:-len('@stats')]}.leader" not in live_leases:
-            done.append({"kind": "stats", "name": name, "reason": "no live balancer"})
-            if not dry_run:
-                try:
-                    os.unlink(path)
-                except FileNotFoundError:
-                    pass
+        if name.endswith("@stats"):
+            if f"{name[:-len('@stats')]}.leader" not in live_leases:
+                _remove(path, "stats", name, "no live balancer", dry_run, done)
             continue
         if name.endswith(".tmp"):  # a stats file its writer never finished
             writer = name.rsplit(".", 2)[-2]
             if writer.isdigit() and liveness.is_dead(int(writer), 0):
-                done.append({"kind": "stats", "name": name, "reason": "writer is dead"})
-                if not dry_run:
-                    try:
-                        os.unlink(path)
-                    except FileNotFoundError:
-                        pass
+                _remove(path, "stats", name, "writer is dead", dry_run, done)
             continue
         if is_lease_file(name):
             continue  # leases above; fences are kept: they guard resources

@@ -42,8 +42,9 @@ _STARTS = ("latest", "earliest")
 class Message(tuple):
     """One received message.
 
-    ``data`` is a read-only memoryview of the payload (in ``block`` rings, inside the
-    ring: valid until the message is released, i.e. until the next ``recv``);
+    ``data`` is a memoryview of the payload (in ``block`` rings, inside the ring: valid
+    until the message is released, i.e. until the next ``recv``; do not write to it:
+    other consumers read the same bytes);
     ``bytes(msg)`` copies it.  ``key`` is bytes or None, ``seq`` the per-ring sequence
     number, ``timestamp_ns`` the producer's ``time.monotonic_ns()`` at send.
     (A tuple underneath: building one per message is the cheapest object there is.)

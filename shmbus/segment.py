@@ -26,7 +26,7 @@ from . import layout, naming
 from .errors import CorruptRing, RingNotFound, ShmbusError, ShmFull
 from .lock import FileLock
 
-__all__ = ["Segment", "unlink", "exists"]
+__all__ = ["Segment", "unlink"]
 
 _SEGMENT_MODE = 0o600
 
@@ -205,10 +205,6 @@ def _permission_error(ns: str, ring: str) -> ShmbusError:
         f"permission denied on ring {ring!r} ({path} belongs to {owner}): run as that "
         "user, or use another namespace", name=ring, path=path)
     return err
-
-
-def exists(ns: str, ring: str) -> bool:
-    return os.path.exists(naming.segment_path(ns, ring))
 
 
 def unlink(ns: str, ring: str, *, lock_timeout: float = 10.0) -> bool:

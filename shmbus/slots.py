@@ -32,10 +32,6 @@ class SlotInfo:
     lost: int
     durable: str | None
 
-    @property
-    def anonymous(self) -> bool:
-        return self.state == SLOT_ACTIVE
-
 
 class SlotTable:
     """Operations on one segment's slot table."""

@@ -32,7 +32,6 @@ from typing import Callable
 
 import posix_ipc
 
-from .errors import Timeout
 
 __all__ = ["WaitStrategy", "strategy", "fence", "Sleeper", "STRATEGIES"]
 
@@ -175,7 +174,3 @@ class Waker:
         if self.sem is not None:
             self.sem.close()
             self.sem = None
-
-
-def raise_timeout(what: str, timeout: float | None, **fields: object) -> None:
-    raise Timeout(f"{what} within {timeout} s", timeout=timeout, **fields)
