@@ -14,11 +14,17 @@ times goes to the group's dead-letter ring ``GROUP.dlq`` instead.  Duplicates ha
 only for messages in flight at a crash.  A message no worker can take waits in its input
 ring (back-pressure), not in the balancer's memory.
 
-Round-robin skips workers that are full (``prefetch`` unacknowledged messages, or a
-full ring) or dead.  Consistent hashing never reroutes a key while its owner lives: a
+Round-robin splits what it reads from an input (up to 512 messages at a time) into one
+share per worker, in turn, as equal as their room allows, skipping workers that are
+full (``prefetch`` unacknowledged messages, or a full ring) or dead.  Consistent hashing never reroutes a key while its owner lives: a
 message whose owner is busy waits, so per-key order holds; with ``load_factor`` (bounded
 loads) a key may go to the next worker when its owner is over the bound, which trades
 per-key order for balance.
+
+Messages are forwarded as raw records (:mod:`shmbus.forward`): one copy per stretch of
+records bound for the same worker, no ``Message`` per message, and each keeps its
+producer's ``timestamp_ns``.  Bounded loads, custom policies, redeliveries and input
+records that need checked reads go through ``recv_many``/``send_many`` instead.
 """
 
 from __future__ import annotations
@@ -30,32 +36,27 @@ import time
 
 import shmbus
 from shmbus import layout, naming
-from shmbus import ring as ringmod
+from shmbus.forward import forward, run_message, take_run
 from shmbus.lock import FileLock
 from shmbus.errors import (DurableBusy, LeaseLost, RingBusy, RingNotFound, ShmbusError,
                            Timeout)
 
 from . import membership, stats
-from .policies import ConsistentHash, Policy, policy as make_policy
+from .policies import ConsistentHash, Policy, RoundRobin, policy as make_policy
 
 __all__ = ["Balancer"]
 
 
 class _Member:
-    """The leader's view of one worker: its ring (as producer), its slot, and the end
-    positions of the messages it has not acknowledged yet."""
+    """The leader's view of one worker: its ring (as producer) and its slot there."""
 
     def __init__(self, name: str, producer: shmbus.Producer, slot: int) -> None:
         self.name, self.producer, self.slot = name, producer, slot
-        self.ends: collections.deque[int] = collections.deque()
         self.dispatched = 0
 
     def in_flight(self) -> int:
-        acked = self.producer.read_position(self.slot)
-        ends = self.ends
-        while ends and ends[0] <= acked:
-            ends.popleft()
-        return len(ends)
+        """Messages in the worker's ring that it has not acknowledged."""
+        return self.producer.unreleased(self.slot)
 
 
 class Balancer:
@@ -94,6 +95,11 @@ class Balancer:
         self._pending: collections.deque = collections.deque()
         self._gone: dict[str, str] = {}  # gone workers whose leftovers wait: name -> ring
         self._dlq: shmbus.Producer | None = None
+        # Raw forwarding serves these policies; others (bounded loads, custom) get
+        # messages.  Key -> owner is cached while membership holds.
+        self._forwarding = isinstance(self.policy, RoundRobin) or (
+            isinstance(self.policy, ConsistentHash) and not self.policy.load_factor)
+        self._owners: dict[bytes | None, str] = {}
         self.leading = threading.Event()
 
     # -- lifetime ---------------------------------------------------------------------
@@ -190,6 +196,13 @@ class Balancer:
         for consumer in self._consumers:
             if not self.members:
                 break
+            if self._forwarding:
+                forwarded = self._forward_run(consumer)
+                if forwarded is not None:  # else: records that need checked reads
+                    moved = moved or forwarded
+                    if self._pending:
+                        return True
+                    continue
             try:
                 batch = consumer.recv_many(256, timeout=0)  # releases the previous batch
             except Timeout:
@@ -200,6 +213,54 @@ class Balancer:
                 self._pending.extend(unplaced)  # retried before any newer message
                 return True
         return moved
+
+    def _forward_run(self, consumer: shmbus.Consumer) -> bool | None:
+        """Forward a run of input records to workers as raw records (no ``Message``
+        per message; see :mod:`shmbus.forward`); True if any moved, None if this input
+        needs the message path now.  What no worker can take now is left in the input
+        (or, if a worker ring filled up behind others that took later records, kept
+        in ``_pending``), so per-key order holds as in :meth:`_place`."""
+        hashing = isinstance(self.policy, ConsistentHash)
+        run = take_run(consumer, 512, keys=hashing)
+        if not run:
+            return run
+        count = len(run.bounds) - 1
+        room = {n: self.prefetch - m.in_flight() for n, m in self.members.items()}
+        picks: dict[str, range | list[int]] = {}
+        placed = count
+        if hashing:
+            owner = self._owners
+            lists: dict[str, list[int]] = {n: [] for n in room}
+            for i, key in enumerate(run.keys):
+                name = owner.get(key)
+                if name is None:
+                    if len(owner) >= 1 << 16:
+                        owner.clear()
+                    name = owner[key] = self.policy.pick(key)
+                if room[name] <= 0:  # its owner is busy: it and what follows wait
+                    placed = i
+                    break
+                room[name] -= 1
+                lists[name].append(i)
+            picks = {n: idx for n, idx in lists.items() if idx}
+        else:
+            placed = 0
+            for name, n in self.policy.share(count, room):
+                picks[name] = range(placed, placed + n)
+                placed += n
+        refused: list[int] = []
+        for name, indexes in picks.items():
+            member = self.members[name]
+            sent = forward(member.producer, run, indexes)
+            member.dispatched += sent
+            self.counters["dispatched"] += sent
+            refused += indexes[sent:]
+        if refused:  # later records went elsewhere: the refused ones wait as messages
+            self._pending.extend(run_message(consumer, run, i)
+                                 for i in sorted(refused) + list(range(placed, count)))
+        elif placed < count:
+            consumer._pos = run.position(placed)  # not taken: read again next time
+        return placed > len(refused)
 
     def _idle(self, until: float) -> None:
         """Nothing to move: wait for input (one input: sleep on it), briefly."""
@@ -264,7 +325,8 @@ class Balancer:
             first = producer.seq
             try:
                 producer.send_many([m.data for m in group], keys=[m.key for m in group],
-                                   timeout=0, _flags=flags << shift)
+                                   timeout=0, _flags=flags << shift,
+                                   _stamps=[m.timestamp_ns for m in group])
             except Timeout:
                 done = producer.seq - first
                 self._count(member, done, flags)
@@ -276,7 +338,6 @@ class Balancer:
     def _count(self, member: _Member, n: int, deliveries: int) -> None:
         if not n:
             return
-        member.ends.extend([member.producer.position] * n)  # acked together or later
         member.dispatched += n
         self.counters["dispatched"] += n
         if deliveries:
@@ -322,16 +383,14 @@ class Balancer:
         except (RingBusy, RingNotFound):
             return  # a previous leader still lets go of it; next round
         member = _Member(name, producer, slot)
-        acked, write = producer.read_position(slot), producer.position
-        # Messages a previous leader dispatched and the worker still holds count too.
-        member.ends.extend(r.pos + r.size for r in ringmod.walk(
-            producer._data, producer.capacity, acked, write) if not r.flags & layout.REC_PAD)
         self.members[name] = member
         self.policy.add(name)
+        self._owners.clear()
 
     def _drop(self, name: str) -> None:
         member = self.members.pop(name)
         self.policy.remove(name)
+        self._owners.clear()
         self._gone[name] = member.producer.name
         member.producer.close()
 

@@ -101,6 +101,24 @@ class RoundRobin(Policy):
                 return worker
         return None
 
+    def share(self, count: int, room: Mapping[str, int]) -> list[tuple[str, int]]:
+        """Split ``count`` consecutive messages into one share per worker, in turn:
+        as equal as ``room`` (how many more each worker may take; 0 or less skips
+        it) allows; the turn moves past the last worker served.  What fits nowhere
+        is left out (the shares may add up to less than ``count``)."""
+        n = len(self._workers)
+        order = [self._workers[(self._next + i) % n] for i in range(n)]
+        open_ = [w for w in order if room.get(w, 0) > 0]
+        takes = {}
+        # Smallest room first, so that what one cannot take goes to the others.
+        for i, worker in enumerate(sorted(open_, key=room.__getitem__)):
+            takes[worker] = min(room[worker], -(-count // (len(open_) - i)))
+            count -= takes[worker]
+        shares = [(w, takes[w]) for w in open_ if takes[w] > 0]
+        if shares:
+            self._next = (self._workers.index(shares[-1][0]) + 1) % n
+        return shares
+
 
 class ConsistentHash(Policy):
     """Keys to workers on a hash ring of ``vnodes`` points per unit of weight;

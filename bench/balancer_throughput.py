@@ -3,8 +3,9 @@
     producer --> [in] --> balancer --+--> [g.w.0] --> worker 0
                                      +--> [g.w.1] --> worker 1
 
-64-byte messages, round-robin; messages/s received by the two workers together, against
-one direct producer-to-consumer ring in the same run.
+64-byte messages, round-robin and consistent-hash (keys cycling over 20 values);
+messages/s received by the two workers together, against one direct
+producer-to-consumer ring (batched the same way) in the same run.
 
     python -m bench.balancer_throughput [--messages N] [--repeats N] [--json FILE]
 """
@@ -47,9 +48,23 @@ def _producer(ns, n, keyed, go):
     with shmbus.Producer("in", namespace=ns) as pub:
         go.wait(60)
         payload = os.urandom(64)
-        keys = [f"k{i % 20}" for i in range(256)] if keyed else None
+        keys = _keys() if keyed else None
         for _ in range(n // 256):
             pub.send_many([payload] * 256, keys=keys)
+
+
+def _keys() -> list[str]:
+    return [f"k{i % 20}" for i in range(256)]
+
+
+def _shares(policy: str, n: int) -> list[int]:
+    """How many of ``n`` messages each of the workers w0, w1 receives."""
+    if policy == "round-robin":
+        return [n // 2, n // 2]
+    from balancer.policies import ConsistentHash
+    owner = ConsistentHash(["w0", "w1"]).owner
+    per_batch = [sum(owner(k) == w for k in _keys()) for w in ("w0", "w1")]
+    return [c * (n // 256) for c in per_batch]
 
 
 def run_balanced(policy: str, n: int) -> dict:
@@ -61,8 +76,8 @@ def run_balanced(policy: str, n: int) -> dict:
     out, go = SPAWN.Queue(), SPAWN.Event()
     readies = [SPAWN.Event(), SPAWN.Event()]
     procs = [SPAWN.Process(target=_balancer, args=(ns, group, policy), daemon=True)]
-    procs += [SPAWN.Process(target=_worker, args=(ns, group, i, n // 2, out, readies[i]),
-                            daemon=True) for i in range(2)]
+    procs += [SPAWN.Process(target=_worker, args=(ns, group, i, share, out, readies[i]),
+                            daemon=True) for i, share in enumerate(_shares(policy, n))]
     procs.append(SPAWN.Process(target=_producer, args=(ns, n, policy != "round-robin", go),
                                daemon=True))
     try:
@@ -97,7 +112,9 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
     cases = [("direct ring", lambda: {"rate": harness.run_stream(
                   Shmbus(), args.messages, 64, batch=256)["per_consumer_rate"]}),
-             ("balancer round-robin", lambda: run_balanced("round-robin", args.messages))]
+             ("balancer round-robin", lambda: run_balanced("round-robin", args.messages)),
+             ("balancer consistent-hash (20 keys)",
+              lambda: run_balanced("consistent-hash", args.messages))]
     summary = harness.interleaved(cases, args.repeats)
     base = summary["direct ring"]["rate"]["median"]
     rows = [[name, harness.fmt_value(s["rate"], 1e-6),

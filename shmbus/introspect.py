@@ -70,7 +70,7 @@ def inspect(name: str, namespace: str | None = None) -> dict:
                 "slot": i, "durable": layout.slot_name(seg.buf, i),
                 "pid": pid, "alive": liveness.liveness(pid, start).value if pid else None,
                 "position": read, "lag_bytes": max(0, write - read),
-                "next_seq": _seq_at(seg, read, write, cap), "lost": int(s["lost"]),
+                "next_seq": ring.seq_at(seg.data, cap, read, write), "lost": int(s["lost"]),
                 "lag_messages": 0,
             })
         messages = _message_count(seg, h)
@@ -99,16 +99,6 @@ def _message_count(seg: Segment, h: dict) -> int:
                                    h["tail"], h["count"])
     except ValueError:
         return h["count"]
-
-
-def _seq_at(seg: Segment, pos: int, write: int, cap: int) -> int | None:
-    """The seq of the message at ``pos`` (a consumer's next), None if not published."""
-    while pos < write:
-        rec = ring.read(seg.data, pos, cap)
-        if not rec.flags & REC_PAD:
-            return rec.seq
-        pos += rec.size
-    return None
 
 
 def _oldest_seq(seg: Segment, h: dict) -> int | None:

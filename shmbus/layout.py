@@ -146,6 +146,9 @@ RECORD = struct.Struct("<IHHQQ")
 RECORD_HEADER = RECORD.size          # 24
 REC_PAD = 1                          # record flag: padding to the end of the data area
 REC_REDELIVERY_SHIFT = 8             # flags bits 8-15: times delivered before (balancer)
+RECORD_HEAD = struct.Struct("<IHH")    # payload length, key length, flags (at 0)
+RECORD_RESTAMP = struct.Struct("<HQ")  # flags, seq: rewritten when a record is forwarded
+RECORD_RESTAMP_OFFSET = 6
 ALIGN = 8
 
 

@@ -223,7 +223,8 @@ class Producer:
         return send
 
     def send_many(self, messages: Iterable, *, keys: Iterable | None = None,
-                  timeout: float | None = None, _flags: int = 0) -> range:
+                  timeout: float | None = None, _flags: int = 0,
+                  _stamps: Iterable[int] | None = None) -> range:
         """Publish several messages with one store of the write position (and one
         wake-up); return the range of their seqs.  ``keys``, if given, pairs one key
         with each message.  If the ring fills up midway, what was written so far is
@@ -232,6 +233,7 @@ class Producer:
         first = self._seq
         deadline = None if timeout is None else time.monotonic() + timeout
         key_iter = iter(keys) if keys is not None else None
+        stamp_iter = iter(_stamps) if _stamps is not None else None
         last = -1
         data_area, mask, cap, max_record = self._data, self._mask, self.capacity, \
             self._max_record
@@ -251,7 +253,8 @@ class Producer:
                     last = -1
                 pos = self._reserve(size, klen, n, None, deadline)
                 idx = pos & mask
-            pack(data_area, idx, n, klen, _flags, seq, now())
+            pack(data_area, idx, n, klen, _flags, seq,
+                 now() if stamp_iter is None else next(stamp_iter))
             start = idx + RECORD_HEADER
             if klen:
                 data_area[start:start + klen] = kb
@@ -438,6 +441,11 @@ class Producer:
         """Consumer slot ``slot``'s read position (what it has released), e.g. to count
         what a consumer still holds."""
         return self._words[slot_word(slot) + S_READ]
+
+    def unreleased(self, slot: int) -> int:
+        """How many messages sent so far consumer slot ``slot`` has not released."""
+        seq = ring.seq_at(self._data, self.capacity, self.read_position(slot), self._write)
+        return 0 if seq is None else self._seq - seq
 
     @property
     def closed(self) -> bool:

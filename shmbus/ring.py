@@ -13,7 +13,7 @@ from typing import Iterator, NamedTuple
 
 from .layout import CHECKPOINTS, H_CHECKPOINTS, RECORD, RECORD_HEADER, REC_PAD, record_size
 
-__all__ = ["Record", "padding_at", "write_padding", "read", "walk", "checkpoint",
+__all__ = ["Record", "padding_at", "write_padding", "read", "walk", "seq_at", "checkpoint",
            "first_unwritten_checkpoint", "find_boundary", "next_seq_after"]
 
 _unpack = RECORD.unpack_from
@@ -66,6 +66,17 @@ def walk(data: memoryview, capacity: int, pos: int, end: int) -> Iterator[Record
             raise ValueError(f"corrupt record at position {pos}: size {rec.size}")
         yield rec
         pos += rec.size
+
+
+def seq_at(data: memoryview, capacity: int, pos: int, write: int) -> int | None:
+    """The seq of the first message at or after ``pos`` (skipping padding), None if
+    none is published before ``write``."""
+    while pos < write:
+        rec = read(data, pos, capacity)
+        if not rec.flags & REC_PAD:
+            return rec.seq
+        pos += rec.size
+    return None
 
 
 def checkpoint(words: memoryview, shift: int, cp_next: int, pos: int) -> int:

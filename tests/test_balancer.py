@@ -180,10 +180,16 @@ def test_workers_join_and_leave_while_messages_flow(group, ns, procs, policy):
     procs.append(start(P.run_balancer, ns, group, ["in"], policy, 1.0, 16))
     procs.append(start(P.run_worker, ns, group, "a", results, stop_a))
     workers_in_stats(1)
-    started = SPAWN.Event()
-    procs.append(start(P.produce, ns, "in", 1 << 20, 3000, started))
+    started = [SPAWN.Event(), SPAWN.Event()]  # referenced until the children start
+    first = start(P.produce, ns, "in", 1 << 20, 1500, started[0])
+    procs.append(first)
     got = drain(results, lambda g: len(g) >= 300)
     procs.append(start(P.run_worker, ns, group, "b", results, stop_b))  # joins
+    workers_in_stats(2)
+    first.join(30)
+    assert first.exitcode == 0
+    # The second half (seqs 1500-2999) is sent while both are members.
+    procs.append(start(P.produce, ns, "in", 1 << 20, 1500, started[1]))
     got += drain(results, lambda g: any(w == "b" for w, *_ in got + g))
     stop_a.set()                                                       # leaves
     got += drain(results, lambda g: len(got) + len(g) >= 3000)

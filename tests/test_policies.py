@@ -28,6 +28,20 @@ def test_round_robin_spreads_evenly_and_skips():
         rr.add("d")
 
 
+def test_round_robin_shares_a_batch_in_turn_within_room():
+    rr = RoundRobin(["a", "b", "c"])
+    big = {"a": 100, "b": 100, "c": 100}
+    assert rr.share(10, big) == [("a", 4), ("b", 3), ("c", 3)]
+    assert rr.share(1, big) == [("a", 1)]       # the turn moved past c, then past a
+    assert rr.share(1, big) == [("b", 1)]
+    # A full worker is skipped; a small one gives what it cannot take to the others.
+    assert rr.share(9, {"a": 0, "b": 100, "c": 2}) == [("c", 2), ("b", 7)]
+    assert rr.share(9, {"a": 100, "b": 2, "c": 0}) == [("a", 7), ("b", 2)]
+    assert rr.share(9, {"a": 1, "b": 1, "c": 1}) == [("c", 1), ("a", 1), ("b", 1)]
+    assert rr.share(5, {"a": 0, "b": 0, "c": 0}) == []
+    assert sum(n for _, n in rr.share(7, big)) == 7
+
+
 @pytest.mark.parametrize("n, limit", [(10, 1.06), (100, 1.12)])
 def test_consistent_hash_balance(n, limit):
     ch = ConsistentHash([f"w{i}" for i in range(n)])

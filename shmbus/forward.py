@@ -1,0 +1,188 @@
+"""Forwarding whole records from one ring to another, without building messages.
+
+A relay such as the balancer moves every message of an input ring into some output
+ring.  Going through ``recv_many`` and ``send_many`` costs a ``Message`` and a few
+slices per message on each side; forwarding copies the records themselves: a run of
+records that sit one after another in the input's data area is taken in one walk over
+their headers (:func:`take_run`), and the records chosen for one output ring are copied
+with one ``memcpy`` per contiguous stretch, then get the output ring's seq (and the
+given flags) written into their headers (:func:`forward`).  Payload, key and the
+original ``timestamp_ns`` are kept.
+
+Both functions work on the private state of :class:`~shmbus.Consumer` and
+:class:`~shmbus.Producer` and follow their rules: the consumer releases the previous
+run only when it takes the next one (so what was taken stays protected until the
+caller has placed it), and the producer makes room, pads, checkpoints and publishes
+exactly as ``send_many`` does.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from typing import NamedTuple
+
+from .consumer import Consumer, Message
+from .errors import CorruptRing, Timeout
+from .layout import (H_WRITE, RECORD, RECORD_HEAD, RECORD_HEADER, RECORD_RESTAMP,
+                     RECORD_RESTAMP_OFFSET, REC_PAD)
+from .producer import Producer
+from .ring import checkpoint
+
+__all__ = ["Run", "take_run", "forward", "run_message"]
+
+_head = RECORD_HEAD.unpack_from
+_restamp = RECORD_RESTAMP.pack_into
+
+
+class Run(NamedTuple):
+    """Records taken from a consumer's ring: record i occupies
+    ``data[bounds[i]:bounds[i + 1]]`` (indexes into the data area), and starts at ring
+    position ``pos + bounds[i] - bounds[0]``; ``keys`` are their keys (None where a
+    record has none), if asked for."""
+
+    data: memoryview
+    pos: int
+    bounds: list[int]
+    keys: list[bytes | None] | None
+
+    def position(self, i: int) -> int:
+        """The ring position of record ``i``."""
+        return self.pos + self.bounds[i] - self.bounds[0]
+
+
+def take_run(consumer: Consumer, max_records: int, keys: bool = False) -> Run | None | bool:
+    """Release what ``consumer`` received so far, then take up to ``max_records``
+    records that follow one another in its data area (skipping padding; a run stops
+    at the end of the data area).  Returns the :class:`Run`; ``False`` if no message
+    is there now; ``None`` if the records need checked reads (an ``overwrite`` ring,
+    or data the producer did not yet protect when this consumer joined): use
+    ``recv_many`` for those.  Raises :class:`CorruptRing` on an impossible record."""
+    c = consumer
+    if c._closed:
+        return None
+    pos = c._pos
+    if pos != c._committed:
+        c._commit_to(pos)
+    write = c._wcache = c._words[H_WRITE]
+    if pos < c._safe_from:
+        return None if pos < write else False
+    data, mask, cap, pad_limit = c._data, c._mask, c.capacity, c._pad_limit
+    while pos < write:  # skip padding at the end of the data area
+        idx = pos & mask
+        if idx <= pad_limit and not _head(data, idx)[2] & REC_PAD:
+            break
+        pos += cap - idx
+    if pos >= write:
+        c._pos = pos
+        return False
+    first = idx = pos & mask
+    bounds: list[int] = []
+    key_list: list[bytes | None] | None = [] if keys else None
+    limit = min(cap, first + write - pos)
+    max_record = c._max_record
+    while idx < limit and len(bounds) < max_records:
+        if idx > pad_limit:
+            break
+        plen, klen, flags = _head(data, idx)
+        if flags & REC_PAD:
+            break
+        size = (RECORD_HEADER + 7 + klen + plen) & -8
+        if size > max_record or idx + size > limit:
+            if not bounds:
+                raise CorruptRing(
+                    f"ring {c.name!r} has a corrupt record at position {pos} (size "
+                    f"{size}): remove and recreate the ring", name=c.name, found=pos)
+            break
+        bounds.append(idx)
+        if key_list is not None:
+            key_list.append(bytes(data[idx + RECORD_HEADER:idx + RECORD_HEADER + klen])
+                            if klen else None)
+        idx += size
+    bounds.append(idx)
+    c._pos = pos + idx - first
+    return Run(data, pos, bounds, key_list)
+
+
+def run_message(consumer: Consumer, run: Run, i: int) -> Message:
+    """Record ``i`` of ``run`` as a :class:`Message` (a zero-copy view, valid until
+    the consumer takes its next run)."""
+    data, start = run.data, run.bounds[i]
+    plen, klen, flags, seq, ts = RECORD.unpack_from(data, start)
+    key = bytes(data[start + RECORD_HEADER:start + RECORD_HEADER + klen]) if klen else None
+    body = start + RECORD_HEADER + klen
+    return Message(data[body:body + plen], key, seq, ts, consumer,
+                   run.position(i + 1), flags)
+
+
+def forward(producer: Producer, run: Run, indexes: range | list[int],
+            flags: int = 0) -> int:
+    """Append records ``indexes`` (ascending) of ``run`` to ``producer``'s ring without
+    waiting for room, giving each the ring's next seq and ``flags``; return how many
+    were written: all, or a prefix (maybe none) when the ring has no room for all."""
+    p = producer
+    p._check_usable()
+    bounds, count = run.bounds, _fitting(run.bounds, indexes, p._max_record)
+    while count:
+        indexes = indexes[:count]
+        if type(indexes) is range:
+            total = bounds[indexes.stop] - bounds[indexes.start]
+        else:
+            total = sum([bounds[i + 1] - bounds[i] for i in indexes])
+        pos = p._write
+        if (pos & p._mask) + total <= p.capacity and pos + total <= p._limit:
+            break
+        try:
+            pos = p._reserve(total, 0, total, 0, None)
+            break
+        except Timeout:
+            count //= 2
+    if not count:
+        return 0
+    src, data, base = run.data, p._data, pos & p._mask
+    if type(indexes) is range:
+        data[base:base + total] = src[bounds[indexes.start]:bounds[indexes.stop]]
+    else:
+        out, i = base, 0
+        while i < count:  # one copy per stretch of records adjacent in src
+            s, e = bounds[indexes[i]], bounds[indexes[i] + 1]
+            i += 1
+            while i < count and bounds[indexes[i]] == e:
+                e = bounds[indexes[i] + 1]
+                i += 1
+            data[out:out + e - s] = src[s:e]
+            out += e - s
+    seq, at, end = p._seq, base + RECORD_RESTAMP_OFFSET, pos + total
+    if end <= p._cp_next:
+        for i in indexes:
+            _restamp(data, at, flags, seq)
+            seq += 1
+            at += bounds[i + 1] - bounds[i]
+    else:  # records that start in a new block of the ring are checkpointed
+        cp_next, words, shift = p._cp_next, p._words, p._shift
+        for i in indexes:
+            _restamp(data, at, flags, seq)
+            record = pos + at - base - RECORD_RESTAMP_OFFSET
+            if record >= cp_next:
+                cp_next = checkpoint(words, shift, cp_next, record)
+            seq += 1
+            at += bounds[i + 1] - bounds[i]
+        p._cp_next = cp_next
+        p._limit = min(p._room, cp_next)
+    p._seq, p._write = seq, end
+    p._publish(end, end - (bounds[indexes[-1] + 1] - bounds[indexes[-1]]))
+    return count
+
+
+def _fitting(bounds: list[int], indexes: range | list[int], limit: int) -> int:
+    """How many of ``indexes`` (a prefix) add up to at most ``limit`` bytes."""
+    if type(indexes) is range:
+        if not indexes:
+            return 0
+        start = indexes.start
+        return bisect_right(bounds, bounds[start] + limit, start, indexes.stop + 1) - 1 - start
+    total = 0
+    for count, i in enumerate(indexes):
+        total += bounds[i + 1] - bounds[i]
+        if total > limit:
+            return count
+    return len(indexes)
