@@ -259,7 +259,7 @@ class Consumer:
                 return take(timeout)
             start = idx + RECORD_HEADER
             if klen:
-                key = bytes(data[start:start + klen])
+                key = data[start:start + klen].tobytes()
                 start += klen
             else:
                 key = None
@@ -291,7 +291,7 @@ class Consumer:
                     continue
                 start = idx + RECORD_HEADER
                 if klen:
-                    key = bytes(data[start:start + klen])
+                    key = data[start:start + klen].tobytes()
                     start += klen
                 else:
                     key = None
@@ -362,7 +362,7 @@ class Consumer:
                     f"ring {self.name!r} has a corrupt record at position {pos} (size "
                     f"{size}): remove and recreate the ring", name=self.name, found=pos)
             start = idx + RECORD_HEADER
-            key = bytes(data[start:start + klen]) if klen else None
+            key = data[start:start + klen].tobytes() if klen else None
             payload = data[start + klen:start + klen + plen]
             if checked:
                 payload = memoryview(bytes(payload))

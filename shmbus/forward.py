@@ -95,8 +95,8 @@ def take_run(consumer: Consumer, max_records: int, keys: bool = False) -> Run | 
             break
         bounds.append(idx)
         if key_list is not None:
-            key_list.append(bytes(data[idx + RECORD_HEADER:idx + RECORD_HEADER + klen])
-                            if klen else None)
+            key_list.append(data[idx + RECORD_HEADER:idx + RECORD_HEADER + klen]
+                            .tobytes() if klen else None)
         idx += size
     bounds.append(idx)
     c._pos = pos + idx - first
@@ -108,8 +108,8 @@ def run_message(consumer: Consumer, run: Run, i: int) -> Message:
     the consumer takes its next run)."""
     data, start = run.data, run.bounds[i]
     plen, klen, flags, seq, ts = RECORD.unpack_from(data, start)
-    key = bytes(data[start + RECORD_HEADER:start + RECORD_HEADER + klen]) if klen else None
     body = start + RECORD_HEADER + klen
+    key = data[start + RECORD_HEADER:body].tobytes() if klen else None
     return Message(data[body:body + plen], key, seq, ts, consumer,
                    run.position(i + 1), flags)
 
