@@ -17,9 +17,12 @@ publishing progress, reads the waiter's epoch (one load) and posts the semaphore
 it is odd and not already posted for that epoch.  The fence orders the waiter's epoch
 store before its re-check.  The publishing side does not fence (that would cost every
 message a locked instruction), so on x86-64 its cursor store may still sit in its store
-buffer when it reads the epoch: a wake-up can be missed.  That is why every sleep is
-bounded by ``max_sleep``: a missed wake-up delays a waiter by at most that much, and
-can never hang it.
+buffer when it reads the epoch: a wake-up can be missed, but only by a publish that
+races with the epoch store.  That is why the first sleeps are bounded by ``max_sleep``:
+a missed wake-up delays a waiter by at most that much and can never hang it.  The epoch
+stays odd for the whole wait, so once ``max_sleep`` has passed every publish sees it and
+posts: later sleeps are long (``long_sleep``), and an idle consumer wakes about twice a
+second instead of a hundred times.
 """
 
 from __future__ import annotations
@@ -48,13 +51,17 @@ def fence() -> None:
 @dataclass(frozen=True)
 class WaitStrategy:
     """How to wait: ``spin`` reads, then ``yield_for`` seconds of ``sched_yield``, then
-    (if ``sleep``) semaphore sleeps of at most ``max_sleep`` seconds each."""
+    (if ``sleep``) semaphore sleeps: of at most ``max_sleep`` seconds until that long
+    has passed since the waiter said it sleeps (the bound on a missed wake-up), of at
+    most ``long_sleep`` after (no wake-up can be missed then: every later publish sees
+    the waiter's odd epoch)."""
 
     name: str
     spin: int
     yield_for: float
     sleep: bool
     max_sleep: float = 0.01
+    long_sleep: float = 0.5
 
 
 STRATEGIES = {
@@ -124,30 +131,32 @@ class Sleeper:
                     break
                 os.sched_yield()
         words, i = self.words, self.epoch_index
-        while True:
-            if deadline is None:
-                timeout = how.max_sleep
-            else:
-                timeout = min(how.max_sleep, deadline - time.monotonic())
-                if timeout <= 0:
-                    return ready()
-            words[i] += 1  # odd: asleep
-            if self.flag_buf is not None:
-                self.flag_buf[self.flag_index] = 1
-            fence()
-            try:
+        words[i] += 1  # odd: asleep
+        if self.flag_buf is not None:
+            self.flag_buf[self.flag_index] = 1
+        fence()
+        asleep_since = time.monotonic()
+        try:
+            while True:
                 if ready():
                     return True
+                now = time.monotonic()
+                # Only a publish racing with the epoch store can miss us: sleep short
+                # until max_sleep has passed since then, long after.
+                timeout = how.max_sleep if now - asleep_since < how.max_sleep \
+                    else how.long_sleep
+                if deadline is not None:
+                    timeout = min(timeout, deadline - now)
+                    if timeout <= 0:
+                        return ready()
                 try:
                     self.sem.acquire(timeout)
                 except (posix_ipc.BusyError, posix_ipc.SignalError):
                     pass  # timed out, or a signal handler ran: re-check either way
-            finally:
-                if self.flag_buf is not None:
-                    self.flag_buf[self.flag_index] = 0
-                words[i] += 1  # even: awake
-            if ready():
-                return True
+        finally:
+            if self.flag_buf is not None:
+                self.flag_buf[self.flag_index] = 0
+            words[i] += 1  # even: awake
 
 
 class Waker:
