@@ -1,7 +1,7 @@
 """BalancerFailover: leader + standby balancer; SIGKILL the leader; time until the
 standby leads (its stats name it).
 
-    python -m bench.balancer_failover [--repeats N] [--ttl S]
+    python -m bench.balancer_failover [--repeats N] [--ttl S] [--json FILE]
 """
 
 from __future__ import annotations
@@ -57,13 +57,17 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--ttl", type=float, default=2.0)
+    ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     summary = harness.interleaved([("failover", lambda: failover(args.ttl))], args.repeats)
     print(harness.markdown(f"leader SIGKILL to standby leading (lease ttl {args.ttl} s)",
                            [["balancer", harness.fmt_value(summary["failover"]["takeover_s"],
                                                            1e3, 1)]],
                            ["", "ms"]))
-    return summary
+    result = {"machine": harness.machine(), "benchmark": "balancer_failover",
+              "ttl": args.ttl, "results": summary}
+    harness.write_json(args.json, result)
+    return result
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ seconds per million messages (producer + consumer), and shmbus's ratio to each p
 For large messages, the machine's memcpy bandwidth is printed as the physical limit.
 
     python -m bench.one_to_one_throughput [--quick] [--repeats N] [--json FILE]
+                                          [--plot FILE.png]
 """
 
 from __future__ import annotations
@@ -55,6 +56,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--quick", action="store_true", help="small counts (under a minute)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--json", default=None, help="write results to this file")
+    ap.add_argument("--plot", default=None,
+                    help="draw throughput against message size to this PNG file")
     ap.add_argument("--scale", type=float, default=1.0, help="multiply message counts")
     ap.add_argument("--only", default=None,
                     help="comma-separated transport names to run (default: all)")
@@ -70,6 +73,7 @@ def main(argv: list[str] | None = None) -> dict:
             continue
         runnable.append((name, lambda size=size, n=n, t=t, batch=batch:
                          harness.run_stream(t, n, size, batch=batch)))
+    notes = sorted(set(notes))
     summary = harness.interleaved(runnable, args.repeats)
     memcpy = memcpy_bandwidth()
     report = render(summary, memcpy, notes)
@@ -78,6 +82,9 @@ def main(argv: list[str] | None = None) -> dict:
               "repeats": args.repeats, "results": summary, "memcpy_bytes_per_s": memcpy,
               "notes": notes}
     harness.write_json(args.json, result)
+    if args.plot:
+        from tools.benchkit.plot import throughput_vs_size
+        throughput_vs_size(summary, args.plot, memcpy)
     return result
 
 

@@ -7,6 +7,7 @@ p50 / p99 / p99.9 in microseconds, for each shmbus wait strategy and for the pee
 (the first tenth of the round trips warms up and is not counted).
 
     python -m bench.ping_pong_latency [--rounds N] [--repeats N] [--json FILE]
+                                      [--plot FILE.png]
 """
 
 from __future__ import annotations
@@ -22,24 +23,28 @@ def main(argv=None) -> dict:
     ap.add_argument("--rounds", type=int, default=20_000)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--only", default=None,
+                    help="comma-separated transport names to run (default: all)")
+    ap.add_argument("--plot", default=None,
+                    help="draw the latency distributions to this PNG file")
     args = ap.parse_args(argv)
     transports = [Shmbus(), Shmbus(wait="spin"), Shmbus(wait="sleep"), MpQueue(),
                   MpPipe(), FasterFifo(), Zmq(), Iceoryx2()]
-    notes = [f"skipped {t.name}: {t.missing()}" for t in transports if t.missing()]
+    transports, notes = harness.select(transports, args.only)
     cases = [(t.name, lambda t=t: harness.run_ping_pong(t, args.rounds))
-             for t in transports if not t.missing()]
+             for t in transports]
     summary = harness.interleaved(cases, args.repeats)
-    base = summary["shmbus"]["p50_us"]["median"]
-    spin = summary["shmbus[spin]"]["p50_us"]["median"]
+    base = summary["shmbus"]["p50_us"]["median"] if "shmbus" in summary else None
+    spin = summary["shmbus[spin]"]["p50_us"]["median"] if "shmbus[spin]" in summary \
+        else None
     rows = []
     for name, s in summary.items():
-        ref = spin if name != "shmbus" and not name.startswith("shmbus") else None
+        peer = not name.startswith("shmbus")
         rows.append([name, harness.fmt_value(s["p50_us"], 1, 1),
                      harness.fmt_value(s["p99_us"], 1, 1),
                      harness.fmt_value(s["p999_us"], 1, 1),
-                     f"{base / s['p50_us']['median']:.2f}" if not name.startswith("shmbus")
-                     else "-",
-                     f"{ref / s['p50_us']['median']:.2f}" if ref else "-"])
+                     f"{base / s['p50_us']['median']:.2f}" if peer and base else "-",
+                     f"{spin / s['p50_us']['median']:.2f}" if peer and spin else "-"])
     print(harness.markdown(f"round trip, 64 B, {args.rounds} rounds", rows,
                            ["transport", "p50 µs", "p99 µs", "p99.9 µs",
                             "shmbus p50 / peer p50", "shmbus[spin] p50 / peer p50"]))
@@ -48,6 +53,9 @@ def main(argv=None) -> dict:
     result = {"machine": harness.machine(), "benchmark": "ping_pong_latency",
               "rounds": args.rounds, "results": summary, "notes": notes}
     harness.write_json(args.json, result)
+    if args.plot:
+        from tools.benchkit.plot import latency_cdf
+        latency_cdf(summary, args.plot)
     return result
 
 

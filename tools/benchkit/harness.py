@@ -17,6 +17,7 @@ from typing import Callable
 
 from .transports import SPAWN, Transport
 
+CDF_PERCENTS = [*range(100), 99.5, 99.9, 99.99, 100]  # latency quantiles kept for plots
 WARM = b"w"  # 1-byte probes sent until every receiver is connected (PUB/SUB peers)
 
 
@@ -215,7 +216,8 @@ def run_ping_pong(transport: Transport, rounds: int, timeout: float = 300) -> di
         transport.teardown(cfg_b)
     lat.sort()
     q = lambda f: lat[min(len(lat) - 1, int(f * len(lat)))] / 1e3  # noqa: E731
-    return {"p50_us": q(0.5), "p99_us": q(0.99), "p999_us": q(0.999)}
+    return {"p50_us": q(0.5), "p99_us": q(0.99), "p999_us": q(0.999),
+            "quantiles_us": [q(f / 100) for f in CDF_PERCENTS]}
 
 
 def _ping_main(transport, cfg_a, cfg_b, rounds, out):
@@ -252,13 +254,25 @@ def interleaved(cases: list[tuple[str, Callable[[], dict]]], repeats: int,
             runs[name].append(fn())
     summary = {}
     for name, results in runs.items():
-        summary[name] = {
-            metric: {"median": statistics.median(r[metric] for r in results),
-                     "min": min(r[metric] for r in results),
-                     "max": max(r[metric] for r in results),
-                     "runs": [r[metric] for r in results]}
-            for metric in results[0]}
+        summary[name] = {}
+        for metric in results[0]:
+            values = [r[metric] for r in results]
+            if isinstance(values[0], (int, float)):
+                summary[name][metric] = {"median": statistics.median(values),
+                                         "min": min(values), "max": max(values),
+                                         "runs": values}
+            else:
+                summary[name][metric] = {"runs": values}
     return summary
+
+
+def select(transports: list[Transport], only: str | None) -> tuple[list, list[str]]:
+    """The transports to run (those named in the comma-separated ``only``, if given,
+    and installed) and a note for each one skipped because it is not installed."""
+    wanted = set(only.split(",")) if only else None
+    chosen = [t for t in transports if wanted is None or t.name in wanted]
+    notes = [f"skipped {t.name}: {t.missing()}" for t in chosen if t.missing()]
+    return [t for t in chosen if not t.missing()], notes
 
 
 def machine() -> dict:
