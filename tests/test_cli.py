@@ -131,7 +131,8 @@ def test_quick_bench_reports_peers():
     data = json.loads(r.output[r.output.index("{"):])
     assert data["results"]["shmbus"]["msgs_per_s"] > 0
     assert set(data["results"]) == {"shmbus", "multiprocessing.Pipe"}
-    assert all(v["p50_us"] > 0 for v in data["results"].values())
+    assert all(v["p50_us"] > 0 and v["idle_cpu_percent"] >= 0
+               for v in data["results"].values())
 
 
 @pytest.mark.parametrize("argv", [

@@ -32,19 +32,22 @@ def command(messages: int, only: str | None, as_json: bool) -> None:
             s = harness.run_stream(t, n, 64)
             big = harness.run_stream(t, 200, 1 << 20)
             rtt = harness.run_ping_pong(t, 3000)
+            idle = harness.run_idle(t, 0.5)
             results[t.name] = {"msgs_per_s": s["per_consumer_rate"],
                                "cpu_s_per_million": s["cpu_s_per_million"],
-                               "mib_bytes_per_s": big["bytes_per_s"], **rtt}
+                               "mib_bytes_per_s": big["bytes_per_s"], **rtt, **idle}
+            del results[t.name]["quantiles_us"]
             base = base or results[t.name]
             r = results[t.name]
             rows.append([t.name, f"{r['msgs_per_s'] / 1e6:.2f}",
                          f"{base['msgs_per_s'] / r['msgs_per_s']:.2f}x",
                          f"{r['mib_bytes_per_s'] / 1e9:.1f}", f"{r['p50_us']:.1f}",
-                         f"{r['p99_us']:.1f}", f"{r['cpu_s_per_million']:.2f}"])
+                         f"{r['p99_us']:.1f}", f"{r['cpu_s_per_million']:.2f}",
+                         f"{r['idle_cpu_percent']:.2f}"])
     if as_json:
         emit_json({"machine": harness.machine(), "results": results})
         return
     click.echo(harness.markdown(
         "quick benchmark (one run each; `python -m bench.*` for medians)", rows,
         ["transport", "64 B M msg/s", "shmbus / it", "1 MiB GB/s", "RTT p50 µs",
-         "RTT p99 µs", "CPU s / M msgs"]))
+         "RTT p99 µs", "CPU s / M msgs", "idle CPU %"]))
