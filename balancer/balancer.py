@@ -17,7 +17,8 @@ ring (back-pressure), not in the balancer's memory.
 Round-robin splits what it reads from an input (up to 512 messages at a time) into one
 share per worker, in turn, as equal as their room allows, skipping workers that are
 full (``prefetch`` unacknowledged messages, or a full ring) or dead.  Consistent hashing never reroutes a key while its owner lives: a
-message whose owner is busy waits, so per-key order holds; with ``load_factor`` (bounded
+message whose owner is busy waits (as does all dispatching while a live worker's ring
+is still held by a previous leader), so per-key order holds; with ``load_factor`` (bounded
 loads) a key may go to the next worker when its owner is over the bound, which trades
 per-key order for balance.
 
@@ -100,6 +101,7 @@ class Balancer:
         self._forwarding = isinstance(self.policy, RoundRobin) or (
             isinstance(self.policy, ConsistentHash) and not self.policy.load_factor)
         self._owners: dict[bytes | None, str] = {}
+        self._unjoined: set[str] = set()  # registered workers whose ring is still busy
         self.leading = threading.Event()
 
     # -- lifetime ---------------------------------------------------------------------
@@ -164,6 +166,7 @@ class Balancer:
         self._consumers = []
         self._pending.clear()
         self._gone.clear()
+        self._unjoined.clear()
         for m in self.members.values():
             m.producer.close()
         self.members.clear()
@@ -183,6 +186,10 @@ class Balancer:
         """Move what is available from the inputs to workers; False if nothing moved.
         Input messages are zero-copy views until the next ``recv_many`` releases them,
         which happens only once every one of them sits in a worker ring."""
+        if self._unjoined and isinstance(self.policy, ConsistentHash):
+            # A live worker not yet joined owns keys: sending them elsewhere now would
+            # overtake what it still holds (per-key order).  Wait for the next round.
+            return False
         if self._gone:
             before = self.counters["redelivered"] + self.counters["dead_lettered"]
             if not self._drain_gone():
@@ -360,32 +367,40 @@ class Balancer:
             if name not in rings or not membership.is_registered(self.namespace,
                                                                  self.group, name):
                 self._drop(name)
+        self._unjoined.clear()
         for name, ring in rings.items():
             if name in self.members:
                 continue
             if membership.is_registered(self.namespace, self.group, name):
                 self._gone.pop(name, None)  # back again: it finishes its own leftovers
-                self._join(name, ring)
+                if not self._join(name, ring):
+                    self._unjoined.add(name)
             else:
                 self._gone.setdefault(name, ring)  # left over from a worker that is gone
 
-    def _join(self, name: str, ring: str) -> None:
+    def _join(self, name: str, ring: str) -> bool:
+        """Make a registered worker a member; False only if its ring may hold
+        messages of its keys that it has not acknowledged and cannot be opened yet
+        (a previous leader still lets go of it)."""
         try:
             info = shmbus.inspect(ring, namespace=self.namespace)
         except ShmbusError:
-            return
+            return True
         slot = next((c["slot"] for c in info["consumers"]
                      if c["durable"] == membership.WORKER_DURABLE), None)
         if slot is None:
-            return  # registering: its consumer is not attached yet
+            return True  # a new worker registering: next round
         try:
             producer = shmbus.Producer(ring, namespace=self.namespace)
-        except (RingBusy, RingNotFound):
-            return  # a previous leader still lets go of it; next round
+        except RingNotFound:
+            return True
+        except RingBusy:
+            return False
         member = _Member(name, producer, slot)
         self.members[name] = member
         self.policy.add(name)
         self._owners.clear()
+        return True
 
     def _drop(self, name: str) -> None:
         member = self.members.pop(name)
@@ -435,7 +450,8 @@ class Balancer:
         inputs = {c.name: c.lag for c in self._consumers}
         return {"group": self.group, "policy": self.policy.name, "leader_pid": os.getpid(),
                 "lease_token": self.lease.token, **self.counters, "workers": workers,
-                "input_lag_bytes": inputs, "pending": len(self._pending)}
+                "input_lag_bytes": inputs, "pending": len(self._pending),
+                "waiting_for_workers": sorted(self._unjoined)}
 
     def _publish_stats(self) -> None:
         stats.write(self.namespace, self.group, self.stats())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import queue
+import time
 from collections import Counter, defaultdict
 
 import pytest
@@ -218,3 +219,41 @@ def test_inspect_and_top_show_the_balancer(group, ns, procs):
     r = CliRunner().invoke(main, ["top", "--once", "--interval", "0.05"])
     assert "balancer g" in r.output and "IN FLIGHT" in r.output
     stop.set()
+
+
+def test_consistent_hash_waits_while_a_live_workers_ring_is_held(group, ns):
+    """A registered worker whose ring a previous leader still holds owns keys: no
+    message may go elsewhere meanwhile (it would overtake what that worker holds)."""
+    from balancer.membership import worker_ring
+    w1, w2 = Worker(group, "w1"), Worker(group, "w2")
+    previous_leader = shmbus.Producer(worker_ring(group, "w1"))
+    b = Balancer(group, ["in"], policy="consistent-hash", poll=0.005)
+    b.start()
+    try:
+        with shmbus.Producer("in") as pub:
+            for i in range(40):
+                pub.send(b"m", key=f"k{i}")
+        sent_at = time.time()
+        await_until(lambda: (read_stats(None, group) or {}).get("updated_at", 0) > sent_at,
+                    30, what="stats after sending")
+        first = read_stats(None, group)["updated_at"]
+        await_until(lambda: read_stats(None, group)["updated_at"] > first, 30,
+                    what="a second stats write (a dispatch round in between)")
+        stats = read_stats(None, group)
+        assert stats["waiting_for_workers"] == ["w1"]
+        assert stats["dispatched"] == 0 and w2.try_recv() is None
+        previous_leader.close()  # it let go: both workers get their keys now
+        got = {"w1": 0, "w2": 0}
+
+        def both_got_all():
+            for name, w in (("w1", w1), ("w2", w2)):
+                while w.try_recv() is not None:
+                    got[name] += 1
+            return sum(got.values()) == 40
+        await_until(both_got_all, 30, what="all 40 messages at the workers")
+        assert got["w1"] and got["w2"]
+    finally:
+        b.stop()
+        previous_leader.close()
+        w1.close()
+        w2.close()

@@ -100,11 +100,7 @@ def run_stream(transport: Transport, n: int, size: int, receivers: int = 1,
         for p in procs:
             p.join(timeout)
     finally:
-        for p in procs:
-            if p.is_alive():
-                p.kill()
-                p.join(5)
-        transport.teardown(cfg)
+        _reap(procs, transport, cfg)
     send = next(r for r in results if r[0] == "send")
     recvs = sorted((r for r in results if r[0] == "recv"), key=lambda r: r[1])
     return {
@@ -140,11 +136,7 @@ def run_idle(transport: Transport, seconds: float = 2.0) -> dict:
         for p in procs:
             p.join(60)
     finally:
-        for p in procs:
-            if p.is_alive():
-                p.kill()
-                p.join(5)
-        transport.teardown(cfg)
+        _reap(procs, transport, cfg)
     return {"idle_cpu_percent": 100 * (c1 - c0) / 1e9 / (t1 - t0)}
 
 
@@ -159,6 +151,15 @@ def cpu_ns(pid: int) -> int:
         except (FileNotFoundError, ProcessLookupError):
             pass  # a thread that ended meanwhile
     return total
+
+
+def _reap(procs: list, transport: Transport, cfg) -> None:
+    """Kill what is still running of ``procs``, then tear the transport down."""
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+            p.join(5)
+    transport.teardown(cfg)
 
 
 def _collect(out, procs, timeout: float):

@@ -40,14 +40,8 @@ def throughput_vs_size(summary: dict, path: str, memcpy: float | None = None) ->
         ax.axhline(memcpy / 1e9, color="grey", linestyle="--", label="memcpy (limit)")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
-    ax.set_xlabel("message size (bytes)")
-    ax.set_ylabel("GB/s received (median, min-max)")
-    ax.set_title("one producer to one consumer")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _finish(plt, fig, ax, path, "message size (bytes)", "GB/s received (median, min-max)",
+            "one producer to one consumer")
 
 
 def latency_cdf(summary: dict, path: str) -> None:
@@ -65,9 +59,14 @@ def latency_cdf(summary: dict, path: str) -> None:
     ticks = [50, 90, 99, 99.9, 99.99]
     ax.set_yticks([_tail(t) for t in ticks], [f"p{t:g}" for t in ticks])
     ax.set_xscale("log")
-    ax.set_xlabel("round trip, 64 B (µs), mean of the runs' quantiles")
-    ax.set_ylabel("percentile")
-    ax.set_title("ping-pong latency distribution")
+    _finish(plt, fig, ax, path, "round trip, 64 B (µs), mean of the runs' quantiles",
+            "percentile", "ping-pong latency distribution")
+
+
+def _finish(plt, fig, ax, path: str, xlabel: str, ylabel: str, title: str) -> None:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
