@@ -32,6 +32,8 @@ from __future__ import annotations
 
 import collections
 import os
+from collections import Counter
+from itertools import compress
 import threading
 import time
 
@@ -236,20 +238,7 @@ class Balancer:
         picks: dict[str, range | list[int]] = {}
         placed = count
         if hashing:
-            owner = self._owners
-            lists: dict[str, list[int]] = {n: [] for n in room}
-            for i, key in enumerate(run.keys):
-                name = owner.get(key)
-                if name is None:
-                    if len(owner) >= 1 << 16:
-                        owner.clear()
-                    name = owner[key] = self.policy.pick(key)
-                if room[name] <= 0:  # its owner is busy: it and what follows wait
-                    placed = i
-                    break
-                room[name] -= 1
-                lists[name].append(i)
-            picks = {n: idx for n, idx in lists.items() if idx}
+            picks, placed = self._hash_picks(run.keys, room)
         else:
             placed = 0
             for name, n in self.policy.share(count, room):
@@ -268,6 +257,29 @@ class Balancer:
         elif placed < count:
             consumer._pos = run.position(placed)  # not taken: read again next time
         return placed > len(refused)
+
+    def _hash_picks(self, keys: list, room: dict[str, int]) -> tuple[dict, int]:
+        """Which records (by index) go to which owner, and how many lead the run up
+        to the first whose owner has no room (that one and all after it wait)."""
+        owner = self._owners
+        if len(owner) >= 1 << 16:  # many distinct keys: keep the cache bounded
+            owner.clear()
+        names = list(map(owner.get, keys))
+        if None in names:
+            for i, name in enumerate(names):
+                if name is None:
+                    names[i] = owner[keys[i]] = self.policy.pick(keys[i])
+        counts = Counter(names)
+        if all(room[name] >= n for name, n in counts.items()):  # the common case
+            return {name: list(compress(range(len(names)), map(name.__eq__, names)))
+                    for name in counts}, len(names)
+        lists: dict[str, list[int]] = {name: [] for name in counts}
+        for i, name in enumerate(names):
+            if room[name] <= 0:
+                return {n: idx for n, idx in lists.items() if idx}, i
+            room[name] -= 1
+            lists[name].append(i)
+        return lists, len(names)
 
     def _idle(self, until: float) -> None:
         """Nothing to move: wait for input (one input: sleep on it), briefly."""

@@ -77,27 +77,28 @@ def take_run(consumer: Consumer, max_records: int, keys: bool = False) -> Run | 
         return False
     first = idx = pos & mask
     bounds: list[int] = []
-    key_list: list[bytes | None] | None = [] if keys else None
+    klens: list[int] = []
     limit = min(cap, first + write - pos)
+    stop = min(limit, pad_limit + 1)  # a header must fit before the end
     max_record = c._max_record
-    while idx < limit and len(bounds) < max_records:
-        if idx > pad_limit:
+    append, append_klen = bounds.append, klens.append
+    for _ in range(max_records):
+        if idx >= stop:
             break
         plen, klen, flags = _head(data, idx)
-        if flags & REC_PAD:
-            break
         size = (RECORD_HEADER + 7 + klen + plen) & -8
-        if size > max_record or idx + size > limit:
-            if not bounds:
+        if flags & REC_PAD or size > max_record or idx + size > limit:
+            if not bounds:  # not padding: that was skipped above
                 raise CorruptRing(
                     f"ring {c.name!r} has a corrupt record at position {pos} (size "
                     f"{size}): remove and recreate the ring", name=c.name, found=pos)
             break
-        bounds.append(idx)
-        if key_list is not None:
-            key_list.append(data[idx + RECORD_HEADER:idx + RECORD_HEADER + klen]
-                            .tobytes() if klen else None)
+        append(idx)
+        if keys:
+            append_klen(klen)
         idx += size
+    key_list = [data[s + RECORD_HEADER:s + RECORD_HEADER + k].tobytes() if k else None
+                for s, k in zip(bounds, klens)] if keys else None
     bounds.append(idx)
     c._pos = pos + idx - first
     return Run(data, pos, bounds, key_list)
@@ -141,16 +142,16 @@ def forward(producer: Producer, run: Run, indexes: range | list[int],
     src, data, base = run.data, p._data, pos & p._mask
     if type(indexes) is range:
         data[base:base + total] = src[bounds[indexes.start]:bounds[indexes.stop]]
-    else:
-        out, i = base, 0
-        while i < count:  # one copy per stretch of records adjacent in src
-            s, e = bounds[indexes[i]], bounds[indexes[i] + 1]
-            i += 1
-            while i < count and bounds[indexes[i]] == e:
-                e = bounds[indexes[i] + 1]
-                i += 1
-            data[out:out + e - s] = src[s:e]
-            out += e - s
+    else:  # one copy per stretch of records adjacent in src
+        out, s, e = base, bounds[indexes[0]], bounds[indexes[0]]
+        for i in indexes:
+            start = bounds[i]
+            if start != e:
+                data[out:out + e - s] = src[s:e]
+                out += e - s
+                s = start
+            e = bounds[i + 1]
+        data[out:out + e - s] = src[s:e]
     seq, at, end = p._seq, base + RECORD_RESTAMP_OFFSET, pos + total
     if end <= p._cp_next:
         for i in indexes:
@@ -175,9 +176,11 @@ def forward(producer: Producer, run: Run, indexes: range | list[int],
 
 def _fitting(bounds: list[int], indexes: range | list[int], limit: int) -> int:
     """How many of ``indexes`` (a prefix) add up to at most ``limit`` bytes."""
+    if not indexes:
+        return 0
+    if bounds[indexes[-1] + 1] - bounds[indexes[0]] <= limit:
+        return len(indexes)  # even the whole stretch they span fits
     if type(indexes) is range:
-        if not indexes:
-            return 0
         start = indexes.start
         return bisect_right(bounds, bounds[start] + limit, start, indexes.stop + 1) - 1 - start
     total = 0
