@@ -99,3 +99,11 @@ def test_lock_program(tmp_path):
     data = json.loads(out.read_text())
     assert data["uncontended"]["shmbus.FileLock"]["ops_per_s"]["median"] > 0
     assert data["takeover"]["Lease"]["takeover_s"]["median"] > 0
+
+
+def test_send_recv_cost_program(tmp_path):
+    from bench import send_recv_cost
+    results = _run(send_recv_cost, ["--messages", "2048", "--repeats", "1"], tmp_path)
+    assert set(results) == {"send", "recv", "send_many", "recv_many",
+                            "take_run + forward"}
+    assert all(v > 0 for v in results.values())
