@@ -274,7 +274,7 @@ class Consumer:
             batch = [take(timeout)]
             append = batch.append
             pos, wcache = me._pos, me._wcache
-            while len(batch) < max_messages:
+            for _ in range(max_messages - 1):
                 if pos >= wcache:
                     wcache = me._wcache = words[H_WRITE]
                     if pos >= wcache:

@@ -227,34 +227,39 @@ class Producer:
                   _stamps: Iterable[int] | None = None) -> range:
         """Publish several messages with one store of the write position (and one
         wake-up); return the range of their seqs.  ``keys``, if given, pairs one key
-        with each message.  If the ring fills up midway, what was written so far is
-        published before waiting for room."""
+        with each message.  They all carry the same ``timestamp_ns``, the time of the
+        call.  If the ring fills up midway, what was written so far is published
+        before waiting for room."""
         self._check_usable()
         first = self._seq
         deadline = None if timeout is None else time.monotonic() + timeout
         key_iter = iter(keys) if keys is not None else None
         stamp_iter = iter(_stamps) if _stamps is not None else None
+        stamp = time.monotonic_ns()  # the batch is sent (and published) as one
         last = -1
         data_area, mask, cap, max_record = self._data, self._mask, self.capacity, \
             self._max_record
-        pack, now = RECORD.pack_into, time.monotonic_ns
+        pack, limit, kb, klen = RECORD.pack_into, self._limit, b"", 0
         seq, pos = self._seq, self._write
         for data in messages:
             if type(data) is not bytes:
                 data = _as_bytes_view(data)
-            kb = _key_bytes(next(key_iter)) if key_iter is not None else b""
-            klen, n = len(kb), len(data)
+            if key_iter is not None:
+                kb = _key_bytes(next(key_iter))
+                klen = len(kb)
+            n = len(data)
             size = (RECORD_HEADER + klen + n + 7) & -8
             idx = pos & mask
-            if idx + size > cap or pos + size > self._limit or size > max_record:
+            if idx + size > cap or pos + size > limit or size > max_record:
                 self._seq, self._write = seq, pos
                 if last >= 0:
                     self._publish(pos, last)
                     last = -1
                 pos = self._reserve(size, klen, n, None, deadline)
-                idx = pos & mask
-            pack(data_area, idx, n, klen, _flags, seq,
-                 now() if stamp_iter is None else next(stamp_iter))
+                idx, limit = pos & mask, self._limit
+            if stamp_iter is not None:
+                stamp = next(stamp_iter)
+            pack(data_area, idx, n, klen, _flags, seq, stamp)
             start = idx + RECORD_HEADER
             if klen:
                 data_area[start:start + klen] = kb

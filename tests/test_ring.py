@@ -61,6 +61,7 @@ def test_send_many_recv_many(ring):
         batch = sub.recv_many(10, timeout=1)
         assert [bytes(m) for m in batch] == [b"a", b"bb", b"ccc"]
         assert [m.key for m in batch] == [b"k1", None, b"k3"]
+        assert len({m.timestamp_ns for m in batch}) == 1  # one call, one time
         with pytest.raises(shmbus.Timeout):
             sub.recv_many(10, timeout=0.01)
 
