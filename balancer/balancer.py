@@ -16,11 +16,12 @@ ring (back-pressure), not in the balancer's memory.
 
 Round-robin splits what it reads from an input (up to 512 messages at a time) into one
 share per worker, in turn, as equal as their room allows, skipping workers that are
-full (``prefetch`` unacknowledged messages, or a full ring) or dead.  Consistent hashing never reroutes a key while its owner lives: a
-message whose owner is busy waits (as does all dispatching while a live worker's ring
-is still held by a previous leader), so per-key order holds; with ``load_factor`` (bounded
-loads) a key may go to the next worker when its owner is over the bound, which trades
-per-key order for balance.
+full (``prefetch`` unacknowledged messages, or a full ring) or dead.  Consistent
+hashing never reroutes a key while its owner lives: a message whose owner is busy
+waits (as does all dispatching while a live worker's ring is still held by a previous
+leader), so per-key order holds; with ``load_factor`` (bounded loads) a key may go to
+the next worker when its owner is over the bound, which trades per-key order for
+balance.
 
 Messages are forwarded as raw records (:mod:`shmbus.forward`): one copy per stretch of
 records bound for the same worker, no ``Message`` per message, and each keeps its
@@ -32,14 +33,14 @@ from __future__ import annotations
 
 import collections
 import os
-from collections import Counter
-from itertools import compress
 import threading
 import time
+from collections import Counter
+from itertools import compress
 
 import shmbus
 from shmbus import layout, naming
-from shmbus.forward import forward, run_message, take_run
+from shmbus.forward import forward, give_back, run_message, take_run
 from shmbus.lock import FileLock
 from shmbus.errors import (DurableBusy, LeaseLost, RingBusy, RingNotFound, ShmbusError,
                            Timeout)
@@ -235,12 +236,11 @@ class Balancer:
             return run
         count = len(run.bounds) - 1
         room = {n: self.prefetch - m.in_flight() for n, m in self.members.items()}
-        picks: dict[str, range | list[int]] = {}
-        placed = count
+        picks: dict[str, range | list[int]]
         if hashing:
             picks, placed = self._hash_picks(run.keys, room)
         else:
-            placed = 0
+            picks, placed = {}, 0
             for name, n in self.policy.share(count, room):
                 picks[name] = range(placed, placed + n)
                 placed += n
@@ -255,7 +255,7 @@ class Balancer:
             self._pending.extend(run_message(consumer, run, i)
                                  for i in sorted(refused) + list(range(placed, count)))
         elif placed < count:
-            consumer._pos = run.position(placed)  # not taken: read again next time
+            give_back(consumer, run, placed)  # read again next time
         return placed > len(refused)
 
     def _hash_picks(self, keys: list, room: dict[str, int]) -> tuple[dict, int]:

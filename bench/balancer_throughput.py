@@ -61,8 +61,8 @@ def _producer(ns, n, keyed, go):
             pub.send_many([payload] * 256, keys=keys)
 
 
-def _keys() -> list[str]:
-    return [f"k{i % 20}" for i in range(256)]
+def _keys() -> list[bytes]:
+    return [b"k%d" % (i % 20) for i in range(256)]  # bytes: no encoding per message
 
 
 def run_balanced(policy: str, n: int) -> dict:

@@ -28,7 +28,7 @@ from .layout import (H_WRITE, RECORD, RECORD_HEAD, RECORD_HEADER, RECORD_RESTAMP
 from .producer import Producer
 from .ring import checkpoint
 
-__all__ = ["Run", "take_run", "forward", "run_message"]
+__all__ = ["Run", "take_run", "give_back", "forward", "run_message"]
 
 _head = RECORD_HEAD.unpack_from
 _restamp = RECORD_RESTAMP.pack_into
@@ -97,11 +97,19 @@ def take_run(consumer: Consumer, max_records: int, keys: bool = False) -> Run | 
         if keys:
             append_klen(klen)
         idx += size
-    key_list = [data[s + RECORD_HEADER:s + RECORD_HEADER + k].tobytes() if k else None
-                for s, k in zip(bounds, klens)] if keys else None
+    key_list = None
+    if keys:  # sliced from the mapping itself: bytes at once, no view in between
+        mm, at = c._seg._mmap, c._seg.data_offset + RECORD_HEADER
+        key_list = [mm[at + s:at + s + k] if k else None for s, k in zip(bounds, klens)]
     bounds.append(idx)
     c._pos = pos + idx - first
     return Run(data, pos, bounds, key_list)
+
+
+def give_back(consumer: Consumer, run: Run, i: int) -> None:
+    """Records ``i`` onwards of ``consumer``'s last run are not taken after all: its
+    next :func:`take_run` (or ``recv``) starts with record ``i``."""
+    consumer._pos = run.position(i)
 
 
 def run_message(consumer: Consumer, run: Run, i: int) -> Message:

@@ -45,7 +45,7 @@ class Segment:
         self.header = header
         self.capacity = header["capacity"]
         self.slot_count = header["slot_count"]
-        off = header["data_offset"]
+        self.data_offset = off = header["data_offset"]
         self.words = self.buf[:off].cast("Q")
         self.data = self.buf[off:off + self.capacity]
         self.overwrite = bool(header["flags"] & layout.FLAG_OVERWRITE)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import struct
+
 import pytest
 
 import shmbus
-from shmbus.forward import forward, run_message, take_run
+from shmbus.forward import forward, give_back, run_message, take_run
 from shmbus.layout import REC_REDELIVERY_SHIFT
 
 
@@ -52,7 +54,7 @@ def test_take_run_releases_the_previous_run_and_can_be_rewound(rings):
     run = take_run(sub, 4)                       # releases the first four
     assert src.read_position(sub.slot) == run.pos
     assert len(run.bounds) == 3                  # only two were left
-    sub._pos = run.position(1)                   # as the balancer does: not taken
+    give_back(sub, run, 1)                       # as the balancer does: not taken
     again = take_run(sub, 4)
     assert again.pos == run.position(1)
     assert run_message(sub, again, 0).data.tobytes() == bytes([5]) * 40
@@ -102,3 +104,12 @@ def test_overwrite_rings_and_empty_rings_are_left_to_recv(ns):
         assert take_run(sub, 10) is None         # needs checked reads
         assert bytes(sub.recv(timeout=1)) == b"x"
     shmbus.unlink("ow")
+
+
+def test_a_corrupt_record_is_reported_not_forwarded(rings):
+    src, sub, dst = rings
+    src.send(b"fine")
+    struct.pack_into("<I", src._data, 0, 0xFFFF_FFF0)  # its length: impossible now
+    with pytest.raises(shmbus.CorruptRing, match="corrupt record at position 0"):
+        take_run(sub, 10)
+    assert dst.seq == 0
