@@ -309,6 +309,17 @@ class Consumer:
         self.recv = recv
         self.recv_many = recv_many
 
+    def recv_array(self, dtype, max_messages: int, timeout: float | None = None):
+        """Release the previous batch; wait up to ``timeout`` for a message, then return
+        up to ``max_messages`` messages of ``dtype``'s size (without a key) as one
+        read-only numpy array of ``dtype`` that views the ring (zero copies; valid until
+        the next receive).  A batch stops at a message of another size, at a key, and
+        at the end of the ring's data area.  Raises :class:`Timeout`, and ValueError
+        if the next message does not fit ``dtype`` (receive it with :meth:`recv`).
+        On ``overwrite`` rings each call returns one message, copied."""
+        from .arrays import recv_array
+        return recv_array(self, dtype, max_messages, timeout)
+
     def try_recv(self) -> Message | None:
         """Like :meth:`recv` but never waits: None when no message is there."""
         try:

@@ -146,6 +146,8 @@ RECORD = struct.Struct("<IHHQQ")
 RECORD_HEADER = RECORD.size          # 24
 REC_PAD = 1                          # record flag: padding to the end of the data area
 REC_REDELIVERY_SHIFT = 8             # flags bits 8-15: times delivered before (balancer)
+RECORD_DTYPE = np.dtype([("length", "<u4"), ("key_length", "<u2"), ("flags", "<u2"),
+                         ("seq", "<u8"), ("timestamp_ns", "<u8")])  # == RECORD
 RECORD_HEAD = struct.Struct("<IHH")    # payload length, key length, flags (at 0)
 RECORD_RESTAMP = struct.Struct("<HQ")  # flags, seq: rewritten when a record is forwarded
 RECORD_RESTAMP_OFFSET = 6
@@ -284,3 +286,16 @@ def write_slot_name(buf: memoryview, i: int, name: str | None) -> None:
     off = slot_offset(i) + SLOT_NAME_OFFSET
     buf[off:off + DURABLE_NAME_MAX] = raw.ljust(DURABLE_NAME_MAX, b"\0")
     buf.cast("Q")[slot_word(i) + S_NAME_LEN] = len(raw)
+
+
+def record_headers(data: memoryview, idx: int, count: int, stride: int) -> np.ndarray:
+    """The headers of ``count`` records of ``stride`` bytes each, the first at ``idx``
+    of the data area, as a structured array (a view: writing it writes the ring)."""
+    return np.ndarray((count,), RECORD_DTYPE, buffer=data, offset=idx, strides=(stride,))
+
+
+def record_payloads(data: memoryview, idx: int, count: int, stride: int,
+                    dtype: np.dtype) -> np.ndarray:
+    """The payloads (no key) of the same records, one ``dtype`` element each: a view."""
+    return np.ndarray((count,), dtype, buffer=data, offset=idx + RECORD_HEADER,
+                      strides=(stride,))

@@ -25,11 +25,12 @@ def test_stream_and_ping_pong_report_numbers():
 def test_one_to_one_program_writes_json(tmp_path, capsys):
     out = tmp_path / "r.json"
     one_to_one_throughput.main(["--quick", "--repeats", "1", "--scale", "0.02",
-                                "--only", f"shmbus,shmbus[claim],{MpPipe.name}",
+                                "--only", f"shmbus,shmbus[claim],shmbus[arrays],{MpPipe.name}",
                                 "--json", str(out)])
     data = json.loads(out.read_text())
     assert data["benchmark"] == "one_to_one_throughput"
     assert data["results"]["64B shmbus"]["per_consumer_rate"]["median"] > 0
+    assert data["results"]["64B shmbus[arrays] batch=256"]["per_consumer_rate"]["median"] > 0
     assert "64B multiprocessing.Pipe" in data["results"]
     printed = capsys.readouterr().out
     assert "| shmbus |" in printed and "memcpy" in printed

@@ -1,0 +1,135 @@
+"""Fixed-size messages in bulk, as numpy arrays: one record per array element.
+
+Telemetry, market data and robot state are often a stream of structs of one size.
+``Producer.send_array(a)`` writes one message per element of ``a`` (along its first
+axis): the records of a batch are equally spaced, so their headers and payloads are
+written with a few numpy assignments instead of a Python loop.
+``Consumer.recv_array(dtype, n)`` hands out up to ``n`` such messages as one
+read-only, strided numpy view into the ring (zero copies), valid until the next
+receive, like ``Message.data``.  Messages sent with ``send``/``send_many`` of the same
+size and without a key are read the same way; any other message stops a batch, and
+``recv_array`` refuses one that is next (receive it with ``recv``).
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from . import layout
+from .consumer import Consumer
+from .errors import MessageTooLarge
+from .layout import H_WRITE, REC_PAD, RECORD_HEADER
+from .producer import Producer
+from .ring import checkpoint
+
+__all__ = ["send_array", "recv_array"]
+
+
+def send_array(p: Producer, array, timeout: float | None) -> range:
+    """See :meth:`Producer.send_array`."""
+    p._check_usable()
+    a = np.asarray(array)
+    if a.ndim == 0:
+        raise ValueError("send_array needs an array of messages (one per element along "
+                         "its first axis), got a 0-d array: use send() for one message")
+    if a.dtype.hasobject:
+        raise ValueError(f"send_array sends the bytes of the array; dtype {a.dtype} holds "
+                         "Python objects: use a numeric or structured dtype")
+    a = np.ascontiguousarray(a)
+    count = len(a)
+    rows = a.reshape(count, -1).view(np.uint8) if count else a
+    size = a.itemsize * (a.size // count if count else 0)
+    stride = layout.record_size(0, size)
+    if stride > p._max_record:
+        limit = p._max_record - RECORD_HEADER
+        raise MessageTooLarge(
+            f"messages of {size} bytes do not fit ring {p.name!r} of capacity "
+            f"{p.capacity}: the largest payload is {limit} bytes; create the ring with "
+            "a larger capacity", name=p.name, size=size, limit=limit)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    now, first, done = time.monotonic_ns(), p._seq, 0
+    per_chunk = max(1, p._max_record // stride)
+    while done < count:
+        pos = p._write
+        room_to_end = (p.capacity - (pos & p._mask)) // stride
+        k = min(count - done, per_chunk, room_to_end or per_chunk)
+        if room_to_end == 0 or pos + k * stride > p._limit:
+            pos = p._reserve(k * stride, 0, size, timeout, deadline)
+        idx, end = pos & p._mask, pos + k * stride
+        headers = layout.record_headers(p._data, idx, k, stride)
+        headers["length"] = size
+        headers["key_length"] = 0
+        headers["flags"] = 0
+        headers["seq"] = np.arange(p._seq, p._seq + k, dtype=np.uint64)
+        headers["timestamp_ns"] = now
+        layout.record_payloads(p._data, idx, k, stride, np.dtype((np.uint8, size)))[:] = \
+            rows[done:done + k]
+        cp_next = p._cp_next
+        while cp_next < end:  # records that start in a new block are checkpointed
+            record = pos + -(-(cp_next - pos) // stride) * stride
+            if record >= end:
+                break
+            cp_next = checkpoint(p._words, p._shift, cp_next, record)
+        p._cp_next, p._limit = cp_next, min(p._room, cp_next)
+        p._seq += k
+        p._write = end
+        p._publish(end, end - stride)
+        done += k
+    return range(first, p._seq)
+
+
+def recv_array(c: Consumer, dtype, max_messages: int, timeout: float | None) -> np.ndarray:
+    """See :meth:`Consumer.recv_array`."""
+    dtype = np.dtype(dtype)
+    if dtype.hasobject or not dtype.itemsize:
+        raise ValueError(f"recv_array needs a dtype of fixed-size bytes, got {dtype}")
+    if max_messages < 1:
+        raise ValueError(f"max_messages must be >= 1, got {max_messages!r}")
+    c.release()  # the previous batch
+    size = dtype.itemsize
+    stride = layout.record_size(0, size)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        if c._closed:
+            c._take(0)  # raises the closed error
+        pos = c._pos
+        write = c._wcache = c._words[H_WRITE]
+        if pos >= write:
+            c._wait(pos, deadline, timeout)
+            continue
+        if pos < c._safe_from:  # checked reads: one message, copied
+            msg = c._take(timeout)
+            try:
+                _check(c, dtype, len(msg.data), 0 if msg.key is None else len(msg.key),
+                       msg.seq)
+            except ValueError:
+                c._pos = pos  # not received: recv() gets it
+                raise
+            return np.frombuffer(msg.data, dtype)
+        idx = pos & c._mask
+        if idx > c._pad_limit or layout.record_headers(c._data, idx, 1, stride)[
+                "flags"][0] & REC_PAD:
+            c._pos = pos + c.capacity - idx  # padding to the end of the data area
+            continue
+        m = max(1, min(max_messages, (write - pos) // stride, (c.capacity - idx) // stride))
+        headers = layout.record_headers(c._data, idx, m, stride)
+        fits = (headers["length"] == size) & (headers["key_length"] == 0)
+        n = m if fits.all() else int(fits.argmin())
+        if n == 0:
+            h = headers[0]
+            _check(c, dtype, int(h["length"]), int(h["key_length"]), int(h["seq"]))
+        view = layout.record_payloads(c._data, idx, n, stride, dtype)
+        view.flags.writeable = False  # other consumers read the same bytes
+        c._pos = pos + n * stride
+        return view
+
+
+def _check(c: Consumer, dtype: np.dtype, length: int, key_length: int, seq: int) -> None:
+    if length != dtype.itemsize or key_length:
+        key = f" and a {key_length}-byte key" if key_length else ""
+        raise ValueError(
+            f"message seq {seq} on ring {c.name!r} has {length} bytes{key}, not the "
+            f"{dtype.itemsize} of {dtype}: recv_array takes only messages of the "
+            "dtype's size without a key; receive this one with recv()")
