@@ -7,7 +7,8 @@
 64-byte messages to 1, 2 and 4 consumers: messages/s per consumer (median over the
 consumers, then over the runs), the producer's own rate, and CPU seconds per million
 messages sent; shmbus against the broadcast peers (pyzmq PUB/SUB, iceoryx2), and shmbus
-with batches of 256 on both sides (``send_many`` / ``recv_many``).
+with batches of 256 on both sides (``send_many`` / ``recv_many``, and numpy arrays:
+``send_array`` / ``recv_array``).
 
     python -m bench.fan_out_throughput [--messages N] [--repeats N] [--json FILE]
 """
@@ -35,8 +36,9 @@ def main(argv=None) -> dict:
     cases = [(f"{t.name} x{k}", lambda t=t, k=k: harness.run_stream(
         t, args.messages, 64, receivers=k)) for k in fanouts for t in transports]
     if any(t.name == "shmbus" for t in transports):  # batches of 256 on both sides
-        cases += [(f"shmbus batch=256 x{k}", lambda k=k: harness.run_stream(
-            Shmbus(), args.messages, 64, receivers=k, batch=256)) for k in fanouts]
+        cases += [(f"{t.name} batch=256 x{k}", lambda t=t, k=k: harness.run_stream(
+            t, args.messages * 4, 64, receivers=k, batch=256))
+            for t in (Shmbus(), Shmbus(arrays=True)) for k in fanouts]
     summary = harness.interleaved(cases, args.repeats)
     rows = []
     for name, s in summary.items():
@@ -51,7 +53,7 @@ def main(argv=None) -> dict:
     print(harness.markdown("fan-out, 64 B", rows, [
         "transport x consumers", "M msg/s per consumer", "producer M msg/s",
         "CPU s / M msgs", "shmbus / peer"]))
-    for kind in ("shmbus", "shmbus batch=256"):
+    for kind in ("shmbus", "shmbus batch=256", "shmbus[arrays] batch=256"):
         if f"{kind} x1" in summary and f"{kind} x4" in summary:
             keep = (summary[f"{kind} x4"]["producer_rate"]["median"] /
                     summary[f"{kind} x1"]["producer_rate"]["median"])
