@@ -64,9 +64,7 @@ def main(argv=None) -> dict:
                            [["balancer", harness.fmt_value(summary["failover"]["takeover_s"],
                                                            1e3, 1)]],
                            ["", "ms"]))
-    result = {"machine": harness.machine(), "benchmark": "balancer_failover",
-              "ttl": args.ttl, "results": summary}
-    harness.write_json(args.json, result)
+    result = harness.result("balancer_failover", args.json, ttl=args.ttl, results=summary)
     return result
 
 

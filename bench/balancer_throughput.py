@@ -120,9 +120,7 @@ def main(argv=None) -> dict:
              f"{s['rate']['median'] / base:.0%}"] for name, s in summary.items()]
     print(harness.markdown("dispatch to 2 workers, 64 B (producer batches of 256)", rows,
                            ["path", "M msg/s", "of direct"]))
-    result = {"machine": harness.machine(), "benchmark": "balancer_throughput",
-              "results": summary}
-    harness.write_json(args.json, result)
+    result = harness.result("balancer_throughput", args.json, results=summary)
     return result
 
 

@@ -61,9 +61,7 @@ def main(argv=None) -> dict:
     print()
     for n in notes:
         print(n)
-    result = {"machine": harness.machine(), "benchmark": "fan_out_throughput",
-              "results": summary, "notes": notes}
-    harness.write_json(args.json, result)
+    result = harness.result("fan_out_throughput", args.json, results=summary, notes=notes)
     return result
 
 

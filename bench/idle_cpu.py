@@ -44,9 +44,8 @@ def main(argv=None) -> dict:
                            ["transport", "CPU % of one core", "note"]))
     for n in notes:
         print(n)
-    result = {"machine": harness.machine(), "benchmark": "idle_cpu",
-              "seconds": args.seconds, "results": summary, "notes": notes}
-    harness.write_json(args.json, result)
+    result = harness.result("idle_cpu", args.json, seconds=args.seconds, results=summary,
+                            notes=notes)
     return result
 
 

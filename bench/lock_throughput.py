@@ -124,9 +124,7 @@ def main(argv=None) -> dict:
     rows = [[name, harness.fmt_value(s["takeover_s"], 1e3, 2)] for name, s in take.items()]
     print(harness.markdown("takeover after kill -9 of the holder", rows,
                            ["shmbus", "ms from SIGKILL to held"]))
-    result = {"machine": harness.machine(), "benchmark": "lock_throughput",
-              "uncontended": summary, "takeover": take}
-    harness.write_json(args.json, result)
+    result = harness.result("lock_throughput", args.json, uncontended=summary, takeover=take)
     return result
 
 

@@ -80,10 +80,8 @@ def main(argv: list[str] | None = None) -> dict:
     memcpy = memcpy_bandwidth()
     report = render(summary, memcpy, notes)
     print(report)
-    result = {"machine": harness.machine(), "benchmark": "one_to_one_throughput",
-              "repeats": args.repeats, "results": summary, "memcpy_bytes_per_s": memcpy,
-              "notes": notes}
-    harness.write_json(args.json, result)
+    result = harness.result("one_to_one_throughput", args.json, repeats=args.repeats,
+                            results=summary, memcpy_bytes_per_s=memcpy, notes=notes)
     if args.plot:
         from tools.benchkit.plot import throughput_vs_size
         throughput_vs_size(summary, args.plot, memcpy)

@@ -50,9 +50,8 @@ def main(argv=None) -> dict:
                             "shmbus p50 / peer p50", "shmbus[spin] p50 / peer p50"]))
     for n in notes:
         print(n)
-    result = {"machine": harness.machine(), "benchmark": "ping_pong_latency",
-              "rounds": args.rounds, "results": summary, "notes": notes}
-    harness.write_json(args.json, result)
+    result = harness.result("ping_pong_latency", args.json, rounds=args.rounds,
+                            results=summary, notes=notes)
     if args.plot:
         from tools.benchkit.plot import latency_cdf
         latency_cdf(summary, args.plot)

@@ -93,9 +93,7 @@ def main(argv=None) -> dict:
     rows = [[k, f"{v:.0f}"] for k, v in best.items()]
     print(harness.markdown(f"hot path, 64 B, best of {args.repeats}", rows,
                            ["call", "ns per message"]))
-    result = {"machine": harness.machine(), "benchmark": "send_recv_cost",
-              "results": best}
-    harness.write_json(args.json, result)
+    result = harness.result("send_recv_cost", args.json, results=best)
     return result
 
 

@@ -30,7 +30,6 @@ longer names the inode it locked) and retries, so deletion never breaks exclusio
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import os
 import threading

@@ -23,7 +23,7 @@ from .errors import LayoutMismatch, MessageTooLarge, RingBusy, ShmbusError, Time
 from .layout import (H_COUNT, H_GATE, H_GENERATION, H_LAST, H_PRODUCER_EPOCH,
                      H_PRODUCER_PID, H_PRODUCER_SINCE, H_PRODUCER_SLEEP,
                      H_PRODUCER_START, H_SCAN, H_SLEEPERS, H_TAIL, H_WRITE, RECORD,
-                     RECORD_HEADER, S_READ, S_SLEEP, S_STATE, SLOT_FREE, slot_word)
+                     RECORD_HEADER, S_READ, S_SLEEP, slot_word)
 from .lock import FileLock
 from .segment import Segment
 from .segment import unlink as _unlink_segment

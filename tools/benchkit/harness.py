@@ -295,6 +295,14 @@ def markdown(title: str, rows: list[list[str]], headers: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def result(benchmark: str, path: str | None, **data) -> dict:
+    """The program's result: ``data`` with the machine and the benchmark's name,
+    written as JSON to ``path`` if one is given."""
+    out = {"machine": machine(), "benchmark": benchmark, **data}
+    write_json(path, out)
+    return out
+
+
 def write_json(path: str | None, data: dict) -> None:
     if path:
         with open(path, "w") as f:
