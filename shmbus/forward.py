@@ -21,10 +21,11 @@ from __future__ import annotations
 from bisect import bisect_right
 from typing import NamedTuple
 
-from .consumer import Consumer, Message
+from .consumer import Consumer
 from .errors import CorruptRing, Timeout
 from .layout import (H_WRITE, RECORD, RECORD_HEAD, RECORD_HEADER, RECORD_RESTAMP,
                      RECORD_RESTAMP_OFFSET, REC_PAD)
+from .message import Message
 from .producer import Producer
 from .ring import checkpoint
 

@@ -9,7 +9,8 @@ Writing a record: make room (advance the tail over old records, which in ``block
 needs every live consumer to have read them), write header, key and payload, then store
 the write position: that one aligned 8-byte store publishes the record.  The producer
 caches the lowest read position it must honour (the *gate*) and rescans the slot table
-only when the cache says the ring is full (the Disruptor's gating-sequence cache).
+only when the cache says the ring is full (the Disruptor's gating-sequence cache; see
+:mod:`shmbus.room`).
 """
 
 from __future__ import annotations
@@ -19,21 +20,22 @@ import time
 from typing import Iterable
 
 from . import layout, liveness, naming, ring
-from .errors import LayoutMismatch, MessageTooLarge, RingBusy, ShmbusError, Timeout
-from .layout import (H_COUNT, H_GATE, H_GENERATION, H_LAST, H_PRODUCER_EPOCH,
-                     H_PRODUCER_PID, H_PRODUCER_SINCE, H_PRODUCER_SLEEP,
-                     H_PRODUCER_START, H_SCAN, H_SLEEPERS, H_TAIL, H_WRITE, RECORD,
-                     RECORD_HEADER, S_READ, S_SLEEP, slot_word)
+from .claim import Claim
+from .errors import LayoutMismatch, MessageTooLarge, RingBusy, ShmbusError
+from .layout import (H_COUNT, H_GENERATION, H_LAST, H_PRODUCER_EPOCH, H_PRODUCER_PID,
+                     H_PRODUCER_SINCE, H_PRODUCER_SLEEP, H_PRODUCER_START, H_SCAN,
+                     H_SLEEPERS, H_TAIL, H_WRITE, RECORD, RECORD_HEADER, S_READ,
+                     slot_word)
 from .lock import FileLock
+from .room import Room
 from .segment import Segment
 from .segment import unlink as _unlink_segment
 from .slots import SlotTable
-from .wait import Sleeper, Waker, fence, strategy
+from .wait import Sleeper, Waker, strategy
 
 __all__ = ["Producer"]
 
 _ON_FULL = ("block", "overwrite")
-_RECLAIM_EVERY = 0.05  # seconds between liveness checks while blocked
 
 
 def _as_bytes_view(data: object) -> memoryview:
@@ -60,7 +62,7 @@ def _key_bytes(key: object) -> bytes:
     return key
 
 
-class Producer:
+class Producer(Room):
     """The single producer of ring ``name``; opens it, or creates it when
     ``capacity`` (bytes, rounded up to a power of two) is given.
 
@@ -283,7 +285,7 @@ class Producer:
         from .arrays import send_array
         return send_array(self, array, timeout)
 
-    def claim(self, size: int, key=None, *, timeout: float | None = None) -> "Claim":
+    def claim(self, size: int, key=None, *, timeout: float | None = None) -> Claim:
         """Reserve room for a ``size``-byte message and return a context manager whose
         value is a writable memoryview of exactly ``size`` bytes inside the ring: fill
         it in place (zero copies); it is published when the ``with`` block exits without
@@ -299,7 +301,7 @@ class Producer:
             pos = self._reserve(total, len(kb), size, timeout, None)
         return Claim(self, pos, total, kb, size)
 
-    def _publish_claim(self, claim: "Claim") -> int:
+    def _publish_claim(self, claim: Claim) -> int:
         idx = claim.pos & self._mask
         seq = self._seq
         klen = len(claim.key)
@@ -328,117 +330,6 @@ class Producer:
             epoch = w[word]
             if epoch & 1:
                 waker.wake(epoch)
-
-    # -- room -------------------------------------------------------------------------
-
-    def _reserve(self, size: int, klen: int, n: int, timeout: float | None,
-                 deadline: float | None) -> int:
-        """Make room for a record of ``size`` bytes at the write position, padding to
-        the end of the data area first if it would wrap; return where it goes."""
-        if size > self._max_record:
-            raise MessageTooLarge(
-                f"message of {n} bytes (key {klen} bytes) does not fit ring "
-                f"{self.name!r} of capacity {self.capacity}: the largest payload is "
-                f"{self._max_record - RECORD_HEADER - klen} bytes with this key; "
-                "create the ring with a larger capacity or split the message",
-                name=self.name, size=n, limit=self._max_record - RECORD_HEADER - klen)
-        if deadline is None and timeout is not None:
-            deadline = time.monotonic() + timeout
-        pos = self._write
-        pad = ring.padding_at(pos, self.capacity, size)
-        end = pos + pad + size
-        if end > self._room:
-            self._make_room(end, deadline, timeout)
-        if pad:
-            ring.write_padding(self._data, pos, self.capacity)
-            pos += pad
-            self._write = pos
-        if pos >= self._cp_next:
-            self._cp_next = ring.checkpoint(self._words, self._shift, self._cp_next, pos)
-        self._limit = min(self._room, self._cp_next)
-        return pos
-
-    def _make_room(self, end: int, deadline: float | None, timeout) -> None:
-        """Move the tail so that ``end`` fits: by a chunk at a time (so this runs once
-        per ``capacity/16`` bytes), and in ``block`` mode never past the gate."""
-        need = end - self.capacity
-        target = min(need + self._chunk, self._write)
-        if not self._overwrite:
-            if self._gate < need:
-                self._rescan()
-                if self._gate < need:
-                    self._wait_for_room(need, deadline, timeout)
-            target = max(need, min(target, self._gate))
-        w = self._words
-        w[H_COUNT] = self._seq  # lets a successor recover the seq once LAST is behind
-        w[H_TAIL] = target
-        self._tail = target
-        self._room = target + self.capacity
-        self._limit = min(self._room, self._cp_next)
-
-    def _rescan(self) -> None:
-        """Recompute the gate (lowest read position of any slot in use) under the scan
-        epoch protocol that lets new consumers know which data is protected."""
-        w = self._words
-        w[H_SCAN] += 1
-        fence()
-        if w[H_GENERATION] != self._gen:
-            self._refresh_wakers()
-        gate = self._write
-        for r_word in self._read_words:
-            r = w[r_word]
-            if r < gate:
-                gate = r
-        w[H_GATE] = gate
-        w[H_SCAN] += 1
-        self._gate = gate
-
-    def _wait_for_room(self, need: int, deadline: float | None, timeout) -> None:
-        def ready() -> bool:
-            self._rescan()
-            return self._gate >= need
-
-        while True:
-            now = time.monotonic()
-            if now - self._last_reclaim >= _RECLAIM_EVERY:
-                self._last_reclaim = now
-                with self._slots.lock():
-                    self._slots.reclaim_dead(below=need)
-                if ready():
-                    return
-            step = now + _RECLAIM_EVERY
-            if self._sleeper.wait(ready, step if deadline is None else min(deadline, step)):
-                return
-            if deadline is not None and time.monotonic() >= deadline:
-                raise Timeout(
-                    f"ring {self.name!r} is full: no room within {timeout} s because "
-                    f"{self._laggards(need)} not read far enough; consume faster, use a "
-                    "larger capacity or on_full='overwrite'", name=self.name,
-                    timeout=timeout)
-
-    def _laggards(self, need: int) -> str:
-        parts = []
-        for i in self._slots.in_use():
-            info = self._slots.info(i)
-            if info.read < need:
-                who = f"durable {info.durable!r}" if info.durable else "consumer"
-                state = "detached" if not info.pid else f"pid {info.pid}"
-                parts.append(f"{who} in slot {i} ({state}, {need - info.read} bytes behind)")
-        return ", ".join(parts) or "consumers have"
-
-    def _refresh_wakers(self) -> None:
-        w = self._words
-        self._gen = w[H_GENERATION]
-        wake = []
-        in_use = self._slots.in_use()
-        self._read_words = tuple(slot_word(i) + S_READ for i in in_use)
-        for i in in_use:
-            waker = self._wakers.get(i)
-            if waker is None:
-                waker = self._wakers[i] = Waker(naming.consumer_semaphore_name(
-                    self.namespace, self.name, i))
-            wake.append((slot_word(i) + S_SLEEP, waker))
-        self._wake = tuple(wake)
 
     # -- lifetime ---------------------------------------------------------------------
 
@@ -512,27 +403,3 @@ class Producer:
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"seq={self._seq}"
         return f"<Producer {self.name!r} ns={self.namespace!r} {self.on_full} {state}>"
-
-
-class Claim:
-    """A reserved, not yet published record; see :meth:`Producer.claim`."""
-
-    def __init__(self, producer: Producer, pos: int, total: int, key: bytes, size: int):
-        self.producer, self.pos, self.total, self.key, self.size = producer, pos, total, key, size
-        idx = pos & producer._mask
-        start = idx + RECORD_HEADER + len(key)
-        self.view = producer._data[start:start + size]
-        self.seq: int | None = None
-        producer._claim_open = producer._unusable = True
-
-    def __enter__(self) -> memoryview:
-        return self.view
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        self.producer._claim_open = self.producer._unusable = False
-        try:
-            self.view.release()
-        except BufferError:
-            pass  # the caller still holds an export (e.g. numpy); harmless
-        if exc_type is None:
-            self.seq = self.producer._publish_claim(self)

@@ -1,0 +1,136 @@
+"""Room in the ring for the producer: the gate, the tail, waiting for consumers.
+
+The producer may overwrite data only below the tail, and in ``block`` mode moves the
+tail only up to the *gate*: the lowest read position of any slot in use, cached and
+rescanned (under the scan epoch that tells joining consumers which data is protected)
+only when the cache says the ring is full, as the Disruptor's gating-sequence cache.
+A blocked producer sleeps like a consumer and reclaims slots of dead consumers.
+"""
+
+from __future__ import annotations
+
+import time
+
+from . import naming, ring
+from .errors import MessageTooLarge, Timeout
+from .layout import (H_COUNT, H_GATE, H_GENERATION, H_SCAN, H_TAIL, RECORD_HEADER,
+                     S_READ, S_SLEEP, slot_word)
+from .wait import Waker, fence
+
+__all__ = ["Room"]
+
+_RECLAIM_EVERY = 0.05  # seconds between liveness checks while blocked
+
+
+class Room:
+    """The producer's methods that make room (a mixin of :class:`Producer`, whose
+    state they use)."""
+
+    def _reserve(self, size: int, klen: int, n: int, timeout: float | None,
+                 deadline: float | None) -> int:
+        """Make room for a record of ``size`` bytes at the write position, padding to
+        the end of the data area first if it would wrap; return where it goes."""
+        if size > self._max_record:
+            raise MessageTooLarge(
+                f"message of {n} bytes (key {klen} bytes) does not fit ring "
+                f"{self.name!r} of capacity {self.capacity}: the largest payload is "
+                f"{self._max_record - RECORD_HEADER - klen} bytes with this key; "
+                "create the ring with a larger capacity or split the message",
+                name=self.name, size=n, limit=self._max_record - RECORD_HEADER - klen)
+        if deadline is None and timeout is not None:
+            deadline = time.monotonic() + timeout
+        pos = self._write
+        pad = ring.padding_at(pos, self.capacity, size)
+        end = pos + pad + size
+        if end > self._room:
+            self._make_room(end, deadline, timeout)
+        if pad:
+            ring.write_padding(self._data, pos, self.capacity)
+            pos += pad
+            self._write = pos
+        if pos >= self._cp_next:
+            self._cp_next = ring.checkpoint(self._words, self._shift, self._cp_next, pos)
+        self._limit = min(self._room, self._cp_next)
+        return pos
+
+    def _make_room(self, end: int, deadline: float | None, timeout) -> None:
+        """Move the tail so that ``end`` fits: by a chunk at a time (so this runs once
+        per ``capacity/16`` bytes), and in ``block`` mode never past the gate."""
+        need = end - self.capacity
+        target = min(need + self._chunk, self._write)
+        if not self._overwrite:
+            if self._gate < need:
+                self._rescan()
+                if self._gate < need:
+                    self._wait_for_room(need, deadline, timeout)
+            target = max(need, min(target, self._gate))
+        w = self._words
+        w[H_COUNT] = self._seq  # lets a successor recover the seq once LAST is behind
+        w[H_TAIL] = target
+        self._tail = target
+        self._room = target + self.capacity
+        self._limit = min(self._room, self._cp_next)
+
+    def _rescan(self) -> None:
+        """Recompute the gate (lowest read position of any slot in use) under the scan
+        epoch protocol that lets new consumers know which data is protected."""
+        w = self._words
+        w[H_SCAN] += 1
+        fence()
+        if w[H_GENERATION] != self._gen:
+            self._refresh_wakers()
+        gate = self._write
+        for r_word in self._read_words:
+            r = w[r_word]
+            if r < gate:
+                gate = r
+        w[H_GATE] = gate
+        w[H_SCAN] += 1
+        self._gate = gate
+
+    def _wait_for_room(self, need: int, deadline: float | None, timeout) -> None:
+        def ready() -> bool:
+            self._rescan()
+            return self._gate >= need
+
+        while True:
+            now = time.monotonic()
+            if now - self._last_reclaim >= _RECLAIM_EVERY:
+                self._last_reclaim = now
+                with self._slots.lock():
+                    self._slots.reclaim_dead(below=need)
+                if ready():
+                    return
+            step = now + _RECLAIM_EVERY
+            if self._sleeper.wait(ready, step if deadline is None else min(deadline, step)):
+                return
+            if deadline is not None and time.monotonic() >= deadline:
+                raise Timeout(
+                    f"ring {self.name!r} is full: no room within {timeout} s because "
+                    f"{self._laggards(need)} not read far enough; consume faster, use a "
+                    "larger capacity or on_full='overwrite'", name=self.name,
+                    timeout=timeout)
+
+    def _laggards(self, need: int) -> str:
+        parts = []
+        for i in self._slots.in_use():
+            info = self._slots.info(i)
+            if info.read < need:
+                who = f"durable {info.durable!r}" if info.durable else "consumer"
+                state = "detached" if not info.pid else f"pid {info.pid}"
+                parts.append(f"{who} in slot {i} ({state}, {need - info.read} bytes behind)")
+        return ", ".join(parts) or "consumers have"
+
+    def _refresh_wakers(self) -> None:
+        w = self._words
+        self._gen = w[H_GENERATION]
+        wake = []
+        in_use = self._slots.in_use()
+        self._read_words = tuple(slot_word(i) + S_READ for i in in_use)
+        for i in in_use:
+            waker = self._wakers.get(i)
+            if waker is None:
+                waker = self._wakers[i] = Waker(naming.consumer_semaphore_name(
+                    self.namespace, self.name, i))
+            wake.append((slot_word(i) + S_SLEEP, waker))
+        self._wake = tuple(wake)
