@@ -21,6 +21,9 @@ from __future__ import annotations
 from bisect import bisect_right
 from typing import NamedTuple
 
+import numpy as np
+
+from . import layout
 from .consumer import Consumer
 from .errors import CorruptRing, Timeout
 from .layout import (H_WRITE, RECORD, RECORD_HEAD, RECORD_HEADER, RECORD_RESTAMP,
@@ -39,12 +42,14 @@ class Run(NamedTuple):
     """Records taken from a consumer's ring: record i occupies
     ``data[bounds[i]:bounds[i + 1]]`` (indexes into the data area), and starts at ring
     position ``pos + bounds[i] - bounds[0]``; ``keys`` are their keys (None where a
-    record has none), if asked for."""
+    record has none), if asked for.  Records of one size (``stride``) are copied and
+    stamped with numpy, a batch at a time."""
 
     data: memoryview
     pos: int
     bounds: list[int]
     keys: list[bytes | None] | None
+    stride: int = 0  # the size of every record, when they all have the same; else 0
 
     def position(self, i: int) -> int:
         """The ring position of record ``i``."""
@@ -83,6 +88,7 @@ def take_run(consumer: Consumer, max_records: int, keys: bool = False) -> Run | 
     stop = min(limit, pad_limit + 1)  # a header must fit before the end
     max_record = c._max_record
     append, append_klen = bounds.append, klens.append
+    stride = -1
     for _ in range(max_records):
         if idx >= stop:
             break
@@ -97,6 +103,8 @@ def take_run(consumer: Consumer, max_records: int, keys: bool = False) -> Run | 
         append(idx)
         if keys:
             append_klen(klen)
+        if size != stride:
+            stride = size if stride < 0 else 0
         idx += size
     key_list = None
     if keys:  # sliced from the mapping itself: bytes at once, no view in between
@@ -104,7 +112,7 @@ def take_run(consumer: Consumer, max_records: int, keys: bool = False) -> Run | 
         key_list = [mm[at + s:at + s + k] if k else None for s, k in zip(bounds, klens)]
     bounds.append(idx)
     c._pos = pos + idx - first
-    return Run(data, pos, bounds, key_list)
+    return Run(data, pos, bounds, key_list, max(stride, 0))
 
 
 def give_back(consumer: Consumer, run: Run, i: int) -> None:
@@ -148,6 +156,21 @@ def forward(producer: Producer, run: Run, indexes: range | list[int],
             count //= 2
     if not count:
         return 0
+    if run.stride:
+        seq = _copy_uniform(p, run, indexes, count, pos, flags)
+    else:
+        seq = _copy_each(p, run, indexes, count, pos, total, flags)
+    end = pos + total
+    p._seq, p._write = seq, end
+    p._publish(end, end - (bounds[indexes[-1] + 1] - bounds[indexes[-1]]))
+    return count
+
+
+def _copy_each(p: Producer, run: Run, indexes, count: int, pos: int, total: int,
+               flags: int) -> int:
+    """Copy records of mixed sizes (one copy per stretch adjacent in the source), then
+    stamp each; return the next seq."""
+    bounds = run.bounds
     src, data, base = run.data, p._data, pos & p._mask
     if type(indexes) is range:
         data[base:base + total] = src[bounds[indexes.start]:bounds[indexes.stop]]
@@ -178,9 +201,31 @@ def forward(producer: Producer, run: Run, indexes: range | list[int],
             at += bounds[i + 1] - bounds[i]
         p._cp_next = cp_next
         p._limit = min(p._room, cp_next)
-    p._seq, p._write = seq, end
-    p._publish(end, end - (bounds[indexes[-1] + 1] - bounds[indexes[-1]]))
-    return count
+    return seq
+
+
+def _copy_uniform(p: Producer, run: Run, indexes, count: int, pos: int,
+                  flags: int) -> int:
+    """Copy records that all have ``run.stride`` bytes with numpy (rows gathered in
+    one call) and stamp them with one assignment per field; return the next seq."""
+    stride, bounds, data, base = run.stride, run.bounds, p._data, pos & p._mask
+    if type(indexes) is range:
+        data[base:base + count * stride] = \
+            run.data[bounds[indexes.start]:bounds[indexes.stop]]
+    else:
+        rows = layout.record_rows(run.data, bounds[0], len(bounds) - 1, stride)
+        np.take(rows, indexes, axis=0, out=layout.record_rows(data, base, count, stride))
+    headers = layout.record_headers(data, base, count, stride)
+    headers["flags"] = flags
+    headers["seq"] = np.arange(p._seq, p._seq + count, dtype=np.uint64)
+    end, cp_next = pos + count * stride, p._cp_next
+    while cp_next < end:  # records that start in a new block are checkpointed
+        record = pos + -(-(cp_next - pos) // stride) * stride
+        if record >= end:
+            break
+        cp_next = checkpoint(p._words, p._shift, cp_next, record)
+    p._cp_next, p._limit = cp_next, min(p._room, cp_next)
+    return p._seq + count
 
 
 def _fitting(bounds: list[int], indexes: range | list[int], limit: int) -> int:

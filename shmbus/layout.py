@@ -299,3 +299,9 @@ def record_payloads(data: memoryview, idx: int, count: int, stride: int,
     """The payloads (no key) of the same records, one ``dtype`` element each: a view."""
     return np.ndarray((count,), dtype, buffer=data, offset=idx + RECORD_HEADER,
                       strides=(stride,))
+
+
+def record_rows(data: memoryview, idx: int, count: int, stride: int) -> np.ndarray:
+    """``count`` whole records of ``stride`` bytes each from ``idx``, one uint8 row
+    per record (a view)."""
+    return np.ndarray((count, stride), np.uint8, buffer=data, offset=idx)
