@@ -14,17 +14,24 @@ size and without a key are read the same way; any other message stops a batch, a
 from __future__ import annotations
 
 import time
+from itertools import repeat
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from . import layout
-from .consumer import Consumer
+from .message import Message
 from .errors import MessageTooLarge
 from .layout import H_WRITE, REC_PAD, RECORD_HEADER
-from .producer import Producer
 from .ring import checkpoint
 
-__all__ = ["send_array", "recv_array"]
+if TYPE_CHECKING:
+    from .consumer import Consumer
+    from .producer import Producer
+
+__all__ = ["send_array", "recv_array", "send_uniform", "take_uniform"]
+
+BULK = 16  # fewer messages than this: numpy's fixed cost per call is not worth it
 
 
 def send_array(p: Producer, array, timeout: float | None) -> range:
@@ -133,3 +140,57 @@ def _check(c: Consumer, dtype: np.dtype, length: int, key_length: int, seq: int)
             f"message seq {seq} on ring {c.name!r} has {length} bytes{key}, not the "
             f"{dtype.itemsize} of {dtype}: recv_array takes only messages of the "
             "dtype's size without a key; receive this one with recv()")
+
+
+def send_uniform(p: Producer, messages, timeout: float | None) -> range | None:
+    """``send_many`` of a list of at least :data:`BULK` messages that are all buffers of
+    one size, without keys: written as one array (None if they are not such a list)."""
+    if type(messages) is not list or len(messages) < BULK:
+        return None
+    size = len(messages[0]) if type(messages[0]) is bytes else 0
+    if not size:
+        return None
+    try:
+        joined = b"".join(messages)
+    except (TypeError, BufferError):
+        return None
+    # len() of a buffer counts elements, not bytes; the total tells whether every one
+    # of them has exactly `size` bytes.
+    if len(joined) != size * len(messages):
+        return None
+    return send_array(p, np.frombuffer(joined, np.uint8).reshape(len(messages), size),
+                      timeout)
+
+
+def take_uniform(c: Consumer, first: Message, pos: int, limit: int) -> list[Message]:
+    """Up to ``limit`` messages from ``pos`` that have ``first``'s size and key length
+    and no flags, as :class:`Message` objects built from one numpy read of their
+    headers; [] when fewer than :data:`BULK` such follow (the caller reads them one by
+    one).  ``pos`` must be protected (at or above the consumer's ``safe_from``)."""
+    plen = len(first[0])
+    klen = 0 if first[1] is None else len(first[1])
+    stride = layout.record_size(klen, plen)
+    write = c._wcache = c._words[H_WRITE]
+    idx = pos & c._mask
+    count = min(limit, (write - pos) // stride, (c.capacity - idx) // stride)
+    if count < BULK:
+        return []
+    fits = layout.record_heads(c._data, idx, count, stride) == \
+        layout.head_word(plen, klen, 0)
+    n = count if fits.all() else int(fits.argmin())
+    if n < BULK:
+        return []
+    headers, data = layout.record_headers(c._data, idx, n, stride), c._data
+    body = idx + RECORD_HEADER + klen
+    starts = range(body, body + n * stride, stride)
+    views = [data[s:s + plen] for s in starts]
+    if klen:
+        mm, off = c._seg._mmap, c._seg.data_offset
+        keys = [mm[off + s - klen:off + s] for s in starts]
+    else:
+        keys = repeat(None)
+    messages = list(map(tuple.__new__, repeat(Message), zip(
+        views, keys, headers["seq"].tolist(), headers["timestamp_ns"].tolist(),
+        repeat(c), range(pos + stride, pos + (n + 1) * stride, stride), repeat(0))))
+    c._pos = pos + n * stride
+    return messages

@@ -25,6 +25,7 @@ from .errors import CorruptRing, DurableBusy, RingNotFound, ShmbusError, Timeout
 from .layout import (FLAGGED_SLOTS, H_GATE, H_LAST, H_PRODUCER_PID, H_PRODUCER_SLEEP,
                      H_SCAN, H_TAIL, H_WRITE, RECORD, RECORD_HEADER, REC_PAD, S_LOST,
                      S_READ, S_SLEEP, SLEEPERS_OFFSET, slot_word)
+from .arrays import BULK, recv_array, take_uniform
 from .lock import FileLock
 from .message import Message
 from .segment import Segment
@@ -225,7 +226,12 @@ class Consumer:
             batch = [take(timeout)]
             append = batch.append
             pos, wcache = me._pos, me._wcache
-            for _ in range(max_messages - 1):
+            if max_messages > BULK and pos >= safe_from and not batch[0][6]:
+                more = take_uniform(me, batch[0], pos, max_messages - 1)
+                if more:  # messages of the first one's size, read with numpy
+                    batch += more
+                    pos, wcache = me._pos, me._wcache
+            for _ in range(max_messages - len(batch)):
                 if pos >= wcache:
                     wcache = me._wcache = words[H_WRITE]
                     if pos >= wcache:
@@ -262,7 +268,6 @@ class Consumer:
         at the end of the ring's data area.  Raises :class:`Timeout`, and ValueError
         if the next message does not fit ``dtype`` (receive it with :meth:`recv`).
         On ``overwrite`` rings each call returns one message, copied."""
-        from .arrays import recv_array
         return recv_array(self, dtype, max_messages, timeout)
 
     def try_recv(self) -> Message | None:

@@ -20,6 +20,7 @@ import time
 from typing import Iterable
 
 from . import layout, liveness, naming, ring
+from .arrays import send_array, send_uniform
 from .claim import Claim
 from .errors import LayoutMismatch, MessageTooLarge, RingBusy, ShmbusError
 from .layout import (H_COUNT, H_GENERATION, H_LAST, H_PRODUCER_EPOCH, H_PRODUCER_PID,
@@ -233,6 +234,10 @@ class Producer(Room):
         call.  If the ring fills up midway, what was written so far is published
         before waiting for room."""
         self._check_usable()
+        if keys is None and _stamps is None and not _flags:
+            sent = send_uniform(self, messages, timeout)  # one size: numpy writes them
+            if sent is not None:
+                return sent
         first = self._seq
         deadline = None if timeout is None else time.monotonic() + timeout
         key_iter = iter(keys) if keys is not None else None
@@ -282,7 +287,6 @@ class Producer(Room):
         ``send_many`` (numpy writes the records of a batch at once); read them with
         :meth:`Consumer.recv_array`.  Waits for room like ``send_many``; returns the
         range of their seqs."""
-        from .arrays import send_array
         return send_array(self, array, timeout)
 
     def claim(self, size: int, key=None, *, timeout: float | None = None) -> Claim:
