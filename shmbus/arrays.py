@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 from itertools import repeat
+from operator import add
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -163,34 +164,37 @@ def send_uniform(p: Producer, messages, timeout: float | None) -> range | None:
 
 
 def take_uniform(c: Consumer, first: Message, pos: int, limit: int) -> list[Message]:
-    """Up to ``limit`` messages from ``pos`` that have ``first``'s size and key length
-    and no flags, as :class:`Message` objects built from one numpy read of their
-    headers; [] when fewer than :data:`BULK` such follow (the caller reads them one by
-    one).  ``pos`` must be protected (at or above the consumer's ``safe_from``)."""
-    plen = len(first[0])
-    klen = 0 if first[1] is None else len(first[1])
-    stride = layout.record_size(klen, plen)
+    """Up to ``limit`` messages from ``pos`` whose records have ``first``'s size (keys
+    and payloads may split it differently) and no flags, as :class:`Message` objects
+    built from one numpy read of their headers; [] when fewer than :data:`BULK` such
+    follow (the caller reads them one by one).  ``pos`` must be protected (at or above
+    the consumer's ``safe_from``)."""
+    stride = layout.record_size(0 if first[1] is None else len(first[1]), len(first[0]))
     write = c._wcache = c._words[H_WRITE]
     idx = pos & c._mask
     count = min(limit, (write - pos) // stride, (c.capacity - idx) // stride)
     if count < BULK:
         return []
-    fits = layout.record_heads(c._data, idx, count, stride) == \
-        layout.head_word(plen, klen, 0)
+    headers = layout.record_headers(c._data, idx, count, stride)
+    lengths = headers["length"].astype(np.int64)
+    klens = headers["key_length"].astype(np.int64)
+    fits = ((RECORD_HEADER + 7 + klens + lengths) & -8 == stride) & (headers["flags"] == 0)
     n = count if fits.all() else int(fits.argmin())
     if n < BULK:
         return []
-    headers, data = layout.record_headers(c._data, idx, n, stride), c._data
-    body = idx + RECORD_HEADER + klen
+    data, body = c._data, idx + RECORD_HEADER
     starts = range(body, body + n * stride, stride)
-    views = [data[s:s + plen] for s in starts]
-    if klen:
+    klens_ = klens[:n].tolist()
+    if any(klens_):
         mm, off = c._seg._mmap, c._seg.data_offset
-        keys = [mm[off + s - klen:off + s] for s in starts]
+        keys: object = [mm[off + s:off + s + k] if k else None
+                        for s, k in zip(starts, klens_)]
+        starts = map(add, starts, klens_)
     else:
         keys = repeat(None)
+    views = [data[s:s + n_] for s, n_ in zip(starts, lengths[:n].tolist())]
     messages = list(map(tuple.__new__, repeat(Message), zip(
-        views, keys, headers["seq"].tolist(), headers["timestamp_ns"].tolist(),
+        views, keys, headers["seq"][:n].tolist(), headers["timestamp_ns"][:n].tolist(),
         repeat(c), range(pos + stride, pos + (n + 1) * stride, stride), repeat(0))))
     c._pos = pos + n * stride
     return messages

@@ -306,13 +306,3 @@ def record_rows(data: memoryview, idx: int, count: int, stride: int) -> np.ndarr
     per record (a view)."""
     return np.ndarray((count, stride), np.uint8, buffer=data, offset=idx)
 
-
-def record_heads(data: memoryview, idx: int, count: int, stride: int) -> np.ndarray:
-    """The first word of each of those records (length, key length and flags, as
-    :func:`head_word` packs them), to compare many at once."""
-    return np.ndarray((count,), "<u8", buffer=data, offset=idx, strides=(stride,))
-
-
-def head_word(length: int, key_length: int, flags: int) -> int:
-    """A record's first 8 bytes read as one little-endian word."""
-    return length | key_length << 32 | flags << 48

@@ -12,7 +12,7 @@ from shmbus.arrays import BULK
 
 @pytest.fixture
 def ring(ns):
-    pub = shmbus.Producer("r", capacity=1 << 13)  # 8 KiB: batches wrap often
+    pub = shmbus.Producer("r", capacity=1 << 14)  # 16 KiB: batches wrap often
     yield pub
     pub.unlink()
 
@@ -38,11 +38,14 @@ def test_keys_sizes_and_buffers_mixed_in_one_batch(ring):
         ring.send_many([b"c" * 8] * 5 + [b"dd" * 8] * N)          # size changes
         ring.send_many([np.arange(2, dtype=np.float64)] * N)         # 16-byte arrays
         ring.send_many([memoryview(b"e" * 8)] + [b"f" * 8] * N)      # not all bytes
+        varied = [b"k%d" % (i * 7) for i in range(N)]  # 2-3 byte keys: records of one size
+        ring.send_many([b"g" * 64] * N, keys=varied)
         expect = ([(f"k{i:02d}".encode(), b"a" * 8) for i in range(N)]
                   + [(None, b"b" * 8)] * (N + 3) + [(None, b"c" * 8)] * 5
                   + [(None, b"dd" * 8)] * N
                   + [(None, np.arange(2, dtype=np.float64).tobytes())] * N
-                  + [(None, b"e" * 8)] + [(None, b"f" * 8)] * N)
+                  + [(None, b"e" * 8)] + [(None, b"f" * 8)] * N
+                  + [(k, b"g" * 64) for k in varied])
         got = []
         while len(got) < len(expect):
             for m in sub.recv_many(1000, timeout=1):
