@@ -24,6 +24,7 @@ from typing import NamedTuple
 import numpy as np
 
 from . import layout
+from .arrays import BULK
 from .consumer import Consumer
 from .errors import CorruptRing, Timeout
 from .layout import (H_WRITE, RECORD, RECORD_HEAD, RECORD_HEADER, RECORD_RESTAMP,
@@ -82,9 +83,12 @@ def take_run(consumer: Consumer, max_records: int, keys: bool = False) -> Run | 
         c._pos = pos
         return False
     first = idx = pos & mask
+    limit = min(cap, first + write - pos)
+    run = _take_uniform(c, pos, idx, limit, max_records, keys)
+    if run is not None:
+        return run
     bounds: list[int] = []
     klens: list[int] = []
-    limit = min(cap, first + write - pos)
     stop = min(limit, pad_limit + 1)  # a header must fit before the end
     max_record = c._max_record
     append, append_klen = bounds.append, klens.append
@@ -113,6 +117,34 @@ def take_run(consumer: Consumer, max_records: int, keys: bool = False) -> Run | 
     bounds.append(idx)
     c._pos = pos + idx - first
     return Run(data, pos, bounds, key_list, max(stride, 0))
+
+
+def _take_uniform(c: Consumer, pos: int, idx: int, limit: int, max_records: int,
+                  keys: bool) -> Run | None:
+    """The run from ``idx`` if at least BULK records of the first one's size follow,
+    found with one numpy read of their headers; else None (walk them one by one)."""
+    data = c._data
+    plen, klen, flags = _head(data, idx)
+    stride = (RECORD_HEADER + 7 + klen + plen) & -8
+    count = min(max_records, (limit - idx) // stride)
+    if count < BULK or flags & REC_PAD or stride > c._max_record:
+        return None
+    headers = layout.record_headers(data, idx, count, stride)
+    lengths = headers["length"].astype(np.int64)
+    klens = headers["key_length"].astype(np.int64)
+    fits = ((RECORD_HEADER + 7 + klens + lengths) & -8 == stride) & \
+        (headers["flags"] & REC_PAD == 0)
+    n = count if fits.all() else int(fits.argmin())
+    if n < BULK:
+        return None
+    bounds = list(range(idx, idx + (n + 1) * stride, stride))
+    key_list = None
+    if keys:
+        mm, at = c._seg._mmap, c._seg.data_offset + RECORD_HEADER
+        key_list = [mm[at + s:at + s + k] if k else None
+                    for s, k in zip(bounds, klens[:n].tolist())]
+    c._pos = pos + n * stride
+    return Run(data, pos, bounds, key_list, stride)
 
 
 def give_back(consumer: Consumer, run: Run, i: int) -> None:
