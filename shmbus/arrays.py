@@ -56,6 +56,20 @@ def send_array(p: Producer, array, timeout: float | None) -> range:
             f"messages of {size} bytes do not fit ring {p.name!r} of capacity "
             f"{p.capacity}: the largest payload is {limit} bytes; create the ring with "
             "a larger capacity", name=p.name, size=size, limit=limit)
+    def fill(headers: np.ndarray, idx: int, done: int, k: int) -> None:
+        headers["length"] = size
+        headers["key_length"] = 0
+        layout.record_payloads(p._data, idx, k, stride, np.dtype((np.uint8, size)))[:] = \
+            rows[done:done + k]
+    return _send_records(p, count, stride, size, fill, timeout)
+
+
+def _send_records(p: Producer, count: int, stride: int, size: int, fill,
+                  timeout: float | None) -> range:
+    """Write ``count`` records of ``stride`` bytes in chunks that fit before the end
+    of the data area: make room, stamp seq, flags and time, let ``fill(headers, idx,
+    done, k)`` write lengths, keys and payloads of messages done..done+k, checkpoint,
+    publish each chunk."""
     deadline = None if timeout is None else time.monotonic() + timeout
     now, first, done = time.monotonic_ns(), p._seq, 0
     per_chunk = max(1, p._max_record // stride)
@@ -67,13 +81,10 @@ def send_array(p: Producer, array, timeout: float | None) -> range:
             pos = p._reserve(k * stride, 0, size, timeout, deadline)
         idx, end = pos & p._mask, pos + k * stride
         headers = layout.record_headers(p._data, idx, k, stride)
-        headers["length"] = size
-        headers["key_length"] = 0
         headers["flags"] = 0
         headers["seq"] = np.arange(p._seq, p._seq + k, dtype=np.uint64)
         headers["timestamp_ns"] = now
-        layout.record_payloads(p._data, idx, k, stride, np.dtype((np.uint8, size)))[:] = \
-            rows[done:done + k]
+        fill(headers, idx, done, k)
         cp_next = p._cp_next
         while cp_next < end:  # records that start in a new block are checkpointed
             record = pos + -(-(cp_next - pos) // stride) * stride
@@ -143,11 +154,13 @@ def _check(c: Consumer, dtype: np.dtype, length: int, key_length: int, seq: int)
             "dtype's size without a key; receive this one with recv()")
 
 
-def send_uniform(p: Producer, messages, timeout: float | None) -> range | None:
+def send_uniform(p: Producer, messages, keys, timeout: float | None) -> range | None:
     """``send_many`` of a list of at least :data:`BULK` messages that are all buffers of
-    one size, without keys: written as one array (None if they are not such a list)."""
+    one size, with no keys or a list of bytes keys that keep every record the same
+    size: written a chunk at a time with numpy (None if they are not such lists)."""
     if type(messages) is not list or len(messages) < BULK:
         return None
+    count = len(messages)
     size = len(messages[0]) if type(messages[0]) is bytes else 0
     if not size:
         return None
@@ -157,10 +170,40 @@ def send_uniform(p: Producer, messages, timeout: float | None) -> range | None:
         return None
     # len() of a buffer counts elements, not bytes; the total tells whether every one
     # of them has exactly `size` bytes.
-    if len(joined) != size * len(messages):
+    if len(joined) != size * count:
         return None
-    return send_array(p, np.frombuffer(joined, np.uint8).reshape(len(messages), size),
-                      timeout)
+    payloads = np.frombuffer(joined, np.uint8).reshape(count, size)
+    if keys is None:
+        return send_array(p, payloads, timeout)
+    if type(keys) is not list or len(keys) != count or \
+            not all(type(k) is bytes for k in keys):
+        return None  # str keys, other lengths: the general path encodes and checks
+    klens = list(map(len, keys))
+    shortest, longest = min(klens), max(klens)
+    stride = layout.record_size(longest, size)
+    if longest > 0xFFFF or layout.record_size(shortest, size) != stride or \
+            stride > p._max_record:
+        return None
+    data = p._data
+
+    def fill(headers: np.ndarray, idx: int, done: int, k: int) -> None:
+        headers["length"] = size
+        headers["key_length"] = klens[done:done + k]
+        rows = layout.record_rows(data, idx, k, stride)
+        if shortest == longest:  # keys and payloads as two blocks
+            rows[:, RECORD_HEADER:RECORD_HEADER + longest] = np.frombuffer(
+                b"".join(keys[done:done + k]), np.uint8).reshape(k, longest)
+            rows[:, RECORD_HEADER + longest:RECORD_HEADER + longest + size] = \
+                payloads[done:done + k]
+            return
+        at, src = idx + RECORD_HEADER, memoryview(joined)
+        for key, start in zip(keys[done:done + k], range(done * size, (done + k) * size,
+                                                         size)):
+            n = len(key)
+            data[at:at + n] = key
+            data[at + n:at + n + size] = src[start:start + size]
+            at += stride
+    return _send_records(p, count, stride, size, fill, timeout)
 
 
 def take_uniform(c: Consumer, first: Message, pos: int, limit: int) -> list[Message]:

@@ -234,8 +234,8 @@ class Producer(Room):
         call.  If the ring fills up midway, what was written so far is published
         before waiting for room."""
         self._check_usable()
-        if keys is None and _stamps is None and not _flags:
-            sent = send_uniform(self, messages, timeout)  # one size: numpy writes them
+        if _stamps is None and not _flags:
+            sent = send_uniform(self, messages, keys, timeout)  # one size: numpy writes
             if sent is not None:
                 return sent
         first = self._seq

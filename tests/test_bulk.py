@@ -38,14 +38,16 @@ def test_keys_sizes_and_buffers_mixed_in_one_batch(ring):
         ring.send_many([b"c" * 8] * 5 + [b"dd" * 8] * N)          # size changes
         ring.send_many([np.arange(2, dtype=np.float64)] * N)         # 16-byte arrays
         ring.send_many([memoryview(b"e" * 8)] + [b"f" * 8] * N)      # not all bytes
-        varied = [b"k%d" % (i * 7) for i in range(N)]  # 2-3 byte keys: records of one size
+        varied = [b"k%d" % (i * 7) for i in range(N)]  # 2-4 byte keys: records of one size
         ring.send_many([b"g" * 64] * N, keys=varied)
+        ring.send_many([np.full(8, i, np.float64) for i in range(N)], keys=varied)
         expect = ([(f"k{i:02d}".encode(), b"a" * 8) for i in range(N)]
                   + [(None, b"b" * 8)] * (N + 3) + [(None, b"c" * 8)] * 5
                   + [(None, b"dd" * 8)] * N
                   + [(None, np.arange(2, dtype=np.float64).tobytes())] * N
                   + [(None, b"e" * 8)] + [(None, b"f" * 8)] * N
-                  + [(k, b"g" * 64) for k in varied])
+                  + [(k, b"g" * 64) for k in varied]
+                  + [(k, np.full(8, i, np.float64).tobytes()) for i, k in enumerate(varied)])
         got = []
         while len(got) < len(expect):
             for m in sub.recv_many(1000, timeout=1):
