@@ -24,7 +24,7 @@ from . import layout
 from .message import Message
 from .errors import MessageTooLarge
 from .layout import H_WRITE, REC_PAD, RECORD_HEADER
-from .ring import checkpoint
+from .ring import checkpoint_strided
 
 if TYPE_CHECKING:
     from .consumer import Consumer
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 __all__ = ["send_array", "recv_array", "send_uniform", "take_uniform"]
 
 BULK = 16  # fewer messages than this: numpy's fixed cost per call is not worth it
+BULK_SIZE = 4096  # larger messages: send_many copies each once, as send does
 
 
 def send_array(p: Producer, array, timeout: float | None) -> range:
@@ -85,12 +86,7 @@ def _send_records(p: Producer, count: int, stride: int, size: int, fill,
         headers["seq"] = np.arange(p._seq, p._seq + k, dtype=np.uint64)
         headers["timestamp_ns"] = now
         fill(headers, idx, done, k)
-        cp_next = p._cp_next
-        while cp_next < end:  # records that start in a new block are checkpointed
-            record = pos + -(-(cp_next - pos) // stride) * stride
-            if record >= end:
-                break
-            cp_next = checkpoint(p._words, p._shift, cp_next, record)
+        cp_next = checkpoint_strided(p._words, p._shift, p._cp_next, pos, end, stride)
         p._cp_next, p._limit = cp_next, min(p._room, cp_next)
         p._seq += k
         p._write = end
@@ -162,7 +158,10 @@ def send_uniform(p: Producer, messages, keys, timeout: float | None) -> range | 
         return None
     count = len(messages)
     size = len(messages[0]) if type(messages[0]) is bytes else 0
-    if not size:
+    # Large messages gain nothing (the per-message cost is the copy, and joining
+    # would copy them twice); mixed sizes are turned away before any copy.
+    if not 0 < size <= BULK_SIZE or len(messages[-1]) != size or \
+            len(messages[count // 2]) != size:
         return None
     try:
         joined = b"".join(messages)
@@ -218,16 +217,12 @@ def take_uniform(c: Consumer, first: Message, pos: int, limit: int) -> list[Mess
     count = min(limit, (write - pos) // stride, (c.capacity - idx) // stride)
     if count < BULK:
         return []
-    headers = layout.record_headers(c._data, idx, count, stride)
-    lengths = headers["length"].astype(np.int64)
-    klens = headers["key_length"].astype(np.int64)
-    fits = ((RECORD_HEADER + 7 + klens + lengths) & -8 == stride) & (headers["flags"] == 0)
-    n = count if fits.all() else int(fits.argmin())
+    n, headers = layout.uniform_prefix(c._data, idx, count, stride, 0xFFFF)
     if n < BULK:
         return []
     data, body = c._data, idx + RECORD_HEADER
     starts = range(body, body + n * stride, stride)
-    klens_ = klens[:n].tolist()
+    klens_ = headers["key_length"].tolist()
     if any(klens_):
         mm, off = c._seg._mmap, c._seg.data_offset
         keys: object = [mm[off + s:off + s + k] if k else None
@@ -235,9 +230,9 @@ def take_uniform(c: Consumer, first: Message, pos: int, limit: int) -> list[Mess
         starts = map(add, starts, klens_)
     else:
         keys = repeat(None)
-    views = [data[s:s + n_] for s, n_ in zip(starts, lengths[:n].tolist())]
+    views = [data[s:s + n_] for s, n_ in zip(starts, headers["length"].tolist())]
     messages = list(map(tuple.__new__, repeat(Message), zip(
-        views, keys, headers["seq"][:n].tolist(), headers["timestamp_ns"][:n].tolist(),
+        views, keys, headers["seq"].tolist(), headers["timestamp_ns"].tolist(),
         repeat(c), range(pos + stride, pos + (n + 1) * stride, stride), repeat(0))))
     c._pos = pos + n * stride
     return messages

@@ -31,7 +31,7 @@ from .layout import (H_WRITE, RECORD, RECORD_HEAD, RECORD_HEADER, RECORD_RESTAMP
                      RECORD_RESTAMP_OFFSET, REC_PAD)
 from .message import Message
 from .producer import Producer
-from .ring import checkpoint
+from .ring import checkpoint, checkpoint_strided
 
 __all__ = ["Run", "take_run", "give_back", "forward", "run_message"]
 
@@ -129,12 +129,7 @@ def _take_uniform(c: Consumer, pos: int, idx: int, limit: int, max_records: int,
     count = min(max_records, (limit - idx) // stride)
     if count < BULK or flags & REC_PAD or stride > c._max_record:
         return None
-    headers = layout.record_headers(data, idx, count, stride)
-    lengths = headers["length"].astype(np.int64)
-    klens = headers["key_length"].astype(np.int64)
-    fits = ((RECORD_HEADER + 7 + klens + lengths) & -8 == stride) & \
-        (headers["flags"] & REC_PAD == 0)
-    n = count if fits.all() else int(fits.argmin())
+    n, headers = layout.uniform_prefix(data, idx, count, stride, REC_PAD)
     if n < BULK:
         return None
     bounds = list(range(idx, idx + (n + 1) * stride, stride))
@@ -142,7 +137,7 @@ def _take_uniform(c: Consumer, pos: int, idx: int, limit: int, max_records: int,
     if keys:
         mm, at = c._seg._mmap, c._seg.data_offset + RECORD_HEADER
         key_list = [mm[at + s:at + s + k] if k else None
-                    for s, k in zip(bounds, klens[:n].tolist())]
+                    for s, k in zip(bounds, headers["key_length"].tolist())]
     c._pos = pos + n * stride
     return Run(data, pos, bounds, key_list, stride)
 
@@ -188,6 +183,9 @@ def forward(producer: Producer, run: Run, indexes: range | list[int],
             count //= 2
     if not count:
         return 0
+    base = pos & p._mask
+    if type(indexes) is range:  # records adjacent in the source: one copy
+        p._data[base:base + total] = run.data[bounds[indexes.start]:bounds[indexes.stop]]
     if run.stride:
         seq = _copy_uniform(p, run, indexes, count, pos, flags)
     else:
@@ -200,13 +198,12 @@ def forward(producer: Producer, run: Run, indexes: range | list[int],
 
 def _copy_each(p: Producer, run: Run, indexes, count: int, pos: int, total: int,
                flags: int) -> int:
-    """Copy records of mixed sizes (one copy per stretch adjacent in the source), then
-    stamp each; return the next seq."""
+    """Copy records of mixed sizes (unless ``indexes`` is a range: copied already; else
+    one copy per stretch adjacent in the source), then stamp each; return the next
+    seq."""
     bounds = run.bounds
     src, data, base = run.data, p._data, pos & p._mask
-    if type(indexes) is range:
-        data[base:base + total] = src[bounds[indexes.start]:bounds[indexes.stop]]
-    else:  # one copy per stretch of records adjacent in src
+    if type(indexes) is not range:
         out, s, e = base, bounds[indexes[0]], bounds[indexes[0]]
         for i in indexes:
             start = bounds[i]
@@ -238,24 +235,18 @@ def _copy_each(p: Producer, run: Run, indexes, count: int, pos: int, total: int,
 
 def _copy_uniform(p: Producer, run: Run, indexes, count: int, pos: int,
                   flags: int) -> int:
-    """Copy records that all have ``run.stride`` bytes with numpy (rows gathered in
-    one call) and stamp them with one assignment per field; return the next seq."""
+    """Copy records that all have ``run.stride`` bytes (unless ``indexes`` is a range:
+    copied already) with numpy, rows gathered in one call, and stamp them with one
+    assignment per field; return the next seq."""
     stride, bounds, data, base = run.stride, run.bounds, p._data, pos & p._mask
-    if type(indexes) is range:
-        data[base:base + count * stride] = \
-            run.data[bounds[indexes.start]:bounds[indexes.stop]]
-    else:
+    if type(indexes) is not range:
         rows = layout.record_rows(run.data, bounds[0], len(bounds) - 1, stride)
         np.take(rows, indexes, axis=0, out=layout.record_rows(data, base, count, stride))
     headers = layout.record_headers(data, base, count, stride)
     headers["flags"] = flags
     headers["seq"] = np.arange(p._seq, p._seq + count, dtype=np.uint64)
-    end, cp_next = pos + count * stride, p._cp_next
-    while cp_next < end:  # records that start in a new block are checkpointed
-        record = pos + -(-(cp_next - pos) // stride) * stride
-        if record >= end:
-            break
-        cp_next = checkpoint(p._words, p._shift, cp_next, record)
+    cp_next = checkpoint_strided(p._words, p._shift, p._cp_next, pos, pos + count * stride,
+                                 stride)
     p._cp_next, p._limit = cp_next, min(p._room, cp_next)
     return p._seq + count
 

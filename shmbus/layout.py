@@ -306,3 +306,16 @@ def record_rows(data: memoryview, idx: int, count: int, stride: int) -> np.ndarr
     per record (a view)."""
     return np.ndarray((count, stride), np.uint8, buffer=data, offset=idx)
 
+
+
+def uniform_prefix(data: memoryview, idx: int, count: int, stride: int,
+                   flag_mask: int) -> tuple[int, np.ndarray]:
+    """How many of the ``count`` records at ``idx`` (as if each had ``stride`` bytes)
+    really have ``stride`` bytes and none of ``flag_mask``'s flags, counting from the
+    first; and their headers."""
+    headers = record_headers(data, idx, count, stride)
+    sizes = (RECORD_HEADER + ALIGN - 1 + headers["key_length"].astype(np.int64)
+             + headers["length"]) & ~(ALIGN - 1)
+    fits = (sizes == stride) & (headers["flags"] & flag_mask == 0)
+    n = count if fits.all() else int(fits.argmin())
+    return n, headers[:n]

@@ -14,6 +14,7 @@ from typing import Iterator, NamedTuple
 from .layout import CHECKPOINTS, H_CHECKPOINTS, RECORD, RECORD_HEADER, REC_PAD, record_size
 
 __all__ = ["Record", "padding_at", "write_padding", "read", "walk", "seq_at", "checkpoint",
+           "checkpoint_strided",
            "first_unwritten_checkpoint", "find_boundary", "next_seq_after"]
 
 _unpack = RECORD.unpack_from
@@ -86,6 +87,18 @@ def checkpoint(words: memoryview, shift: int, cp_next: int, pos: int) -> int:
     for b in range(cp_next >> shift, block + 1):
         words[H_CHECKPOINTS + (b & _CP_MASK)] = pos
     return (block + 1) << shift
+
+
+def checkpoint_strided(words: memoryview, shift: int, cp_next: int, pos: int, end: int,
+                       stride: int) -> int:
+    """:func:`checkpoint` for records of ``stride`` bytes each from ``pos`` to ``end``:
+    every one that starts in a new block is recorded; return the new ``cp_next``."""
+    while cp_next < end:
+        record = pos + -(-(cp_next - pos) // stride) * stride  # first at or after it
+        if record >= end:
+            break
+        cp_next = checkpoint(words, shift, cp_next, record)
+    return cp_next
 
 
 def first_unwritten_checkpoint(words: memoryview, shift: int, write: int) -> int:
