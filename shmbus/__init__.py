@@ -6,8 +6,8 @@ Public names only; see README.md for a tour and DESIGN.md for the contract.
 from __future__ import annotations
 
 from .consumer import Consumer, Message
-from .errors import (CorruptRing, DurableBusy, InvalidName, LayoutMismatch, LeaseLost,
-                     MessageTooLarge, NotHeld, RingBusy, RingNotFound, ShmbusError,
+from .errors import (Closed, CorruptRing, DurableBusy, InvalidName, LayoutMismatch, LeaseLost,
+                     MessageTooLarge, NotHeld, PermissionDenied, RingBusy, RingNotFound, ShmbusError,
                      ShmFull, Timeout)
 from .introspect import inspect, list_locks, list_rings
 from .lease import Fence, Lease, list_leases
@@ -24,5 +24,5 @@ __all__ = [
     "list_rings", "inspect", "list_locks", "list_leases", "unlink", "LAYOUT_VERSION",
     "ShmbusError", "RingNotFound", "RingBusy", "DurableBusy", "LayoutMismatch",
     "CorruptRing", "MessageTooLarge", "InvalidName", "Timeout", "LeaseLost", "NotHeld",
-    "ShmFull",
+    "ShmFull", "Closed", "PermissionDenied",
 ]

@@ -22,6 +22,8 @@ __all__ = [
     "LeaseLost",
     "NotHeld",
     "ShmFull",
+    "Closed",
+    "PermissionDenied",
 ]
 
 
@@ -90,3 +92,14 @@ class NotHeld(ShmbusError, RuntimeError):
 
 class ShmFull(ShmbusError, OSError):
     """``/dev/shm`` has no room for a new segment."""
+
+
+class Closed(ShmbusError):
+    """The object was closed (by this code, maybe from another thread), or is used in a
+    process other than the one that opened it (after ``fork``): open a new one."""
+
+
+class PermissionDenied(ShmbusError, PermissionError):
+    """Something shmbus was to open in ``/dev/shm`` is not ours (another owner, an
+    unexpected type or permission bits, a symlink), or we may not open it: ``path``,
+    ``owner`` and the message say what was found and what to do."""

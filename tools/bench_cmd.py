@@ -4,6 +4,8 @@ repeats and JSON, are in the source tree's ``bench/``."""
 
 from __future__ import annotations
 
+import sys
+
 import click
 
 from .cli import emit_json, json_option
@@ -25,7 +27,7 @@ def command(messages: int, only: str | None, as_json: bool) -> None:
     results, rows = {}, []
     base = None
     with click.progressbar([Shmbus(), *peers], label="throughput and round trip",
-                           file=click.get_text_stream("stderr"),
+                           file=sys.stderr,
                            item_show_func=lambda t: t.name if t else "") as bar:
         for t in bar:
             n = messages if not isinstance(t, MpQueue) else messages // 4

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import time
 
 import click
@@ -91,7 +92,7 @@ def command(interval, iterations, once, namespace, as_json) -> None:
             if as_json:
                 emit_json(data)
             else:
-                if iterations is None and click.get_text_stream("stdout").isatty():
+                if iterations is None and sys.stdout.isatty():
                     click.clear()
                 click.echo(text)
             prev = cur
