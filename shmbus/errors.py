@@ -21,6 +21,7 @@ __all__ = [
     "Timeout",
     "LeaseLost",
     "NotHeld",
+    "AlreadyHeld",
     "ShmFull",
     "Closed",
     "PermissionDenied",
@@ -88,6 +89,11 @@ class LeaseLost(ShmbusError):
 
 class NotHeld(ShmbusError, RuntimeError):
     """A lock or lease was released (or renewed) by a process that does not hold it."""
+
+
+class AlreadyHeld(ShmbusError, RuntimeError):
+    """A non-reentrant lock was acquired again by the thread that holds it: a
+    programming error, not a reason to wait (it is never a ``Timeout``)."""
 
 
 class ShmFull(ShmbusError, OSError):
