@@ -70,23 +70,23 @@ class _PathState:
 
 
 _states: dict[str, _PathState] = {}
-_states_guard = threading.Lock()
 
 
 def _state_for(path: str) -> _PathState:
-    with _states_guard:
-        st = _states.get(path)
-        if st is None:
-            st = _states[path] = _PathState()
-        return st
+    # No lock around the dict: a finalizer (a Consumer's ``__del__`` closing its lock)
+    # can run inside any allocation here, on this very thread, and would wait for itself
+    # on a lock this function held.  ``dict.setdefault`` is atomic under the GIL, so two
+    # threads still end up with one state per path.
+    st = _states.get(path)
+    if st is None:
+        st = _states.setdefault(path, _PathState())
+    return st
 
 
 def _after_fork_in_child() -> None:
     # The child must not hold its parent's locks: close the inherited descriptors
     # (this does not release the parent's lock: the parent's descriptor stays open).
-    global _states_guard
-    _states_guard = threading.Lock()
-    for st in _states.values():
+    for st in list(_states.values()):
         if st.fd >= 0:
             try:
                 os.close(st.fd)

@@ -30,7 +30,7 @@ from typing import Any, Callable
 import pytest
 
 __all__ = ["OTHER_UID", "OTHER_GID", "THIRD_UID", "THIRD_GID", "ChildTimeout",
-           "ChildError", "needs_root", "run_as"]
+           "ChildError", "needs_root", "run_as", "run_forked"]
 
 OTHER_UID = OTHER_GID = 1001   # "the attacker" / "the other user"
 THIRD_UID = THIRD_GID = 1002   # a third user (e.g. a member of a shared group)
@@ -51,13 +51,26 @@ def run_as(uid: int, gid: int, fn: Callable[..., Any], *args: Any, timeout: floa
            **kwargs: Any) -> Any:
     """Call ``fn(*args, **kwargs)`` in a forked child running as ``uid``:``gid`` (no
     supplementary groups) and return its result; re-raise what it raised."""
+    return _run((uid, gid), fn, args, kwargs, timeout)
+
+
+def run_forked(fn: Callable[..., Any], *args: Any, timeout: float = 10,
+               **kwargs: Any) -> Any:
+    """Like :func:`run_as`, but the child keeps this process's user: for code that may
+    hang or break the process's state (a deadlock is then a :class:`ChildTimeout`)."""
+    return _run(None, fn, args, kwargs, timeout)
+
+
+def _run(ids: tuple[int, int] | None, fn: Callable, args: tuple, kwargs: dict,
+         timeout: float) -> Any:
+    uid = os.getuid() if ids is None else ids[0]
     rfd, wfd = os.pipe()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads (3.12+)
         pid = os.fork()
     if pid == 0:  # pragma: no cover - runs in the child
         os.close(rfd)
-        _child(wfd, uid, gid, fn, args, kwargs)
+        _child(wfd, ids, fn, args, kwargs)
     os.close(wfd)
     try:
         raw = _read_all(rfd, pid, timeout)
@@ -73,13 +86,16 @@ def run_as(uid: int, gid: int, fn: Callable[..., Any], *args: Any, timeout: floa
     raise value
 
 
-def _child(wfd: int, uid: int, gid: int, fn: Callable, args: tuple, kwargs: dict) -> None:
+def _child(wfd: int, ids: tuple[int, int] | None, fn: Callable, args: tuple,
+           kwargs: dict) -> None:
     code = 0
+    uid = os.getuid() if ids is None else ids[0]
     try:
         try:
-            os.setgroups([])
-            os.setgid(gid)
-            os.setuid(uid)
+            if ids is not None:
+                os.setgroups([])
+                os.setgid(ids[1])
+                os.setuid(ids[0])
             payload = (True, fn(*args, **kwargs))
         except BaseException as e:  # noqa: BLE001 - everything goes back to the parent
             payload = (False, e)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import threading
 
@@ -11,6 +12,7 @@ import shmbus
 from shmbus import naming
 
 from . import procs as P
+from .security import run_forked
 from .support import SPAWN, kill9, start
 
 pytestmark = pytest.mark.timeout(120)
@@ -130,3 +132,38 @@ def test_lock_files_vanish_and_list_locks(ns):
         assert listed["a"]["holders"][0]["pid"] == os.getpid()
         assert listed["b"]["holders"][0]["mode"] == "shared"
     assert not os.path.exists(naming.lock_dir(ns))
+
+
+def _finalizer_inside_state_for(ns: str) -> str:
+    """In a forked child: a garbage collection inside ``_state_for`` runs a finalizer
+    that releases another FileLock (what a Consumer's ``__del__`` does)."""
+    from shmbus import lock as lock_module
+
+    victim = shmbus.FileLock("gc-victim")
+    victim.acquire()
+
+    class Finalized:
+        def __del__(self):
+            victim.release()  # -> _state_for, on the thread that is inside it
+
+    real = lock_module._PathState
+
+    def collecting_state():
+        garbage = Finalized()
+        garbage.cycle = garbage  # only the cyclic collector frees it
+        del garbage
+        gc.collect()
+        return real()
+
+    lock_module._PathState = collecting_state
+    other = shmbus.FileLock("gc-other")
+    with other:
+        pass
+    return "no deadlock" if not victim.held else "finalizer did not run"
+
+
+@pytest.mark.timeout(30)
+def test_finalizer_during_state_lookup_does_not_deadlock(ns):
+    # Issue 11 item 2: Producer.__init__ -> _state_for held a lock -> allocation -> GC
+    # -> Consumer.__del__ -> _state_for waited for that lock on the same thread.
+    assert run_forked(_finalizer_inside_state_for, ns, timeout=10) == "no deadlock"
