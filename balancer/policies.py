@@ -102,22 +102,32 @@ class RoundRobin(Policy):
         return None
 
     def share(self, count: int, room: Mapping[str, int]) -> list[tuple[str, int]]:
-        """Split ``count`` consecutive messages into one share per worker, in turn:
-        as equal as ``room`` (how many more each worker may take; 0 or less skips
-        it) allows; the turn moves past the last worker served.  What fits nowhere
-        is left out (the shares may add up to less than ``count``)."""
+        """Split ``count`` consecutive messages into one share per worker, exactly as
+        dealing them one at a time in turn would (a worker whose ``room``, how many
+        more it may take, is used up drops out of the deal; 0 or less skips it): the
+        shares differ by at most one, the extra messages of a batch go to the first
+        workers in turn, and the turn moves past the last worker dealt to, so over
+        many batches every worker gets as many as the others, give or take one.  What
+        fits nowhere is left out (the shares may add up to less than ``count``)."""
         n = len(self._workers)
         order = [self._workers[(self._next + i) % n] for i in range(n)]
-        open_ = [w for w in order if room.get(w, 0) > 0]
-        takes = {}
-        # Smallest room first, so that what one cannot take goes to the others.
-        for i, worker in enumerate(sorted(open_, key=room.__getitem__)):
-            takes[worker] = min(room[worker], -(-count // (len(open_) - i)))
-            count -= takes[worker]
-        shares = [(w, takes[w]) for w in open_ if takes[w] > 0]
-        if shares:
-            self._next = (self._workers.index(shares[-1][0]) + 1) % n
-        return shares
+        takes = {w: 0 for w in order if room.get(w, 0) > 0}
+        dealing = list(takes)  # in turn order, those with room left
+        last = None
+        while count and dealing:
+            rounds = min(count // len(dealing), min(room[w] - takes[w] for w in dealing))
+            if not rounds:  # fewer left than workers: one more each, in turn
+                for w in dealing[:count]:
+                    takes[w] += 1
+                last, count = dealing[count - 1], 0
+                break
+            for w in dealing:
+                takes[w] += rounds
+            last, count = dealing[-1], count - rounds * len(dealing)
+            dealing = [w for w in dealing if takes[w] < room[w]]
+        if last is not None:
+            self._next = (self._workers.index(last) + 1) % n
+        return [(w, k) for w, k in takes.items() if k > 0]
 
 
 class ConsistentHash(Policy):

@@ -32,14 +32,45 @@ def test_round_robin_shares_a_batch_in_turn_within_room():
     rr = RoundRobin(["a", "b", "c"])
     big = {"a": 100, "b": 100, "c": 100}
     assert rr.share(10, big) == [("a", 4), ("b", 3), ("c", 3)]
-    assert rr.share(1, big) == [("a", 1)]       # the turn moved past c, then past a
-    assert rr.share(1, big) == [("b", 1)]
+    assert rr.share(1, big) == [("b", 1)]       # a took the 10th: the turn is b's
+    assert rr.share(1, big) == [("c", 1)]
     # A full worker is skipped; a small one gives what it cannot take to the others.
-    assert rr.share(9, {"a": 0, "b": 100, "c": 2}) == [("c", 2), ("b", 7)]
+    assert rr.share(9, {"a": 0, "b": 100, "c": 2}) == [("b", 7), ("c", 2)]
     assert rr.share(9, {"a": 100, "b": 2, "c": 0}) == [("a", 7), ("b", 2)]
-    assert rr.share(9, {"a": 1, "b": 1, "c": 1}) == [("c", 1), ("a", 1), ("b", 1)]
+    assert rr.share(9, {"a": 1, "b": 1, "c": 1}) == [("b", 1), ("c", 1), ("a", 1)]
     assert rr.share(5, {"a": 0, "b": 0, "c": 0}) == []
     assert sum(n for _, n in rr.share(7, big)) == 7
+
+
+@pytest.mark.parametrize("workers, batch", [(2, 3), (3, 4), (3, 5), (4, 1), (5, 7)])
+def test_round_robin_shares_are_fair_over_many_batches(workers, batch):
+    """The extra messages of uneven batches go round: no worker is favoured."""
+    names = [f"w{i}" for i in range(workers)]
+    rr = RoundRobin(names)
+    room = dict.fromkeys(names, 1000)
+    total = Counter()
+    for i in range(1, 101):
+        for name, n in rr.share(batch, room):
+            total[name] += n
+        assert max(total[w] for w in names) - min(total[w] for w in names) <= 1
+    assert sum(total.values()) == 100 * batch
+
+
+def test_round_robin_shares_of_random_batches_stay_within_one():
+    import random
+    rng = random.Random(7)
+    names = ["a", "b", "c"]
+    rr = RoundRobin(names)
+    room = dict.fromkeys(names, 10_000)
+    total = Counter()
+    for _ in range(1000):
+        for name, n in rr.share(rng.randint(1, 20), room):
+            total[name] += n
+        assert max(total[w] for w in names) - min(total[w] for w in names) <= 1
+    # share and pick continue one turn: one more message goes to the one behind
+    behind = min(names, key=lambda w: (total[w], names.index(w)))
+    if max(total.values()) != min(total.values()):
+        assert rr.pick() == behind
 
 
 @pytest.mark.parametrize("n, limit", [(10, 1.06), (100, 1.12)])
