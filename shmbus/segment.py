@@ -7,6 +7,10 @@ with :class:`ShmFull`, never with a SIGBUS later), writes the header and sets th
 word last.  A segment whose header is all zero can only come from a creator that died
 before finishing: whoever next holds the create lock exclusively replaces it.
 
+Every segment is opened with ``os.open`` on its ``/dev/shm`` path (``O_NOFOLLOW``;
+``O_CREAT | O_EXCL`` to create) rather than ``shm_open``, so that the descriptor we map
+is the one we check: it must be ours, see :mod:`shmbus.ownership`.
+
 Closing unmaps; it never unlinks (rings outlive processes).  :func:`unlink` removes the
 segment with its semaphores and lock files.  We do not use
 ``multiprocessing.shared_memory``: its resource tracker unlinks segments a process
@@ -19,17 +23,16 @@ import errno
 import mmap
 import os
 import time
+from typing import Iterable
 
 import posix_ipc
 
-from . import layout, naming
-from .errors import CorruptRing, RingNotFound, ShmbusError, ShmFull
+from . import layout, naming, ownership
+from .errors import CorruptRing, PermissionDenied, RingNotFound, ShmFull
 from .lock import FileLock
+from .ownership import DEFAULT_MODE
 
 __all__ = ["Segment", "unlink"]
-
-_SEGMENT_MODE = 0o600
-
 
 class Segment:
     """A mapped ring segment: ``buf`` (whole segment), ``words`` (header and slots as
@@ -50,60 +53,86 @@ class Segment:
         self.data = self.buf[off:off + self.capacity]
         self.overwrite = bool(header["flags"] & layout.FLAG_OVERWRITE)
         self.inode = -1
+        self.mode = DEFAULT_MODE               # what we create for the ring, and accept
+        self.trust: frozenset[int] = frozenset()  # uids besides ours whose objects we accept
 
     # -- opening ----------------------------------------------------------------------
 
     @classmethod
     def open(cls, ns: str, ring: str, *, capacity: int | None = None, flags: int = 0,
              slot_count: int = layout.DEFAULT_SLOTS, create: bool = False,
-             lock_timeout: float = 10.0) -> "Segment":
+             lock_timeout: float = 10.0, mode: int = DEFAULT_MODE,
+             trust: int | Iterable[int] | None = None) -> "Segment":
         """Attach to ring ``ring``; with ``create`` make it first if it does not exist
-        (``capacity`` must then be given, already rounded)."""
+        (``capacity`` must then be given, already rounded).
+
+        The segment must be ours (see :mod:`shmbus.ownership`): a regular file, not a
+        symbolic link, owned by our effective uid or by a uid in ``trust``, with no
+        permission bits beyond ``mode``; otherwise :class:`PermissionDenied`.  A segment
+        we create gets exactly ``mode`` (0600 unless it is shared on purpose).
+        """
+        mode = ownership.check_mode(mode)
+        trusted = ownership.trusted(trust)
         mode_shared = not create
         lock = FileLock(naming.ring_lock_name(ring, "create"), shared=mode_shared,
                         namespace=ns, _internal=True)
         with lock.acquire(lock_timeout):
-            try:
-                return cls._attach(ns, ring, repair=create)
-            except RingNotFound:
-                if not create:
-                    raise
-            if capacity is None:
-                raise RingNotFound(
-                    f"ring {ring!r} does not exist in namespace {ns!r}: pass capacity= "
-                    "(bytes) to create it", name=ring, namespace=ns)
-            return cls._create(ns, ring, capacity, flags, slot_count)
+            for _ in range(2):
+                try:
+                    seg = cls._attach(ns, ring, repair=create, mode=mode, trust=trusted)
+                    break
+                except RingNotFound:
+                    if not create:
+                        raise
+                if capacity is None:
+                    raise RingNotFound(
+                        f"ring {ring!r} does not exist in namespace {ns!r}: pass "
+                        "capacity= (bytes) to create it", name=ring, namespace=ns)
+                try:
+                    seg = cls._create(ns, ring, capacity, flags, slot_count, mode)
+                    break
+                except FileExistsError:
+                    continue  # someone made it meanwhile (not under our lock): check it
+            else:
+                raise PermissionDenied(
+                    f"segment {naming.segment_path(ns, ring)} keeps appearing and "
+                    f"vanishing while ring {ring!r} is opened: another process (maybe "
+                    "another user) is racing for the name; use another namespace",
+                    path=naming.segment_path(ns, ring), owner=None)
+        seg.mode, seg.trust = mode, trusted
+        return seg
 
     @classmethod
-    def _attach(cls, ns: str, ring: str, repair: bool) -> "Segment":
-        shm_name = naming.segment_name(ns, ring)
+    def _attach(cls, ns: str, ring: str, repair: bool, mode: int = DEFAULT_MODE,
+                trust: frozenset[int] = frozenset()) -> "Segment":
+        path = naming.segment_path(ns, ring)
         try:
-            shm = posix_ipc.SharedMemory(shm_name)
-        except posix_ipc.ExistentialError:
+            fd = ownership.open_file(path, "segment of ring " + repr(ring), create=False,
+                                     mode=mode, trust=trust)
+        except FileNotFoundError:
             raise RingNotFound(
                 f"ring {ring!r} does not exist in namespace {ns!r} "
-                f"({naming.segment_path(ns, ring)} is missing): start its producer first, "
+                f"({path} is missing): start its producer first, "
                 "or check the name and namespace", name=ring, namespace=ns) from None
-        except posix_ipc.PermissionsError:
-            raise _permission_error(ns, ring) from None
         try:
-            size = shm.size
+            st = os.fstat(fd)
+            size = st.st_size
             if size < layout.HEADER_SIZE:
                 raise CorruptRing(
-                    f"segment {naming.segment_path(ns, ring)} is {size} bytes, too small "
+                    f"segment {path} is {size} bytes, too small "
                     f"for a shmbus ring (header {layout.HEADER_SIZE} bytes): remove it with "
                     f"`shmbus rm {ring}`", name=ring, found=size)
-            mm = mmap.mmap(shm.fd, size)
-            inode = os.fstat(shm.fd).st_ino
+            mm = mmap.mmap(fd, size)
         finally:
-            shm.close_fd()
+            os.close(fd)
         try:
             header = layout.check_header(mm, ring, size)
         except CorruptRing:
-            if repair and not any(mm[:layout.HEADER_SIZE]):
-                # A creator died before writing the header: nothing was ever published.
+            if repair and not any(mm[:layout.HEADER_SIZE]) and st.st_uid == os.geteuid():
+                # A creator (one of ours) died before writing the header: nothing was
+                # ever published.
                 mm.close()
-                posix_ipc.unlink_shared_memory(shm_name)
+                _unlink_if_same(path, st)
                 raise RingNotFound("half-made segment removed", name=ring) from None
             mm.close()
             raise
@@ -111,33 +140,32 @@ class Segment:
             mm.close()
             raise
         seg = cls(ns, ring, mm, header, created=False)
-        seg.inode = inode
+        seg.inode = st.st_ino
         return seg
 
     @classmethod
     def _create(cls, ns: str, ring: str, capacity: int, flags: int,
-                slot_count: int) -> "Segment":
+                slot_count: int, mode: int = DEFAULT_MODE) -> "Segment":
+        """Create the segment; FileExistsError if its name is taken meanwhile."""
         size = layout.segment_size(capacity, slot_count)
         _check_free_space(ring, size)
-        shm_name = naming.segment_name(ns, ring)
-        try:
-            shm = posix_ipc.SharedMemory(shm_name, posix_ipc.O_CREX, mode=_SEGMENT_MODE)
-        except posix_ipc.PermissionsError:
-            raise _permission_error(ns, ring) from None
+        path = naming.segment_path(ns, ring)
+        fd = ownership.open_file(path, "segment of ring " + repr(ring), create=True,
+                                 mode=mode)
         try:
             try:
-                os.posix_fallocate(shm.fd, 0, size)
+                os.posix_fallocate(fd, 0, size)
             except OSError as e:
                 if e.errno in (errno.ENOSPC, errno.ENOMEM, errno.EFBIG):
                     raise _full_error(ring, size) from None
                 raise
-            mm = mmap.mmap(shm.fd, size)
-            inode = os.fstat(shm.fd).st_ino
+            mm = mmap.mmap(fd, size)
+            inode = os.fstat(fd).st_ino
         except BaseException:
-            shm.close_fd()
-            posix_ipc.unlink_shared_memory(shm_name)
+            os.close(fd)
+            os.unlink(path)  # ours: created with O_EXCL, and others cannot replace it
             raise
-        shm.close_fd()
+        os.close(fd)
         layout.init_header(memoryview(mm), capacity=capacity, flags=flags,
                            slot_count=slot_count, created_at_ns=time.time_ns())
         header = layout.check_header(mm, ring, size)
@@ -171,7 +199,7 @@ class Segment:
         """Whether the ring's name still refers to this segment (not unlinked, and not
         replaced by a new ring of the same name)."""
         try:
-            return os.stat(naming.segment_path(self.namespace, self.ring)).st_ino == self.inode
+            return os.lstat(naming.segment_path(self.namespace, self.ring)).st_ino == self.inode
         except FileNotFoundError:
             return False
 
@@ -194,38 +222,45 @@ def _full_error(ring: str, size: int, free: int | None = None) -> ShmFull:
         name=ring, needed=size, free=free)
 
 
-def _permission_error(ns: str, ring: str) -> ShmbusError:
-    path = naming.segment_path(ns, ring)
-    owner = "another user"
+def _unlink_if_same(path: str, st: os.stat_result) -> None:
+    """Remove ``path`` if it is still the file ``st`` describes."""
     try:
-        owner = f"uid {os.stat(path).st_uid}"
-    except OSError:
-        pass
-    err = ShmbusError(
-        f"permission denied on ring {ring!r} ({path} belongs to {owner}): run as that "
-        "user, or use another namespace", name=ring, path=path)
-    return err
+        now = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if (now.st_ino, now.st_dev) == (st.st_ino, st.st_dev):
+        os.unlink(path)
 
 
 def unlink(ns: str, ring: str, *, lock_timeout: float = 10.0) -> bool:
     """Remove ring ``ring``'s segment, semaphores and idle lock files.  Returns whether
-    the segment existed.  Processes that have it mapped keep their mapping."""
+    the segment existed.  Processes that have it mapped keep their mapping.  Only what
+    is ours is removed: a segment of another owner, or a symbolic link or other odd
+    entry under the ring's name, raises :class:`PermissionDenied` (and a semaphore of
+    another owner is left alone)."""
+    path = naming.segment_path(ns, ring)
     lock = FileLock(naming.ring_lock_name(ring, "create"), namespace=ns, _internal=True)
     with lock.acquire(lock_timeout):
         try:
-            posix_ipc.unlink_shared_memory(naming.segment_name(ns, ring))
-            existed = True
-        except posix_ipc.ExistentialError:
+            st = os.lstat(path)
+        except FileNotFoundError:
             existed = False
-        except posix_ipc.PermissionsError:
-            raise _permission_error(ns, ring) from None
+        else:
+            ownership.check(st, path, f"segment of ring {ring!r}", mode=0o666)
+            try:
+                os.unlink(path)
+                existed = True
+            except FileNotFoundError:
+                existed = False
+            except PermissionError as e:
+                raise ownership.denied(path, f"segment of ring {ring!r}", e) from None
         remove_companions(ns, ring)
     return existed
 
 
 def remove_companions(ns: str, ring: str) -> list[str]:
-    """Remove the ring's semaphores and the lock files nobody holds; return what was
-    removed (as ``/dev/shm`` paths)."""
+    """Remove the ring's semaphores (those that are ours) and the lock files nobody
+    holds; return what was removed (as ``/dev/shm`` paths)."""
     removed = []
     sem_prefix = f"sem.{ns}.{ring}@"
     try:
@@ -234,16 +269,19 @@ def remove_companions(ns: str, ring: str) -> list[str]:
         entries = []
     for entry in entries:
         if entry.startswith(sem_prefix):
+            path = f"{naming.SHM_DIR}/{entry}"
+            if not ownership.is_ours(path):
+                continue  # not ours to remove (and sem_unlink would fail or follow it)
             try:
                 posix_ipc.unlink_semaphore("/" + entry[4:])
-                removed.append(f"{naming.SHM_DIR}/{entry}")
-            except posix_ipc.ExistentialError:
+                removed.append(path)
+            except (posix_ipc.ExistentialError, posix_ipc.PermissionsError):
                 pass
     lock_prefix = ring + "@"
     directory = naming.lock_dir(ns)
     try:
         lock_files = os.listdir(directory)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         lock_files = []
     for name in lock_files:
         if name.startswith(lock_prefix) and name != naming.ring_lock_name(ring, "create"):

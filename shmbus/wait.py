@@ -35,6 +35,9 @@ from typing import Callable
 
 import posix_ipc
 
+from . import ownership
+from .errors import PermissionDenied
+
 
 __all__ = ["WaitStrategy", "strategy", "fence", "Sleeper", "STRATEGIES"]
 
@@ -91,7 +94,9 @@ class Sleeper:
     """
 
     def __init__(self, words: memoryview, epoch_index: int, sem_name: str,
-                 how: WaitStrategy, flag: tuple[memoryview, int] | None = None) -> None:
+                 how: WaitStrategy, flag: tuple[memoryview, int] | None = None, *,
+                 mode: int = ownership.DEFAULT_MODE,
+                 trust: frozenset[int] = frozenset()) -> None:
         self.words = words
         self.epoch_index = epoch_index
         # Optionally a byte set while asleep, so the waker can test several waiters
@@ -99,7 +104,8 @@ class Sleeper:
         self.flag_buf, self.flag_index = flag if flag else (None, 0)
         self.how = how
         self.sem_name = sem_name
-        self.sem = posix_ipc.Semaphore(sem_name, posix_ipc.O_CREAT, 0o600, 0)
+        # Ours, or refused (PermissionDenied): see shmbus.ownership.
+        self.sem = ownership.open_semaphore(sem_name, create=True, mode=mode, trust=trust)
         if words[epoch_index] & 1:  # a previous owner died asleep: make it even
             words[epoch_index] += 1
         if self.flag_buf is not None:
@@ -162,8 +168,10 @@ class Sleeper:
 class Waker:
     """The publishing side: posts a sleeper's semaphore when its epoch is odd."""
 
-    def __init__(self, sem_name: str) -> None:
+    def __init__(self, sem_name: str, *, mode: int = ownership.DEFAULT_MODE,
+                 trust: frozenset[int] = frozenset()) -> None:
         self.sem_name = sem_name
+        self.mode, self.trust = mode, trust
         self.sem: posix_ipc.Semaphore | None = None
         self.posted = -1
 
@@ -174,8 +182,11 @@ class Waker:
         self.posted = epoch
         if self.sem is None:
             try:
-                self.sem = posix_ipc.Semaphore(self.sem_name)
-            except posix_ipc.ExistentialError:
+                self.sem = ownership.open_semaphore(self.sem_name, create=False,
+                                                    mode=self.mode, trust=self.trust)
+            except PermissionDenied:
+                return  # not ours: never post it (its waiter's sleeps are bounded)
+            if self.sem is None:
                 return  # the waiter is gone; nobody to wake
         self.sem.release()
 

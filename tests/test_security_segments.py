@@ -1,0 +1,218 @@
+"""Segments and semaphores in /dev/shm that another user made first (issue 12, hole 4).
+
+``/dev/shm`` is world-writable: another user can create a ring's segment (or a
+symbolic link, or a semaphore) under our name before we do.  shmbus must refuse what
+is not ours with :class:`shmbus.PermissionDenied` (also a ``PermissionError``), never
+attach to it, never write through a link.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import posix_ipc
+import pytest
+
+import shmbus
+from shmbus import layout, naming
+
+from .security import OTHER_GID, OTHER_UID, THIRD_GID, THIRD_UID, needs_root, run_as
+
+pytestmark = [needs_root, pytest.mark.timeout(30)]
+
+CAP = 1 << 16
+SECRET = b"card 4111-1111-1111-1111"
+
+
+def _valid_ring_bytes(capacity: int = CAP) -> bytes:
+    """The bytes of a freshly created, empty shmbus ring (what an attacker who runs
+    shmbus himself would have in his squatted segment)."""
+    size = layout.segment_size(capacity, layout.DEFAULT_SLOTS)
+    buf = bytearray(size)
+    layout.init_header(memoryview(buf), capacity=capacity, flags=0,
+                       slot_count=layout.DEFAULT_SLOTS, created_at_ns=1)
+    return bytes(buf)
+
+
+def _squat(path: str, content: bytes, mode: int) -> None:
+    """(As the attacker) create ``path`` first, world-readable and writable."""
+    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, mode)
+    try:
+        os.fchmod(fd, mode)
+        os.write(fd, content)
+    finally:
+        os.close(fd)
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def _remove(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _semaphore_path(name: str) -> str:
+    return f"{naming.SHM_DIR}/sem.{name[1:]}"
+
+
+def _make_semaphore(name: str, mode: int) -> None:
+    sem = posix_ipc.Semaphore(name, posix_ipc.O_CREX, mode, 0)
+    sem.close()
+    os.chmod(_semaphore_path(name), mode)  # whatever the umask
+
+
+def test_squatted_segment_is_refused_and_nothing_is_sent_to_it(ns):
+    path = naming.segment_path(ns, "orders")
+    run_as(OTHER_UID, OTHER_GID, _squat, path, _valid_ring_bytes(), 0o666)
+    try:
+        with pytest.raises(shmbus.PermissionDenied) as caught:
+            with shmbus.Producer("orders", capacity=CAP, namespace=ns) as pub:
+                pub.send(SECRET)
+        err = caught.value
+        assert isinstance(err, PermissionError) and isinstance(err, shmbus.ShmbusError)
+        assert err.path == path and err.owner == OTHER_UID
+        assert path in str(err) and f"uid {OTHER_UID}" in str(err)
+        assert "another namespace" in str(err)
+        # What the attacker can read holds nothing of ours.
+        assert SECRET not in run_as(OTHER_UID, OTHER_GID, _read, path)
+        with pytest.raises(shmbus.PermissionDenied):
+            shmbus.Consumer("orders", namespace=ns)
+    finally:
+        _remove(path)
+        shmbus.unlink("orders", namespace=ns)
+
+
+def test_foreign_private_segment_is_a_permission_error_for_a_normal_user(ns):
+    """A segment of uid A with mode 0600: uid B cannot even open it; that is a
+    PermissionDenied naming the owner, not a bare ShmbusError or a traceback."""
+    path = naming.segment_path(ns, "orders")
+    run_as(OTHER_UID, OTHER_GID, _squat, path, _valid_ring_bytes(), 0o600)
+
+    def consume():
+        try:
+            shmbus.Consumer("orders", namespace=ns)
+        except Exception as e:  # noqa: BLE001 - the test looks at what it was
+            return type(e).__name__, isinstance(e, PermissionError), getattr(e, "owner", None)
+        return "no error", False, None
+
+    try:
+        name, is_permission_error, owner = run_as(THIRD_UID, THIRD_GID, consume)
+        assert (name, is_permission_error, owner) == ("PermissionDenied", True, OTHER_UID)
+    finally:
+        _remove(path)
+
+
+def test_symlink_in_place_of_a_segment_is_never_followed(ns, tmp_path):
+    victim = tmp_path / "passwd"
+    victim.write_bytes(b"root:x:0:0::/root:/bin/sh\n")
+    os.chmod(tmp_path, 0o755)
+    dangling = tmp_path / "created-by-root"
+    path = naming.segment_path(ns, "orders")
+    other = naming.segment_path(ns, "invoices")
+    run_as(OTHER_UID, OTHER_GID, os.symlink, str(victim), path)
+    run_as(OTHER_UID, OTHER_GID, os.symlink, str(dangling), other)
+    try:
+        for ring in ("orders", "invoices"):
+            with pytest.raises(shmbus.PermissionDenied) as caught:
+                shmbus.Producer(ring, capacity=CAP, namespace=ns)
+            assert "symbolic link" in str(caught.value)
+            with pytest.raises(shmbus.PermissionDenied):
+                shmbus.Consumer(ring, namespace=ns)
+        assert victim.read_bytes() == b"root:x:0:0::/root:/bin/sh\n"
+        assert not dangling.exists()
+        with pytest.raises(shmbus.PermissionDenied):  # rm removes only what is ours
+            shmbus.unlink("orders", namespace=ns)
+        assert os.path.islink(path)
+    finally:
+        _remove(path)
+        _remove(other)
+        shmbus.unlink("orders", namespace=ns)
+        shmbus.unlink("invoices", namespace=ns)
+
+
+def test_our_segment_with_extra_permission_bits_is_refused(ns):
+    path = naming.segment_path(ns, "orders")
+    with shmbus.Producer("orders", capacity=CAP, namespace=ns):
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    try:
+        os.chmod(path, 0o644)
+        with pytest.raises(shmbus.PermissionDenied) as caught:
+            shmbus.Consumer("orders", namespace=ns)
+        assert "0o644" in str(caught.value) and caught.value.found == 0o644
+    finally:
+        shmbus.unlink("orders", namespace=ns)
+
+
+def test_segments_are_created_0600_whatever_the_umask(ns):
+    old = os.umask(0)
+    try:
+        with shmbus.Producer("orders", capacity=CAP, namespace=ns) as pub:
+            with shmbus.Consumer("orders", namespace=ns):
+                pub.send(b"x")
+            assert stat.S_IMODE(os.stat(naming.segment_path(ns, "orders")).st_mode) == 0o600
+            for entry in os.listdir(naming.SHM_DIR):
+                if entry.startswith(f"sem.{ns}.orders@"):
+                    mode = stat.S_IMODE(os.stat(f"{naming.SHM_DIR}/{entry}").st_mode)
+                    assert mode == 0o600, (entry, oct(mode))
+    finally:
+        os.umask(old)
+        shmbus.unlink("orders", namespace=ns)
+
+
+@pytest.mark.parametrize("which", ["consumer", "producer"])
+def test_foreign_semaphore_is_refused(ns, which):
+    """A wake-up semaphore made first by another user (mode 0666): the producer or
+    consumer that would sleep on it refuses it instead of sharing its wake-ups."""
+    name = (naming.consumer_semaphore_name(ns, "orders", 0) if which == "consumer"
+            else naming.producer_semaphore_name(ns, "orders"))
+    run_as(OTHER_UID, OTHER_GID, _make_semaphore, name, 0o666)
+    try:
+        if which == "consumer":
+            with shmbus.Producer("orders", capacity=CAP, namespace=ns):
+                with pytest.raises(shmbus.PermissionDenied) as caught:
+                    shmbus.Consumer("orders", namespace=ns)
+        else:
+            with pytest.raises(shmbus.PermissionDenied) as caught:
+                shmbus.Producer("orders", capacity=CAP, namespace=ns)
+        err = caught.value
+        assert isinstance(err, PermissionError)
+        assert err.path == _semaphore_path(name) and err.owner == OTHER_UID
+        # Removing the ring leaves the other user's semaphore alone (and does not crash).
+        shmbus.unlink("orders", namespace=ns)
+        assert os.stat(_semaphore_path(name)).st_uid == OTHER_UID
+    finally:
+        _remove(_semaphore_path(name))
+        shmbus.unlink("orders", namespace=ns)
+
+
+def test_foreign_private_semaphore_is_a_permission_error_for_a_normal_user(ns):
+    """uid B cannot open uid A's 0600 semaphore: PermissionDenied, not posix_ipc's
+    PermissionsError."""
+    name = naming.producer_semaphore_name(ns, "orders")
+    run_as(OTHER_UID, OTHER_GID, _make_semaphore, name, 0o600)
+
+    def produce():
+        try:
+            shmbus.Producer("orders", capacity=CAP, namespace=ns)
+        except Exception as e:  # noqa: BLE001 - the test looks at what it was
+            return type(e).__name__, isinstance(e, PermissionError), getattr(e, "owner", None)
+        return "no error", False, None
+
+    try:
+        assert run_as(THIRD_UID, THIRD_GID, produce) == ("PermissionDenied", True, OTHER_UID)
+    finally:
+        _remove(_semaphore_path(name))
+        for entry in naming.owned_entries(ns, os.listdir(naming.SHM_DIR)):
+            p = f"{naming.SHM_DIR}/{entry}"
+            if os.path.isdir(p):
+                for f in os.listdir(p):
+                    _remove(f"{p}/{f}")
+                os.rmdir(p)
+            else:
+                _remove(p)
