@@ -27,10 +27,13 @@ class Claim:
         return self.view
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        self.producer._claim_open = self.producer._unusable = False
+        p = self.producer
+        p._claim_open = False
+        p._unusable = p._closed  # closed meanwhile (another thread): stays unusable
         try:
             self.view.release()
         except BufferError:
             pass  # the caller still holds an export (e.g. numpy); harmless
         if exc_type is None:
-            self.seq = self.producer._publish_claim(self)
+            p._check_usable()
+            self.seq = p._publish_claim(self)

@@ -21,9 +21,10 @@ import os
 import time
 
 from . import layout, liveness, naming, ring
-from .errors import CorruptRing, DurableBusy, RingNotFound, ShmbusError, Timeout
+from .errors import CorruptRing, DurableBusy, RingNotFound, Timeout
+from .handle import Handle
 from .layout import (FLAGGED_SLOTS, H_GATE, H_LAST, H_PRODUCER_PID, H_PRODUCER_SLEEP,
-                     H_SCAN, H_TAIL, H_WRITE, RECORD, RECORD_HEADER, REC_PAD, S_LOST,
+                     H_SCAN, H_TAIL, H_WRITE, RECORD, RECORD_HEADER, REC_PAD, S_LOST, S_NEXT_SEQ,
                      S_READ, S_SLEEP, SLEEPERS_OFFSET, slot_word)
 from .arrays import BULK, recv_array, take_uniform
 from .lock import FileLock
@@ -39,7 +40,7 @@ _LINK_CHECK = 1.0  # seconds of waiting between checks that the ring still exist
 _STARTS = ("latest", "earliest")
 
 
-class Consumer:
+class Consumer(Handle):
     """A reader of ring ``name`` that receives every message, in order.
 
     ``durable=NAME`` keeps the read position in the ring after this process exits or
@@ -48,7 +49,15 @@ class Consumer:
     ``start="latest"`` (only messages sent from now on) or ``"earliest"`` (the oldest
     message the ring still holds).  ``wait`` is the wait strategy (see
     :mod:`shmbus.wait`).  Raises :class:`RingNotFound` if the ring does not exist.
+
+    ``close()`` may be called from any thread: a thread blocked in ``recv``,
+    ``recv_many``, ``recv_array`` or iteration wakes and gets :class:`Closed`, as does
+    every later call.  A consumer belongs to the process that opened it: in a forked
+    child it raises :class:`Closed` (open a new one there).
     """
+
+    _kind = "consumer"
+    _resumed = False  # attached to an existing durable cursor
 
     def __init__(self, name: str, *, durable: str | None = None, start: str = "latest",
                  namespace: str | None = None, wait: str = "adaptive") -> None:
@@ -75,8 +84,7 @@ class Consumer:
                 self._durable_lock.release()
             seg.close()
             raise
-        self._closed = False
-        self._pid = os.getpid()
+        self._opened()
 
     def _lock_durable(self, durable: str) -> FileLock:
         lock = FileLock(naming.ring_lock_name(self.name, "durable." + durable),
@@ -97,6 +105,7 @@ class Consumer:
             i = slots.find_durable(self.durable)
             if i is not None:
                 slots.attach_durable(i)
+                self._resumed = True
                 return i, w[slot_word(i) + S_READ]
         if start == "latest":
             pos = w[H_WRITE]
@@ -122,7 +131,14 @@ class Consumer:
         self.lost = w[self._lost_word]
         self._pos = self._committed = pos
         self._wcache = 0
-        self._expect: int | None = self._seq_at(pos) if seg.overwrite else None
+        self._next_word = base + S_NEXT_SEQ if seg.overwrite else 0
+        self._expect: int | None = None
+        if seg.overwrite:
+            # A durable cursor lapped while nobody was attached: the seq it stored at
+            # its last release tells how many messages went by unseen.
+            stored = w[self._next_word] if self._resumed else 0
+            self._expect = stored - 1 if stored else self._seq_at(pos)
+            w[self._next_word] = stored
         flag = (seg.buf, SLEEPERS_OFFSET + self.slot) if self.slot < FLAGGED_SLOTS else None
         self._sleeper = Sleeper(w, base + S_SLEEP, naming.consumer_semaphore_name(
             self.namespace, self.name, self.slot), how, flag)
@@ -186,11 +202,20 @@ class Consumer:
         unpack = RECORD.unpack_from
         new = tuple.__new__
 
+        next_word = self._next_word
+
         def commit(pos: int) -> None:
+            if next_word and me._expect is not None:
+                words[next_word] = me._expect + 1  # before the position: see _store_read
             words[read_word] = pos
             me._committed = pos
             if words[H_PRODUCER_SLEEP] & 1:
                 wake_producer(words[H_PRODUCER_SLEEP])
+
+        def recv_checked(timeout: float | None = None) -> Message:
+            if me._pos != me._committed:
+                commit(me._pos)
+            return take(timeout)
 
         def recv(timeout: float | None = None) -> Message:
             pos = me._pos
@@ -257,7 +282,9 @@ class Consumer:
             me._pos = pos
             return batch
 
-        self.recv = recv
+        # Every record of an overwrite ring is a checked read (_take); its commits also
+        # store the next seq, so that a consumer lapped while away counts its loss.
+        self.recv = recv_checked if next_word else recv
         self.recv_many = recv_many
 
     def recv_array(self, dtype, max_messages: int, timeout: float | None = None):
@@ -279,13 +306,20 @@ class Consumer:
 
     def release(self) -> None:
         """Acknowledge every message received so far."""
-        self._commit_to(self._pos)
+        self._commit_to(self._pos, self._expect)
 
-    def _commit_to(self, end: int) -> None:
-        if self._closed:
-            return
+    def _commit_to(self, end: int, next_seq: int | None = None) -> None:
+        if not self._closed:
+            self._store_read(end, next_seq)
+
+    def _store_read(self, end: int, next_seq: int | None) -> None:
+        """Release up to ``end``; ``next_seq`` is the seq of the message after it, if
+        known (overwrite rings keep it: stored before the position, so a crash
+        between the two stores under-counts a later loss rather than inventing one)."""
         if end > self._committed:
             w = self._words
+            if self._next_word and next_seq is not None:
+                w[self._next_word] = next_seq + 1
             w[self._read_word] = end
             self._committed = end
             if w[H_PRODUCER_SLEEP] & 1:
@@ -295,10 +329,20 @@ class Consumer:
         """The next message (not releasing anything), in every case: waiting, padding,
         checked reads."""
         if self._closed:
-            raise ShmbusError(f"consumer of ring {self.name!r} is closed", name=self.name)
+            raise self._closed_error()
+        try:
+            return self._take_open(timeout)
+        except (ValueError, AttributeError):
+            if self._closed:  # closed by another thread while we read
+                raise self._closed_error() from None
+            raise
+
+    def _take_open(self, timeout: float | None) -> Message:
         w, data, cap = self._words, self._data, self.capacity
         deadline = None
         while True:
+            if self._closed:
+                raise self._closed_error()
             pos = self._pos
             if pos >= self._wcache:
                 self._wcache = w[H_WRITE]
@@ -389,8 +433,6 @@ class Consumer:
         return self
 
     def __next__(self) -> Message:
-        if self._closed:
-            raise StopIteration
         return self.recv()
 
     @property
@@ -408,26 +450,31 @@ class Consumer:
         return max(0, self._words[H_WRITE] - self._pos)
 
     def close(self, *, release: bool = True) -> None:
-        """Leave the ring (idempotent).  With ``release`` (the default) every message
+        """Leave the ring (idempotent, from any thread: a thread blocked in a receive
+        wakes with :class:`Closed`).  With ``release`` (the default) every message
         received so far counts as acknowledged; a durable consumer keeps its cursor in
         the ring for the next process with its name."""
-        if self._closed:
+        if self.forked or not self._mark_closed():
             return
         if release:
-            self._commit_to(self._pos)
-        self._closed = True
-        if getattr(self, "_pid", os.getpid()) != os.getpid():
-            return
+            self._store_read(self._pos, self._expect)
+        self._sever()
         try:
             with self._slots.lock():
                 self._slots.detach(self.slot, keep=self.durable is not None)
         finally:
-            self._sleeper.close()
+            self._sleeper.close()  # wakes blocked threads; freed when they have left
             self._producer_waker.close()
             if self._durable_lock is not None:
                 self._durable_lock.release()
             del self._words, self._data
             self._seg.close()
+
+    def _sever(self) -> None:
+        # Calls go to the refusal; a recv closure someone kept finds nothing to read
+        # (positions at the end of time) and falls through to _take, which refuses.
+        self.recv = self.recv_many = self._refuse
+        self._pos = self._committed = _NEVER
 
     def __enter__(self) -> "Consumer":
         return self
@@ -438,7 +485,7 @@ class Consumer:
 
     def __del__(self) -> None:
         try:
-            if not self._closed and self._pid == os.getpid():
+            if not self._closed and not self.forked:
                 self.close()
         except Exception:
             pass

@@ -6,7 +6,8 @@
            | line 0  identity: magic, version, header size, capacity,     |
            |         flags, slot count/size, data offset, created-at,     |
            |         segment size                 (written once, creator) |
-    64     | line 1  producer: pid, start time, epoch, since     (producer)|
+    64     | line 1  producer: pid, start time, epoch, since,             |
+           |         PID namespace                       (producer)|
     128    | line 2  WRITE: end of the last published record     (producer)|
     192    | line 3  LAST record start, COUNT of messages        (producer)|
     256    | line 4  TAIL: data below it may be overwritten      (producer)|
@@ -21,9 +22,10 @@
            |         slot i sleeps (written by it); byte 7 is 1 while a   |
            |         slot >= 7 is in use (written under the slots lock)  |
     1088   +--------------------------------------------------------------+
-           | slot 0  line 0  READ position, (spare), lost, SLEEP epoch     |
-           |                 epoch                          (its consumer)|
-           |         line 1  state, pid, start time, attached-at, name len |
+           | slot 0  line 0  READ position, (spare), lost, SLEEP epoch,    |
+           |                 NEXT seq (overwrite rings)     (its consumer)|
+           |         line 1  state, pid, start time, attached-at, name len,|
+           |                 PID namespace           (under slots lock)   |
            |         lines 2-3  durable name (utf-8, up to 100 bytes)      |
            | slot 1 ... slot_count-1          (256 bytes each)             |
     data   +--------------------------------------------------------------+
@@ -48,8 +50,11 @@ record boundary at or after TAIL (the oldest intact record, give or take one blo
 without walking the ring.
 
 A record that does not fit before the end of the data area is preceded by a padding
-record (flag ``PAD``) that fills the rest; when fewer than ``RECORD_HEADER`` bytes are
-left, the rest is padding without a header.  So every payload is contiguous.
+record (flag ``PAD``, payload length: the rest of the data area after its header) that
+fills the rest; when fewer than ``RECORD_HEADER`` bytes are left, the rest is padding
+without a header.  So every payload is contiguous.  Seqs of successive records go up
+by one.  Readers check all of this (:mod:`shmbus.ring`): a record that breaks it is
+corruption, never a message.
 """
 
 from __future__ import annotations
@@ -61,7 +66,7 @@ import numpy as np
 from .errors import CorruptRing, LayoutMismatch
 
 MAGIC = int.from_bytes(b"SHMBUS\x01\x00", "little")
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2          # 2: PID namespaces of the producer and of each slot
 CACHE_LINE = 64
 PAGE = 4096
 
@@ -81,24 +86,25 @@ HEADER_DTYPE = np.dtype({
     "names": ["magic", "version", "header_size", "capacity", "flags", "slot_count",
               "slot_size", "data_offset", "created_at_ns", "segment_size",
               "producer_pid", "producer_start", "producer_epoch", "producer_since_ns",
+              "producer_pid_ns",
               "write", "last", "count", "tail", "gate", "scan",
               "producer_sleep", "generation", "checkpoints", "sleepers"],
     "formats": ["<u8", "<u4", "<u4", "<u8", "<u8", "<u4", "<u4", "<u8", "<u8", "<u8",
-                "<u8", "<u8", "<u8", "<u8",
+                "<u8", "<u8", "<u8", "<u8", "<u8",
                 "<u8", "<u8", "<u8", "<u8", "<u8", "<u8", "<u8", "<u8",
                 ("<u8", (CHECKPOINTS,)), ("u1", (8,))],
     "offsets": [0, 8, 12, 16, 24, 32, 36, 40, 48, 56,
-                64, 72, 80, 88,
+                64, 72, 80, 88, 96,
                 128, 192, 200, 256, 320, 328, 384, 448, 512, 1024],
     "itemsize": HEADER_SIZE,
 })
 
 SLOT_DTYPE = np.dtype({
-    "names": ["read", "spare", "lost", "sleep",
-              "state", "pid", "start_time", "attached_ns", "name_len", "name"],
-    "formats": ["<u8", "<u8", "<u8", "<u8",
-                "<u8", "<u8", "<u8", "<u8", "<u8", "S128"],
-    "offsets": [0, 8, 16, 24, 64, 72, 80, 88, 96, 128],
+    "names": ["read", "spare", "lost", "sleep", "next_seq",
+              "state", "pid", "start_time", "attached_ns", "name_len", "pid_ns", "name"],
+    "formats": ["<u8", "<u8", "<u8", "<u8", "<u8",
+                "<u8", "<u8", "<u8", "<u8", "<u8", "<u8", "S128"],
+    "offsets": [0, 8, 16, 24, 32, 64, 72, 80, 88, 96, 104, 128],
     "itemsize": SLOT_SIZE,
 })
 
@@ -120,6 +126,9 @@ H_PRODUCER_PID = _word(HEADER_DTYPE, "producer_pid")
 H_PRODUCER_START = _word(HEADER_DTYPE, "producer_start")
 H_PRODUCER_EPOCH = _word(HEADER_DTYPE, "producer_epoch")
 H_PRODUCER_SINCE = _word(HEADER_DTYPE, "producer_since_ns")
+# The inode of the producer's PID namespace (/proc/self/ns/pid), 0 if unknown: its pid
+# means nothing in another namespace (containers sharing /dev/shm; see liveness).
+H_PRODUCER_PID_NS = _word(HEADER_DTYPE, "producer_pid_ns")
 H_WRITE = _word(HEADER_DTYPE, "write")
 H_LAST = _word(HEADER_DTYPE, "last")
 H_COUNT = _word(HEADER_DTYPE, "count")
@@ -134,12 +143,19 @@ H_SLEEPERS = _word(HEADER_DTYPE, "sleepers")
 # Word offsets inside a slot (add slot_word(i)).
 S_READ = _word(SLOT_DTYPE, "read")
 S_LOST = _word(SLOT_DTYPE, "lost")
+# Overwrite rings: 1 + the seq of the message after the last one released (0: unknown),
+# so that a consumer lapped while away can count what it lost.
+S_NEXT_SEQ = _word(SLOT_DTYPE, "next_seq")
 S_SLEEP = _word(SLOT_DTYPE, "sleep")
+# The spare word: a balancer worker publishes there what it has received (its consumer
+# is the only writer; see balancer.worker); other consumers leave it alone.
+S_RECEIVED = _word(SLOT_DTYPE, "spare")
 S_STATE = _word(SLOT_DTYPE, "state")
 S_PID = _word(SLOT_DTYPE, "pid")
 S_START = _word(SLOT_DTYPE, "start_time")
 S_ATTACHED = _word(SLOT_DTYPE, "attached_ns")
 S_NAME_LEN = _word(SLOT_DTYPE, "name_len")
+S_PID_NS = _word(SLOT_DTYPE, "pid_ns")       # as H_PRODUCER_PID_NS, for the consumer
 SLOT_NAME_OFFSET = SLOT_DTYPE.fields["name"][1]
 
 RECORD = struct.Struct("<IHHQQ")
@@ -163,6 +179,10 @@ def slot_offset(i: int) -> int:
     return HEADER_SIZE + i * SLOT_SIZE
 
 
+# -- the record descriptor: size, alignment, padding ----------------------------------
+# Hot paths inline record_size as ``(RECORD_HEADER + 7 + klen + plen) & -8`` and the
+# padding rule as ``idx > pad_limit``; tests/test_padding.py checks that they agree.
+
 def record_size(key_len: int, payload_len: int) -> int:
     """Bytes a record with that key and payload occupies (header and alignment)."""
     return (RECORD_HEADER + key_len + payload_len + ALIGN - 1) & ~(ALIGN - 1)
@@ -170,8 +190,30 @@ def record_size(key_len: int, payload_len: int) -> int:
 
 def max_record(capacity: int) -> int:
     """The largest record a ring accepts: half its capacity, so that a record plus the
-    padding before it always fits in an otherwise empty ring."""
+    padding before it always fits in an otherwise empty ring.  (So padding never
+    starts at index 0: a record always fits in a whole lap.)"""
     return capacity // 2
+
+
+def pad_limit(capacity: int) -> int:
+    """The last index of the data area at which a record header still fits.  Past it
+    (fewer than ``RECORD_HEADER`` bytes left) the rest of the data area is padding
+    without a header; at or before it, padding is a record with flag ``PAD``."""
+    return capacity - RECORD_HEADER
+
+
+def padding_before(idx: int, capacity: int, size: int) -> int:
+    """Bytes of padding a record of ``size`` bytes placed at index ``idx`` needs
+    first: the rest of the data area if the record does not fit before its end,
+    else 0."""
+    return capacity - idx if idx + size > capacity else 0
+
+
+def padding_length(idx: int, capacity: int) -> int | None:
+    """The payload length the header of a padding record at index ``idx`` carries
+    (the rest of the data area after that header), or None when fewer than a header's
+    bytes are left there: padding without a header."""
+    return None if idx > pad_limit(capacity) else capacity - idx - RECORD_HEADER
 
 
 def data_offset(slot_count: int) -> int:
@@ -307,15 +349,17 @@ def record_rows(data: memoryview, idx: int, count: int, stride: int) -> np.ndarr
     return np.ndarray((count, stride), np.uint8, buffer=data, offset=idx)
 
 
-
 def uniform_prefix(data: memoryview, idx: int, count: int, stride: int,
-                   flag_mask: int) -> tuple[int, np.ndarray]:
+                   flag_mask: int, first_seq: int | None = None) -> tuple[int, np.ndarray]:
     """How many of the ``count`` records at ``idx`` (as if each had ``stride`` bytes)
-    really have ``stride`` bytes and none of ``flag_mask``'s flags, counting from the
-    first; and their headers."""
+    really have ``stride`` bytes, none of ``flag_mask``'s flags and (if ``first_seq``
+    is given) the seqs ``first_seq``, ``first_seq + 1``, ..., counting from the first;
+    and their headers."""
     headers = record_headers(data, idx, count, stride)
     sizes = (RECORD_HEADER + ALIGN - 1 + headers["key_length"].astype(np.int64)
              + headers["length"]) & ~(ALIGN - 1)
     fits = (sizes == stride) & (headers["flags"] & flag_mask == 0)
+    if first_seq is not None:
+        fits &= headers["seq"] == np.arange(first_seq, first_seq + count, dtype=np.uint64)
     n = count if fits.all() else int(fits.argmin())
     return n, headers[:n]

@@ -49,7 +49,7 @@ class Message(tuple):
     def release(self) -> None:
         """Acknowledge this message and every one received before it: the producer may
         now overwrite them (and a durable consumer will not see them again)."""
-        self[4]._commit_to(self[5])
+        self[4]._commit_to(self[5], self[2] + 1)
 
     def __bytes__(self) -> bytes:
         return bytes(self[0])

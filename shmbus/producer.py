@@ -15,7 +15,6 @@ only when the cache says the ring is full (the Disruptor's gating-sequence cache
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Iterable
 
@@ -23,6 +22,7 @@ from . import layout, liveness, naming, ring
 from .arrays import send_array, send_uniform
 from .claim import Claim
 from .errors import LayoutMismatch, MessageTooLarge, RingBusy, ShmbusError
+from .handle import Handle
 from .layout import (H_COUNT, H_GENERATION, H_LAST, H_PRODUCER_EPOCH, H_PRODUCER_PID,
                      H_PRODUCER_SINCE, H_PRODUCER_SLEEP, H_PRODUCER_START, H_SCAN,
                      H_SLEEPERS, H_TAIL, H_WRITE, RECORD, RECORD_HEADER, S_READ,
@@ -40,7 +40,13 @@ _ON_FULL = ("block", "overwrite")
 
 
 def _as_bytes_view(data: object) -> memoryview:
-    mv = memoryview(data)  # type: ignore[arg-type]
+    try:
+        mv = memoryview(data)  # type: ignore[arg-type]
+    except TypeError:
+        hint = " (encode text first: data.encode())" if isinstance(data, str) else ""
+        raise TypeError(
+            f"message data must be a bytes-like object (bytes, bytearray, memoryview, "
+            f"a numpy array), got {type(data).__name__}{hint}") from None
     if mv.format != "B" or mv.ndim != 1:
         if not mv.c_contiguous:
             raise ValueError(
@@ -56,14 +62,18 @@ def _key_bytes(key: object) -> bytes:
     if isinstance(key, str):
         key = key.encode()
     elif not isinstance(key, bytes):
-        key = bytes(key)  # type: ignore[call-overload]
+        try:  # any buffer (bytearray, memoryview...), never an int: bytes(5) is 5 zeros
+            key = memoryview(key).tobytes()  # type: ignore[arg-type]
+        except TypeError:
+            raise TypeError(f"key must be str, bytes or a bytes-like object, got "
+                            f"{type(key).__name__}: convert it (e.g. str(key))") from None
     if len(key) > 0xFFFF:
         raise MessageTooLarge(f"key of {len(key)} bytes is too long: at most 65535",
                               size=len(key))
     return key
 
 
-class Producer(Room):
+class Producer(Room, Handle):
     """The single producer of ring ``name``; opens it, or creates it when
     ``capacity`` (bytes, rounded up to a power of two) is given.
 
@@ -75,18 +85,27 @@ class Producer(Room):
 
     Raises :class:`RingBusy` when another live process is the ring's producer,
     :class:`RingNotFound` when ``create=False`` (or no capacity) and it does not exist.
+
+    ``close()`` may be called from any thread: a ``send`` blocked on a full ring wakes
+    and raises :class:`Closed`, as does every later call.  A producer belongs to the
+    process that opened it: in a forked child it raises :class:`Closed` (a copy would
+    send with the parent's seq over the parent's messages).
     """
+
+    _kind = "producer"
 
     def __init__(self, name: str, *, capacity: int | None = None, create: bool = True,
                  on_full: str = "block", namespace: str | None = None,
-                 wait: str = "adaptive", max_consumers: int = layout.DEFAULT_SLOTS) -> None:
+                 wait: str = "adaptive", max_consumers: int | None = None) -> None:
         self._closed = True
         naming.check_name(name)
         self.namespace = ns = naming.resolve_namespace(namespace)
         self.name = name
         if on_full not in _ON_FULL:
             raise ValueError(f"on_full must be one of {_ON_FULL}, got {on_full!r}")
-        if not isinstance(max_consumers, int) or not 1 <= max_consumers <= layout.MAX_SLOTS:
+        if max_consumers is not None and (
+                isinstance(max_consumers, bool) or not isinstance(max_consumers, int)
+                or not 1 <= max_consumers <= layout.MAX_SLOTS):
             raise ValueError(f"max_consumers must be 1..{layout.MAX_SLOTS}, "
                              f"got {max_consumers!r}")
         self.on_full = on_full
@@ -103,11 +122,11 @@ class Producer(Room):
                 "producer at a time: stop that process, or publish to another ring",
                 name=name, pid=pid)
         try:
-            self._seg = seg = Segment.open(ns, name, capacity=cap, flags=flags,
-                                           slot_count=max_consumers,
-                                           create=create)
+            self._seg = seg = Segment.open(
+                ns, name, capacity=cap, flags=flags, create=create,
+                slot_count=layout.DEFAULT_SLOTS if max_consumers is None else max_consumers)
             try:
-                self._check_compatible(cap, flags)
+                self._check_compatible(cap, flags, max_consumers)
                 self._take_over(how)
             except BaseException:
                 seg.close()
@@ -115,11 +134,17 @@ class Producer(Room):
         except BaseException:
             self._lock.release()
             raise
-        self._closed = False
-        self._pid = os.getpid()
+        self._opened()
 
-    def _check_compatible(self, cap: int | None, flags: int) -> None:
+    def _check_compatible(self, cap: int | None, flags: int,
+                          max_consumers: int | None) -> None:
         h = self._seg.header
+        if max_consumers is not None and h["slot_count"] != max_consumers:
+            raise LayoutMismatch(
+                f"ring {self.name!r} exists with {h['slot_count']} consumer slots, not "
+                f"max_consumers={max_consumers}: open it without max_consumers= (or with "
+                f"{h['slot_count']}), or remove it first (`shmbus rm {self.name}`)",
+                name=self.name, expected=max_consumers, found=h["slot_count"])
         if cap is not None and h["capacity"] != cap:
             raise LayoutMismatch(
                 f"ring {self.name!r} exists with capacity {h['capacity']} bytes, not "
@@ -165,6 +190,7 @@ class Producer(Room):
         self._wakers: dict[int, Waker] = {}
         self._claim_open = False
         self._last_reclaim = 0.0
+        self._link_checked = time.monotonic()
         self._rescan()
         self._room = tail + cap
         self._limit = min(self._room, self._cp_next)
@@ -232,8 +258,17 @@ class Producer(Room):
         wake-up); return the range of their seqs.  ``keys``, if given, pairs one key
         with each message.  They all carry the same ``timestamp_ns``, the time of the
         call.  If the ring fills up midway, what was written so far is published
-        before waiting for room."""
+        before waiting for room.  A ``keys`` of another length than ``messages`` is a
+        ValueError, before anything is sent."""
         self._check_usable()
+        if keys is not None:
+            keys = list(keys)
+            if not isinstance(messages, (list, tuple)):
+                messages = list(messages)
+            if len(keys) != len(messages):
+                raise ValueError(
+                    f"send_many got {len(messages)} messages and {len(keys)} keys: pass "
+                    "one key per message (None for no key), or no keys at all")
         if _stamps is None and not _flags:
             sent = send_uniform(self, messages, keys, timeout)  # one size: numpy writes
             if sent is not None:
@@ -363,28 +398,31 @@ class Producer(Room):
 
     def _check_usable(self) -> None:
         if self._closed:
-            raise ShmbusError(f"producer of ring {self.name!r} is closed", name=self.name)
+            raise self._closed_error()
         if self._claim_open:
             raise ShmbusError(
                 f"a claim on ring {self.name!r} is open: finish its `with` block before "
                 "sending again", name=self.name)
 
     def close(self) -> None:
-        """Give up the ring (idempotent): it stays, with its messages, for consumers and
-        the next producer."""
-        if self._closed:
-            return
-        self._closed = self._unusable = True
-        if getattr(self, "_pid", os.getpid()) != os.getpid():
+        """Give up the ring (idempotent, from any thread: a ``send`` blocked on a full
+        ring wakes with :class:`Closed`): it stays, with its messages, for consumers
+        and the next producer."""
+        if self.forked or not self._mark_closed():
             return  # a forked child never owned the parent's producer
+        self._sever()
+        self._sleeper.close()  # wakes a blocked send; freed once it has left
         self._words[H_COUNT] = self._seq
         self._words[H_PRODUCER_PID] = 0
-        self._sleeper.close()
         for waker in self._wakers.values():
             waker.close()
         del self._words, self._data
         self._seg.close()
         self._lock.release()
+
+    def _sever(self) -> None:
+        self._unusable = True
+        self.send = self._refuse
 
     def unlink(self) -> None:
         """Close, then remove the ring, its semaphores and lock files."""
@@ -399,7 +437,7 @@ class Producer(Room):
 
     def __del__(self) -> None:
         try:
-            if not self._closed and self._pid == os.getpid():
+            if not self._closed and not self.forked:
                 self.close()
         except Exception:
             pass

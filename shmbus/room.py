@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 
 from . import naming, ring
-from .errors import MessageTooLarge, Timeout
+from .errors import MessageTooLarge, RingNotFound, Timeout
 from .layout import (H_COUNT, H_GATE, H_GENERATION, H_SCAN, H_TAIL, RECORD_HEADER,
                      S_READ, S_SLEEP, slot_word)
 from .wait import Waker, fence
@@ -20,6 +20,7 @@ from .wait import Waker, fence
 __all__ = ["Room"]
 
 _RECLAIM_EVERY = 0.05  # seconds between liveness checks while blocked
+LINK_CHECK_EVERY = 0.5  # seconds between checks that the ring was not removed
 
 
 class Room:
@@ -29,7 +30,20 @@ class Room:
     def _reserve(self, size: int, klen: int, n: int, timeout: float | None,
                  deadline: float | None) -> int:
         """Make room for a record of ``size`` bytes at the write position, padding to
-        the end of the data area first if it would wrap; return where it goes."""
+        the end of the data area first if it would wrap; return where it goes.
+        Raises :class:`Closed` if the producer is closed meanwhile (another thread),
+        :class:`RingNotFound` if the ring was removed under it."""
+        try:
+            return self._reserve_open(size, klen, n, timeout, deadline)
+        except ValueError:
+            if self._closed:  # closed by another thread while we waited
+                raise self._closed_error() from None
+            raise
+
+    def _reserve_open(self, size: int, klen: int, n: int, timeout: float | None,
+                      deadline: float | None) -> int:
+        if self._closed:
+            raise self._closed_error()
         if size > self._max_record:
             raise MessageTooLarge(
                 f"message of {n} bytes (key {klen} bytes) does not fit ring "
@@ -50,8 +64,23 @@ class Room:
             self._write = pos
         if pos >= self._cp_next:
             self._cp_next = ring.checkpoint(self._words, self._shift, self._cp_next, pos)
+            self._check_linked()
         self._limit = min(self._room, self._cp_next)
         return pos
+
+    def _check_linked(self) -> None:
+        """Raise :class:`RingNotFound` if the ring was removed (or replaced) under this
+        producer: what it sent would reach nobody.  Checked at most every
+        ``LINK_CHECK_EVERY`` seconds, when the producer crosses a checkpoint block."""
+        now = time.monotonic()
+        if now - self._link_checked < LINK_CHECK_EVERY:
+            return
+        self._link_checked = now
+        if not self._seg.linked():
+            raise RingNotFound(
+                f"ring {self.name!r} was removed (or replaced) while this producer was "
+                "writing to it (`shmbus rm --force`, `shmbus.unlink`?): nobody can receive "
+                "what it sends; close it and open a new Producer", name=self.name)
 
     def _make_room(self, end: int, deadline: float | None, timeout) -> None:
         """Move the tail so that ``end`` fits: by a chunk at a time (so this runs once
@@ -94,6 +123,8 @@ class Room:
             return self._gate >= need
 
         while True:
+            if self._closed:
+                raise self._closed_error()
             now = time.monotonic()
             if now - self._last_reclaim >= _RECLAIM_EVERY:
                 self._last_reclaim = now
@@ -103,7 +134,10 @@ class Room:
                     return
             step = now + _RECLAIM_EVERY
             if self._sleeper.wait(ready, step if deadline is None else min(deadline, step)):
+                if self._closed:
+                    raise self._closed_error()
                 return
+            self._check_linked()
             if deadline is not None and time.monotonic() >= deadline:
                 raise Timeout(
                     f"ring {self.name!r} is full: no room within {timeout} s because "
@@ -112,14 +146,20 @@ class Room:
                     timeout=timeout)
 
     def _laggards(self, need: int) -> str:
+        """Who holds the producer back, furthest behind first (bytes unread of what
+        was written), so the first one named is the one to look at."""
+        behind = sorted((info for info in map(self._slots.info, self._slots.in_use())
+                         if info.read < need), key=lambda info: info.read)
         parts = []
-        for i in self._slots.in_use():
-            info = self._slots.info(i)
-            if info.read < need:
-                who = f"durable {info.durable!r}" if info.durable else "consumer"
-                state = "detached" if not info.pid else f"pid {info.pid}"
-                parts.append(f"{who} in slot {i} ({state}, {need - info.read} bytes behind)")
-        return ", ".join(parts) or "consumers have"
+        for info in behind[:3]:
+            who = f"durable {info.durable!r}" if info.durable else "consumer"
+            state = "detached" if not info.pid else f"pid {info.pid}"
+            parts.append(f"{who} in slot {info.index} ({state}, "
+                         f"{self._write - info.read} bytes behind)")
+        if len(behind) > 3:
+            parts.append(f"{len(behind) - 3} more")
+        return ", ".join(parts) + (" has" if len(behind) == 1 else " have") \
+            if parts else "consumers have"
 
     def _refresh_wakers(self) -> None:
         w = self._words

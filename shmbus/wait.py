@@ -110,25 +110,64 @@ class Sleeper:
             words[epoch_index] += 1
         if self.flag_buf is not None:
             self.flag_buf[self.flag_index] = 0
+        # Threads inside wait(); close() from another thread must not free the
+        # semaphore under a thread blocked on it (sem_timedwait on a closed semaphore
+        # crashes the interpreter): the last one out closes it instead.
+        self._guard = threading.Lock()
+        self._inside = 0
+        self.closing = False
 
     def close(self) -> None:
-        if self.sem is not None:
-            self.sem.close()
-            self.sem = None
+        """Wake every thread waiting here (their ``ready`` must then see the owner
+        closed) and free the semaphore once the last of them has left.  Idempotent;
+        callable from any thread."""
+        with self._guard:
+            if self.closing:
+                return
+            self.closing = True
+            if self._inside:
+                for _ in range(self._inside):
+                    self.sem.release()
+                return
+            sem, self.sem = self.sem, None
+        if sem is not None:
+            sem.close()
+
+    def _enter(self) -> None:
+        with self._guard:
+            self._inside += 1
+
+    def _leave(self) -> None:
+        with self._guard:
+            self._inside -= 1
+            if not (self.closing and self._inside == 0 and self.sem is not None):
+                return
+            sem, self.sem = self.sem, None
+        sem.close()
 
     def wait(self, ready: Callable[[], bool], deadline: float | None) -> bool:
         """Wait until ``ready()`` is true or ``deadline`` (time.monotonic) passes;
-        return whether it became ready."""
+        return whether it became ready.  Returns True at once (without calling
+        ``ready``) once :meth:`close` was called: the caller checks why it woke."""
+        if self.closing:
+            return True
+        self._enter()
+        try:
+            return self._wait(ready, deadline)
+        finally:
+            self._leave()
+
+    def _wait(self, ready: Callable[[], bool], deadline: float | None) -> bool:
         how = self.how
         for _ in range(how.spin):
-            if ready():
+            if self.closing or ready():
                 return True
             if deadline is not None and time.monotonic() >= deadline:
                 return ready()
         if how.yield_for:
             until = time.monotonic() + how.yield_for
             while True:
-                if ready():
+                if self.closing or ready():
                     return True
                 now = time.monotonic()
                 if deadline is not None and now >= deadline:
@@ -136,6 +175,12 @@ class Sleeper:
                 if now >= until:
                     break
                 os.sched_yield()
+        if not how.sleep:  # never sleeps: keep yielding until ready or the deadline
+            while not (self.closing or ready()):
+                if deadline is not None and time.monotonic() >= deadline:
+                    return False
+                os.sched_yield()
+            return True
         words, i = self.words, self.epoch_index
         words[i] += 1  # odd: asleep
         if self.flag_buf is not None:
@@ -144,7 +189,7 @@ class Sleeper:
         asleep_since = time.monotonic()
         try:
             while True:
-                if ready():
+                if self.closing or ready():
                     return True
                 now = time.monotonic()
                 # Only a publish racing with the epoch store can miss us: sleep short
@@ -160,9 +205,12 @@ class Sleeper:
                 except (posix_ipc.BusyError, posix_ipc.SignalError):
                     pass  # timed out, or a signal handler ran: re-check either way
         finally:
-            if self.flag_buf is not None:
-                self.flag_buf[self.flag_index] = 0
-            words[i] += 1  # even: awake
+            try:
+                if self.flag_buf is not None:
+                    self.flag_buf[self.flag_index] = 0
+                words[i] += 1  # even: awake
+            except ValueError:
+                pass  # closed by another thread, which let go of the segment
 
 
 class Waker:
@@ -174,23 +222,32 @@ class Waker:
         self.mode, self.trust = mode, trust
         self.sem: posix_ipc.Semaphore | None = None
         self.posted = -1
+        self.closed = False
+        # Posting and closing may come from two threads (a send and a close): never
+        # close the semaphore under a post.  Taken only when a waiter sleeps.
+        self._guard = threading.Lock()
 
     def wake(self, epoch: int) -> None:
         """Post once for this sleep ``epoch`` (an odd number)."""
         if epoch == self.posted:
             return
-        self.posted = epoch
-        if self.sem is None:
-            try:
-                self.sem = ownership.open_semaphore(self.sem_name, create=False,
-                                                    mode=self.mode, trust=self.trust)
-            except PermissionDenied:
-                return  # not ours: never post it (its waiter's sleeps are bounded)
+        with self._guard:
+            if self.closed:
+                return
+            self.posted = epoch
             if self.sem is None:
-                return  # the waiter is gone; nobody to wake
-        self.sem.release()
+                try:
+                    self.sem = ownership.open_semaphore(self.sem_name, create=False,
+                                                        mode=self.mode, trust=self.trust)
+                except PermissionDenied:
+                    return  # not ours: never post it (its waiter's sleeps are bounded)
+                if self.sem is None:
+                    return  # the waiter is gone; nobody to wake
+            self.sem.release()
 
     def close(self) -> None:
-        if self.sem is not None:
-            self.sem.close()
-            self.sem = None
+        with self._guard:
+            self.closed = True
+            sem, self.sem = self.sem, None
+        if sem is not None:
+            sem.close()
