@@ -272,3 +272,48 @@ def test_consumer_of_a_ring_being_unlinked(ns):
     finally:
         sub.close()
         shmbus.unlink("doomed")  # the consumer's semaphore, if it made one again
+
+
+@pytest.mark.skipif(not _can_mount_tmpfs(), reason="needs root and unshare to mount "
+                    "a small private /dev/shm")
+def test_full_dev_shm_when_attaching_or_locking_is_shm_full(ns):
+    """A full /dev/shm met when a consumer attaches (its semaphore, its lock files) or
+    when a lock is taken is ShmFull, never a raw OSError; nothing accepted is lost."""
+    import subprocess
+    import textwrap
+    script = textwrap.dedent("""
+        import os, shmbus
+        pub = shmbus.Producer("r", capacity=64 << 10)
+        pub.send(b"kept")
+        # Fill every last page of the 1 MiB /dev/shm.
+        with open("/dev/shm/filler", "wb", buffering=0) as f:
+            try:
+                while True:
+                    f.write(b"\\0" * 4096)
+            except OSError:
+                pass
+        for what, make in (("consumer", lambda: shmbus.Consumer("r", start="earliest")),
+                           ("durable", lambda: shmbus.Consumer("r", durable="d")),
+                           ("lock", lambda: shmbus.FileLock("L").acquire(1))):
+            try:
+                make()
+                print(what, "opened")
+            except shmbus.ShmFull as e:
+                print(what, "ShmFull", "shmbus gc" in str(e) or "free" in str(e))
+            except OSError as e:
+                print(what, "raw", type(e).__name__, e)
+        os.unlink("/dev/shm/filler")
+        with shmbus.Consumer("r", start="earliest") as sub:
+            print(bytes(sub.recv(timeout=1)).decode())
+        pub.close()
+        shmbus.unlink("r")
+    """)
+    out = subprocess.run(
+        ["unshare", "-m", "sh", "-c",
+         f"mount -t tmpfs -o size=1M tmpfs /dev/shm && exec {sys.executable} -c "
+         + shlex.quote(script)],
+        capture_output=True, text=True, timeout=120, env={**os.environ,
+                                                          "SHMBUS_NAMESPACE": ns})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[:4] == ["consumer ShmFull True", "durable ShmFull True",
+                                          "lock ShmFull True", "kept"], out.stdout
