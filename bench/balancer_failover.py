@@ -50,7 +50,7 @@ def failover(ttl: float) -> dict:
                 p.terminate()
                 p.join(10)
         shmbus.unlink("in", namespace=ns)
-        collect(ns)
+        collect(ns, force=True)
 
 
 def main(argv=None) -> dict:

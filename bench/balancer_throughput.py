@@ -97,7 +97,7 @@ def run_balanced(policy: str, n: int) -> dict:
                 p.terminate()
                 p.join(10)
         shmbus.unlink("in", namespace=ns)
-        collect(ns)
+        collect(ns, force=True)
     first = min(r[0] for r in res if r[0] is not None)
     last = max(r[1] for r in res if r[1] is not None)
     return {"rate": n / (last - first)}

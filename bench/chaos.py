@@ -280,7 +280,7 @@ def run(seconds: float = 20, seed: int = 1, kills_per_second: float = 2.0,
         logs = _collect(logdir)
         readable = _fresh_reads(ns)
         from shmbus.cleanup import collect
-        collect(ns)
+        collect(ns, force=True)
         left = [e for e in os.listdir("/dev/shm") if e.startswith(ns) or
                 e.startswith(f"sem.{ns}")]
     finally:

@@ -1,17 +1,92 @@
 """Read-only views of rings as plain data (dicts, lists, ints, strings), for the CLI
-and for users' own monitoring.  Nothing here writes to a ring."""
+and for users' own monitoring.  Nothing here writes to a ring.
+
+``/dev/shm`` is shared with every user and container of the host, so anything in it
+may be foreign or odd (a symlink, a FIFO, a file of another user or program).  The
+views here never follow a symlink, never open anything but a regular file, never block
+on an open (``O_NONBLOCK``), and report an entry they cannot read instead of stopping:
+:func:`entry_problem` and :func:`read_entry` are the checks the tools share.
+"""
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 
 from . import layout, liveness, naming, ring
-from .errors import ShmbusError
+from .errors import CorruptRing, PermissionDenied, ShmbusError
 from .layout import REC_PAD
-from .lock import list_locks
+from .lock import lock_holders
 from .segment import Segment
 
-__all__ = ["list_rings", "inspect", "list_locks"]
+__all__ = ["list_rings", "inspect", "list_locks", "entry_problem", "open_entry",
+           "read_entry"]
+
+_KIND = {"file": (stat.S_ISREG, "a regular file"), "dir": (stat.S_ISDIR, "a directory")}
+
+
+def _describe(mode: int) -> str:
+    for test, what in ((stat.S_ISLNK, "a symlink"), (stat.S_ISFIFO, "a FIFO"),
+                       (stat.S_ISDIR, "a directory"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device")):
+        if test(mode):
+            return what
+    return "a regular file"
+
+
+def _problem(st: os.stat_result, kind: str, own: bool) -> str | None:
+    is_kind, want = _KIND[kind]
+    if not is_kind(st.st_mode):
+        return f"is {_describe(st.st_mode)}, not {want}"
+    if own and st.st_uid != os.geteuid():
+        return f"belongs to uid {st.st_uid}, not to us (uid {os.geteuid()})"
+    return None
+
+
+def entry_problem(path: str, kind: str = "file", *, own: bool = True) -> str | None:
+    """Why the entry at ``path`` is not ours to read or remove, or None if it is: it
+    must be a regular file (``kind="dir"``: a directory), not a symlink (never
+    followed), and with ``own`` belong to the effective uid.  Raises
+    :class:`FileNotFoundError` if there is no such entry."""
+    return _problem(os.lstat(path), kind, own)
+
+
+def open_entry(path: str, *, own: bool = True) -> int:
+    """A read-only descriptor of the regular file at ``path``, opened without following
+    a symlink and without blocking (a FIFO never hangs us), then checked as
+    :func:`entry_problem` does.  Raises :class:`PermissionDenied` for an entry that is
+    not ours, :class:`FileNotFoundError` if it is gone, ``OSError`` otherwise."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
+    try:
+        fd = os.open(path, flags)
+    except OSError as e:
+        if e.errno == errno.ELOOP:  # the last component is a symlink
+            raise _not_ours(path, "is a symlink, not a regular file") from None
+        raise
+    try:
+        problem = _problem(os.fstat(fd), "file", own)
+        if problem:
+            raise _not_ours(path, problem)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def read_entry(path: str, limit: int, *, own: bool = True) -> bytes:
+    """Up to ``limit`` bytes from the start of the file at ``path``, opened and checked
+    by :func:`open_entry` (same errors)."""
+    fd = open_entry(path, own=own)
+    try:
+        return os.pread(fd, limit, 0)
+    finally:
+        os.close(fd)
+
+
+def _not_ours(path: str, problem: str) -> PermissionDenied:
+    return PermissionDenied(f"{path} {problem}: shmbus left it alone; remove it if it is "
+                            "yours, or use another namespace", path=path)
 
 
 def list_rings(namespace: str | None = None) -> list[dict]:
@@ -26,9 +101,14 @@ def list_rings(namespace: str | None = None) -> list[dict]:
     out = []
     for name in naming.ring_names_in(ns, entries):
         try:
+            problem = entry_problem(naming.segment_path(ns, name), own=False)
+            if problem:
+                raise _not_ours(naming.segment_path(ns, name), problem)
             info = inspect(name, namespace=ns)
-        except ShmbusError as e:
-            out.append({"name": name, "namespace": ns, "error": str(e)})
+        except FileNotFoundError:
+            continue  # removed meanwhile
+        except (ShmbusError, OSError) as e:
+            out.append({"name": name, "namespace": ns, "error": _one_line(e)})
             continue
         consumers = info["consumers"]
         out.append({
@@ -111,3 +191,44 @@ def _oldest_seq(seg: Segment, h: dict) -> int | None:
             return rec.seq
         pos += rec.size
     return None
+
+
+def list_locks(namespace: str | None = None) -> list[dict]:
+    """Every lock file of the namespace with its holders, as plain data:
+    ``{"name", "path", "holders": [{"pid", "mode", "since", "start_time", "waiting"}]}``;
+    an entry that is not a lock file of ours (a FIFO, a symlink, another user's file)
+    is listed with an ``error`` string and no holders, and never opened."""
+    ns = naming.resolve_namespace(namespace)
+    directory = naming.lock_dir(ns)
+    try:
+        problem = entry_problem(directory, "dir", own=False)
+        if problem:
+            return [{"name": os.path.basename(directory), "path": directory,
+                     "holders": [], "error": f"lock directory {problem}"}]
+        names = sorted(os.listdir(directory))
+    except FileNotFoundError:
+        return []
+    except OSError as e:
+        return [{"name": os.path.basename(directory), "path": directory, "holders": [],
+                 "error": _one_line(e)}]
+    out = []
+    for name in names:
+        if name.endswith(("@lease", "@fence", "@stats")) or name.endswith(".tmp"):
+            continue  # not flock-held: leases, fences, balancer stats
+        path = f"{directory}/{name}"
+        try:
+            problem = entry_problem(path, own=False)
+        except FileNotFoundError:
+            continue
+        if problem:
+            out.append({"name": name, "path": path, "holders": [], "error": problem})
+            continue
+        out.append({"name": name, "path": path,
+                    "holders": [h.to_dict() for h in lock_holders(path)]})
+    return out
+
+
+def _one_line(e: BaseException) -> str:
+    if isinstance(e, OSError) and not isinstance(e, ShmbusError) and e.filename:
+        return f"{e.filename}: {e.strerror}"
+    return str(e).splitlines()[0] if str(e) else type(e).__name__

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import posix_ipc
 import pytest
 from click.testing import CliRunner
 
@@ -59,10 +60,10 @@ def test_gc_after_kill9_of_every_participant(ns, procs):
     producer = start(P.produce, ns, "g", 1 << 14, -1, started)
     procs.extend([consumer, producer])
     assert ready.wait(30) and started.wait(30)
-    assert json.loads(run("gc", "--json").output) == []  # everything is alive
+    assert json.loads(run("gc", "--json").output) == {"removed": [], "kept": []}  # alive
     kill9(producer)
     kill9(consumer)
-    dry = json.loads(run("gc", "--dry-run", "--json").output)
+    dry = json.loads(run("gc", "--dry-run", "--json").output)["removed"]
     assert {"kind": "ring", "name": "g", "reason": "no live producer or consumer"} in dry
     assert shmbus.list_rings() != []  # dry run removed nothing
     r = run("gc")
@@ -169,4 +170,15 @@ def test_balancer_run_command(ns, procs):
     procs[-1].join(10)
     from shmbus.cleanup import collect
     shmbus.unlink("in")
-    collect()
+    collect(force=True)
+
+
+def test_demo_leftover_check_sees_semaphores(ns):
+    from tools.demo import leftovers
+    sem = posix_ipc.Semaphore(f"/{ns}.demo.in@c0", posix_ipc.O_CREX)
+    try:
+        assert leftovers(ns) == [f"sem.{ns}.demo.in@c0"]
+    finally:
+        sem.unlink()
+        sem.close()
+    assert leftovers(ns) == []

@@ -11,6 +11,7 @@ import time
 import click
 
 import shmbus
+from shmbus import naming
 
 GROUP, INPUT = "demo", "demo.in"
 
@@ -44,6 +45,12 @@ def _work(ns: str, name: str, stop, counts) -> None:
             except shmbus.Timeout:
                 pass
             counts[name] = n
+
+
+def leftovers(ns: str) -> list[str]:
+    """Everything of namespace ``ns`` in /dev/shm: segments, semaphores (``sem.*``) and
+    the lock directory."""
+    return naming.owned_entries(ns, os.listdir(naming.SHM_DIR))
 
 
 @click.command("demo")
@@ -105,7 +112,7 @@ def command(seconds: float, workers: int, policy: str) -> None:
                 p.join(5)
         manager.shutdown()
         shmbus.unlink(INPUT, namespace=ns)
-        collect(ns)
-        left = [e for e in os.listdir("/dev/shm") if e.startswith(ns)]
+        collect(ns, force=True)
+        left = leftovers(ns)
         click.echo("cleaned up: nothing left in /dev/shm" if not left
                    else f"left in /dev/shm: {left}")

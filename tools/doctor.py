@@ -44,12 +44,17 @@ def checks(namespace: str | None) -> list[dict]:
     else:
         add("fail", "CPU architecture", f"{machine}: weaker memory ordering than x86-64",
             "shmbus's lock-free rings are only claimed on x86-64 (see README)")
-    left = collect(namespace, dry_run=True)
+    ns = naming.resolve_namespace(namespace)
+    kept: list[dict] = []
+    left = collect(ns, dry_run=True, kept=kept)
     if left:
         add("warn", "leftovers", f"{len(left)} item(s) no live process owns in namespace "
-            f"{naming.resolve_namespace(namespace)!r}", "run `shmbus gc`")
+            f"{ns!r}", "run `shmbus gc`")
     else:
         add("ok", "leftovers", "none")
+    for item in kept:
+        add("warn", f"{item['kind']} {item['name']}", item["reason"],
+            "`shmbus gc --dry-run` lists what gc keeps and why")
     return out
 
 
