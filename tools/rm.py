@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import click
 
-import shmbus
-from shmbus.unlink import remove_durable
+from shmbus.unlink import remove, remove_durable
 
 from .cli import namespace_option
 
@@ -13,13 +12,17 @@ from .cli import namespace_option
 @click.command("rm")
 @click.argument("name")
 @click.option("--durable", "-d", default=None, help="Remove only this durable cursor.")
+@click.option("--force", is_flag=True,
+              help="Remove the ring even while a live producer or consumer uses it.")
 @namespace_option
-def command(name: str, durable: str | None, namespace: str | None) -> None:
-    """Remove ring NAME (segment, semaphores, lock files) or its durable cursor."""
-    if durable:
+def command(name: str, durable: str | None, force: bool, namespace: str | None) -> None:
+    """Remove ring NAME (segment, semaphores, lock files) or its durable cursor.
+
+    A ring that a live producer or consumer uses is not removed (they are named)
+    unless --force."""
+    if durable is not None:  # even "": an empty name is bad usage, never "the whole ring"
         remove_durable(name, durable, namespace)
         click.echo(f"removed durable cursor {durable!r} of ring {name!r}")
         return
-    if not shmbus.unlink(name, namespace):
-        raise click.ClickException(f"ring {name!r} does not exist")
+    remove(name, namespace, force=force)
     click.echo(f"removed ring {name!r}")
