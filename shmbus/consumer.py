@@ -167,7 +167,7 @@ class Consumer(Handle):
                     return max(pos, gate)
             elif time.monotonic() > deadline:
                 pid = w[H_PRODUCER_PID]
-                if not pid or liveness.is_dead(pid, 0):
+                if not pid or liveness.is_dead(pid, 0, w[layout.H_PRODUCER_PID_NS]):
                     return max(pos, gate)  # it died mid-scan; its successor rescans
                 if time.monotonic() > give_up:
                     # A live producer stuck mid-scan (stopped?): never hang, never trust

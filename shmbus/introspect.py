@@ -137,7 +137,8 @@ def inspect(name: str, namespace: str | None = None) -> dict:
         producer = None
         if ppid:
             producer = {"pid": ppid, "start_time": h["producer_start"],
-                        "alive": liveness.liveness(ppid, h["producer_start"]).value,
+                        "alive": liveness.liveness(ppid, h["producer_start"],
+                                                   h["producer_pid_ns"]).value,
                         "epoch": h["producer_epoch"],
                         "since_ns": h["producer_since_ns"]}
         consumers = []
@@ -148,7 +149,8 @@ def inspect(name: str, namespace: str | None = None) -> dict:
             pid, start, read = int(s["pid"]), int(s["start_time"]), int(s["read"])
             consumers.append({
                 "slot": i, "durable": layout.slot_name(seg.buf, i),
-                "pid": pid, "alive": liveness.liveness(pid, start).value if pid else None,
+                "pid": pid,
+                "alive": liveness.liveness(pid, start, int(s["pid_ns"])).value if pid else None,
                 "position": read, "lag_bytes": max(0, write - read),
                 "next_seq": ring.seq_at(seg.data, cap, read, write), "lost": int(s["lost"]),
                 "lag_messages": 0,

@@ -179,6 +179,7 @@ class Producer(Room, Handle):
         me = liveness.current()
         w[H_PRODUCER_PID] = me.pid
         w[H_PRODUCER_START] = me.start_time
+        w[layout.H_PRODUCER_PID_NS] = liveness.pid_namespace()
         w[H_PRODUCER_SINCE] = time.time_ns()
         w[H_PRODUCER_EPOCH] += 1
         self.epoch = w[H_PRODUCER_EPOCH]

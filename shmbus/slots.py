@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 from . import layout, liveness, naming
 from .errors import RingBusy
-from .layout import (FLAGGED_SLOTS, H_GENERATION, S_ATTACHED, S_LOST, S_PID, S_READ,
-                     S_START, S_STATE, SLEEPERS_OFFSET, SLOT_ACTIVE, SLOT_DURABLE,
+from .layout import (FLAGGED_SLOTS, H_GENERATION, S_ATTACHED, S_LOST, S_PID, S_PID_NS,
+                     S_READ, S_START, S_STATE, SLEEPERS_OFFSET, SLOT_ACTIVE, SLOT_DURABLE,
                      SLOT_FREE, slot_word)
 from .lock import FileLock
 from .segment import Segment
@@ -31,6 +31,11 @@ class SlotInfo:
     read: int
     lost: int
     durable: str | None
+    pid_ns: int = 0
+
+    def liveness(self) -> liveness.Liveness:
+        """Whether the slot's process can still act (``DEAD`` if it has none)."""
+        return liveness.liveness(self.pid, self.start_time, self.pid_ns)
 
 
 class SlotTable:
@@ -50,7 +55,7 @@ class SlotTable:
         w, base = self.words, slot_word(i)
         return SlotInfo(i, w[base + S_STATE], w[base + S_PID], w[base + S_START],
                         w[base + S_READ], w[base + S_LOST],
-                        layout.slot_name(self.seg.buf, i))
+                        layout.slot_name(self.seg.buf, i), w[base + S_PID_NS])
 
     def in_use(self) -> list[int]:
         w = self.words
@@ -81,6 +86,7 @@ class SlotTable:
         w[base + S_LOST] = 0
         w[base + S_PID] = me.pid
         w[base + S_START] = me.start_time
+        w[base + S_PID_NS] = liveness.pid_namespace()
         w[base + S_ATTACHED] = time.time_ns()
         layout.write_slot_name(self.seg.buf, free, durable)
         w[base + S_STATE] = SLOT_DURABLE if durable else SLOT_ACTIVE
@@ -93,6 +99,7 @@ class SlotTable:
         w, base, me = self.words, slot_word(i), liveness.current()
         w[base + S_PID] = me.pid
         w[base + S_START] = me.start_time
+        w[base + S_PID_NS] = liveness.pid_namespace()
         w[base + S_ATTACHED] = time.time_ns()
         self.bump()
 
@@ -102,6 +109,7 @@ class SlotTable:
         w, base = self.words, slot_word(i)
         w[base + S_PID] = 0
         w[base + S_START] = 0
+        w[base + S_PID_NS] = 0
         if not keep:
             w[base + S_STATE] = SLOT_FREE
             layout.write_slot_name(self.seg.buf, i, None)
@@ -113,7 +121,9 @@ class SlotTable:
 
     def reclaim_dead(self, below: int | None = None) -> list[int]:
         """Free the slots of anonymous consumers whose process is dead (only those whose
-        read position is below ``below``, if given).  Caller holds the lock."""
+        read position is below ``below``, if given).  Caller holds the lock.  A consumer
+        in another PID namespace (a container sharing ``/dev/shm``) is freed only on
+        proof that it is gone (:func:`shmbus.liveness.liveness`), never by its pid."""
         freed = []
         w = self.words
         for i in self.in_use():
@@ -122,7 +132,7 @@ class SlotTable:
                 continue
             if below is not None and w[base + S_READ] >= below:
                 continue
-            if liveness.is_dead(w[base + S_PID], w[base + S_START]):
+            if liveness.is_dead(w[base + S_PID], w[base + S_START], w[base + S_PID_NS]):
                 self.free(i)
                 freed.append(i)
         return freed

@@ -216,3 +216,114 @@ def test_foreign_private_semaphore_is_a_permission_error_for_a_normal_user(ns):
                 os.rmdir(p)
             else:
                 _remove(p)
+
+
+# -- containers: processes in another PID namespace sharing /dev/shm (hole 9) ----------
+
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+_CONSUMER = """
+import sys, shmbus
+ns, ring = sys.argv[1], sys.argv[2]
+with shmbus.Consumer(ring, namespace=ns) as sub:
+    print("ready", flush=True)
+    msg = sub.recv(timeout=20)
+    first = bytes(msg)
+    print("holding", msg.seq, flush=True)
+    sys.stdin.readline()
+    print("intact" if bytes(msg) == first else "overwritten", flush=True)
+"""
+
+_PRODUCER = """
+import sys, shmbus
+ns, ring = sys.argv[1], sys.argv[2]
+with shmbus.Producer(ring, capacity=4096, namespace=ns) as pub:
+    pub.send(b"from the container")
+    print("ready", flush=True)
+    sys.stdin.readline()
+"""
+
+
+class _InPidNamespace:
+    """A Python child in a new PID namespace with its own /proc (``unshare -p -f
+    --mount-proc``), like a container that shares the host's /dev/shm; talks through
+    its stdin/stdout, dies with us (``--kill-child``)."""
+
+    def __init__(self, code: str, *args: str) -> None:
+        import subprocess
+        import sys
+        env = dict(os.environ, PYTHONPATH=_REPO)
+        self.proc = subprocess.Popen(
+            ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child",
+             sys.executable, "-c", code, *args],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+
+    def expect(self, word: str, timeout: float = 20) -> str:
+        import select
+        if not select.select([self.proc.stdout], [], [], timeout)[0]:
+            raise AssertionError(f"child said nothing within {timeout} s")
+        line = self.proc.stdout.readline().strip()
+        assert line.split()[:1] == [word], line
+        return line
+
+    def release(self) -> None:
+        self.proc.stdin.write("go\n")
+        self.proc.stdin.flush()
+
+    def close(self) -> None:
+        import subprocess
+        try:
+            self.proc.stdin.close()
+        except OSError:
+            pass
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()  # unshare --kill-child takes its child along
+            self.proc.wait(timeout=10)
+        self.proc.stdout.close()
+
+
+def test_consumer_in_another_pid_namespace_is_never_taken_for_dead(ns):
+    """The host's producer must not reclaim the slot of a live consumer that runs in
+    a container (its pid means nothing on the host): a full ring makes send time out
+    instead of overwriting the message the consumer still holds; gc keeps the ring."""
+    from shmbus.cleanup import collect
+    child = None
+    try:
+        with shmbus.Producer("orders", capacity=4096, namespace=ns) as pub:
+            child = _InPidNamespace(_CONSUMER, ns, "orders")
+            child.expect("ready")
+            pub.send(b"A" * 1000)
+            assert child.expect("holding") == "holding 0"
+            info = shmbus.inspect("orders", namespace=ns)
+            assert [c["alive"] for c in info["consumers"]] == ["alive"]
+            with pytest.raises(shmbus.Timeout):
+                for _ in range(8):  # the ring holds 4 such messages
+                    pub.send(b"B" * 1000, timeout=0.3)
+        removed = collect(ns)
+        assert not [r for r in removed if r["kind"] == "ring"], removed
+        assert os.path.exists(naming.segment_path(ns, "orders"))
+        child.release()
+        assert child.expect("intact") == "intact"
+    finally:
+        if child is not None:
+            child.close()
+        shmbus.unlink("orders", namespace=ns)
+
+
+def test_producer_in_another_pid_namespace_keeps_its_ring(ns):
+    from shmbus.cleanup import collect
+    child = _InPidNamespace(_PRODUCER, ns, "orders")
+    try:
+        child.expect("ready")
+        info = shmbus.inspect("orders", namespace=ns)
+        assert info["producer"]["alive"] == "alive"
+        removed = collect(ns)
+        assert not [r for r in removed if r["kind"] == "ring"], removed
+        with shmbus.Consumer("orders", namespace=ns, start="earliest") as sub:
+            assert bytes(sub.recv(timeout=5)) == b"from the container"
+        child.release()
+    finally:
+        child.close()
+        shmbus.unlink("orders", namespace=ns)
