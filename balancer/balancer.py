@@ -9,8 +9,10 @@ messages.  A worker acknowledges by releasing (advancing its read position).
 At-least-once: input messages are released only after they are in a worker ring.  When
 a worker leaves or dies, what it had not acknowledged is read back from its ring and
 dispatched again (for consistent hashing, to the key's new owner, before any newer
-message for that key), counted as redelivered; a message delivered ``max_deliveries``
-times goes to the group's dead-letter ring ``GROUP.dlq`` instead.  Duplicates happen
+message for that key), counted as redelivered.  A message the worker had received (see
+:mod:`balancer.worker`) counts one delivery more; one it had not received yet keeps
+its count.  A message delivered ``max_deliveries`` times goes to the group's
+dead-letter ring ``GROUP.dlq`` instead.  Duplicates happen
 only for messages in flight at a crash.  A message no worker can take waits in its input
 ring (back-pressure), not in the balancer's memory.
 
@@ -45,7 +47,7 @@ from shmbus.lock import FileLock
 from shmbus.errors import (DurableBusy, LeaseLost, RingBusy, RingNotFound, ShmbusError,
                            Timeout)
 
-from . import membership, stats
+from . import membership, stats, worker
 from .policies import ConsistentHash, Policy, RoundRobin, policy as make_policy
 
 __all__ = ["Balancer"]
@@ -293,10 +295,11 @@ class Balancer:
         else:
             self._stop.wait(min(timeout, 0.001))
 
-    def _place(self, msgs: list, redelivery: bool = False) -> list:
+    def _place(self, msgs: list, delivered: list[int] | None = None) -> list:
         """Dispatch ``msgs`` in order, one ``send_many`` per worker; return those that
         found no place (from the first that could not be placed on, so that order
-        holds), to be tried again before anything newer."""
+        holds), to be tried again before anything newer.  ``delivered``: for messages
+        dispatched again, how many times each was delivered so far."""
         hashing = isinstance(self.policy, ConsistentHash) and not self.policy.load_factor
         room = {n: self.prefetch - m.in_flight() for n, m in self.members.items()}
         loads = ({n: self.prefetch - r for n, r in room.items()}
@@ -306,7 +309,7 @@ class Balancer:
         buckets: dict[str, list] = {}
         unplaced: list = []
         for i, msg in enumerate(msgs):
-            deliveries = msg.deliveries if redelivery else 0
+            deliveries = delivered[i] if delivered is not None else 0
             if deliveries >= self.max_deliveries:
                 self._dead_letter(msg.data, msg.key, deliveries)
                 continue
@@ -328,14 +331,15 @@ class Balancer:
             buckets.setdefault(name, []).append((msg, deliveries))
         leftovers = []
         for name, items in buckets.items():
-            leftovers += self._send_bucket(self.members[name], items)
+            leftovers += self._send_bucket(self.members[name], items, delivered is not None)
         if leftovers:  # a worker ring was full: those wait, in their original order
             order = {id(m): k for k, m in enumerate(msgs)}
             unplaced = sorted(leftovers + unplaced, key=lambda m: order[id(m)])
         return unplaced
 
-    def _send_bucket(self, member: _Member, items: list) -> list:
-        """Send ``items`` to one worker; return the messages its full ring refused."""
+    def _send_bucket(self, member: _Member, items: list, again: bool) -> list:
+        """Send ``items`` (message, deliveries so far) to one worker (``again``: they
+        come from a worker that left); return the messages its full ring refused."""
         shift = layout.REC_REDELIVERY_SHIFT
         producer = member.producer
         sent = 0
@@ -348,18 +352,18 @@ class Balancer:
                                    _stamps=[m.timestamp_ns for m in group])
             except Timeout:
                 done = producer.seq - first
-                self._count(member, done, flags)
+                self._count(member, done, again)
                 return [m for m, _ in items][sent + done:]
-            self._count(member, len(group), flags)
+            self._count(member, len(group), again)
             sent += len(group)
         return []
 
-    def _count(self, member: _Member, n: int, deliveries: int) -> None:
+    def _count(self, member: _Member, n: int, again: bool) -> None:
         if not n:
             return
         member.dispatched += n
         self.counters["dispatched"] += n
-        if deliveries:
+        if again:
             self.counters["redelivered"] += n
 
     def _dead_letter(self, data, key, deliveries: int) -> None:
@@ -435,8 +439,13 @@ class Balancer:
             except ShmbusError:
                 return False  # its previous user still lets go of it: next round
             try:
+                # What the worker received counts as one delivery more; what it had
+                # not yet received was never delivered and keeps its count.
+                received = worker.received_position(leftovers)
                 while (msg := leftovers.try_recv()) is not None:
-                    if self._place([msg], redelivery=True):
+                    end = msg[5]  # where the message ends in the ring
+                    delivered = msg.deliveries - (end > received)
+                    if self._place([msg], [delivered]):
                         return False  # no room now: the rest waits in its ring
                     msg.release()
             finally:

@@ -1,16 +1,26 @@
-"""``Worker``: one member of a balancer group, consumed like a ``shmbus.Consumer``."""
+"""``Worker``: one member of a balancer group, consumed like a ``shmbus.Consumer``.
+
+A worker publishes what it has *received* (the end of the last message a receive
+returned to it) in the spare word of its slot (:data:`shmbus.layout.S_RECEIVED`), next
+to what it has *released* (its read position).  When it dies, the balancer reads both:
+messages below the received position were delivered to it and count one delivery
+more when they are dispatched again; the others it never saw and keep their count.
+Only the worker's own consumer writes that word; one store per receive call.
+"""
 
 from __future__ import annotations
 
 import shmbus
 from shmbus import layout, naming
+from shmbus.consumer import Consumer
 from shmbus.errors import RingBusy
+from shmbus.layout import H_WRITE, S_READ, S_RECEIVED, slot_word
 from shmbus.lock import FileLock
 from shmbus.segment import Segment
 
 from . import membership
 
-__all__ = ["Worker"]
+__all__ = ["Worker", "received_position"]
 
 
 class Worker(shmbus.Consumer):
@@ -46,6 +56,37 @@ class Worker(shmbus.Consumer):
             self._registration.release()
             raise
 
+    def _bind_recv(self) -> None:
+        """The consumer's receive calls, each followed by one store of the position
+        received up to into the slot's received word.  What a previous worker of this
+        name received and left unreleased counts as received until passed."""
+        super()._bind_recv()
+        words, word, me = self._words, slot_word(self.slot) + S_RECEIVED, self
+        floor = received_position(self)
+        words[word] = floor
+        recv, recv_many = self.recv, self.recv_many
+
+        def worker_recv(timeout: float | None = None):
+            msg = recv(timeout)
+            pos = me._pos
+            words[word] = pos if pos > floor else floor
+            return msg
+
+        def worker_recv_many(max_messages: int, timeout: float | None = None):
+            batch = recv_many(max_messages, timeout)
+            pos = me._pos
+            words[word] = pos if pos > floor else floor
+            return batch
+
+        self.recv, self.recv_many = worker_recv, worker_recv_many
+        self._received_floor = floor
+
+    def recv_array(self, dtype, max_messages: int, timeout: float | None = None):
+        array = super().recv_array(dtype, max_messages, timeout)
+        self._words[slot_word(self.slot) + S_RECEIVED] = max(self._pos,
+                                                             self._received_floor)
+        return array
+
     def close(self, *, release: bool = True) -> None:
         """Leave the group: unreleased messages (with ``release=False``, the last
         one received too) go to the other workers."""
@@ -59,3 +100,13 @@ class Worker(shmbus.Consumer):
 
     def __repr__(self) -> str:
         return f"<Worker {self.worker!r} of group {self.group!r}>"
+
+
+def received_position(consumer: Consumer) -> int:
+    """The end of what the worker on ``consumer``'s slot (a consumer of a worker ring
+    with the worker's durable name) has received: between its read position and the
+    write position (the read position where the word holds nothing sensible, such as
+    a slot no worker has written to yet)."""
+    words, base = consumer._words, slot_word(consumer.slot)
+    read, received = words[base + S_READ], words[base + S_RECEIVED]
+    return received if read <= received <= words[H_WRITE] else read

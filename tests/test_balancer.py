@@ -23,7 +23,7 @@ def group(ns):
     yield "g"
     from shmbus.cleanup import collect
     shmbus.unlink("in")
-    collect()  # worker rings, dead-letter ring, stats, leases of the stopped group
+    collect(force=True)  # worker rings, dead-letter ring, stats, leases of the stopped group
 
 
 def workers_in_stats(n: int):
@@ -257,3 +257,49 @@ def test_consistent_hash_waits_while_a_live_workers_ring_is_held(group, ns):
         previous_leader.close()
         w1.close()
         w2.close()
+
+
+@pytest.mark.parametrize("max_deliveries", [3, 1])
+def test_only_what_a_dead_worker_received_counts_as_delivered(group, ns, procs,
+                                                              max_deliveries):
+    """A worker holding 100 messages receives 1 and is killed: only that one was
+    delivered; the other 99 go to the survivor as first deliveries (and, with
+    max_deliveries=1, only the received one goes to the dead-letter ring)."""
+    results, stop = SPAWN.Queue(), SPAWN.Event()
+    victim = start(P.run_worker, ns, group, "victim", results, stop, 1)
+    procs.append(victim)
+    b = Balancer(group, ["in"], policy="round-robin", prefetch=1000, poll=0.005,
+                 max_deliveries=max_deliveries)
+    b.start()
+    try:
+        await_until(lambda: "victim" in b.members, 30, what="victim joined")
+        with shmbus.Producer("in") as pub:
+            for i in range(100):
+                pub.send(str(i).encode())
+        await_until(lambda: b.counters["dispatched"] == 100, 30, what="all at the victim")
+        (first,) = [p for _, _, p, _ in drain(results, lambda g: len(g) >= 2)
+                    if p != b"hanging"]
+        assert first == b"0"
+        kill9(victim)
+        got = {}
+        with Worker(group, "survivor") as survivor:
+            def receive():
+                while (m := survivor.try_recv()) is not None:
+                    got[int(bytes(m))] = m.deliveries
+                return len(got) >= 100 - (max_deliveries == 1)
+            await_until(receive, 30, what="the victim's messages at the survivor")
+            await_until(lambda: not b._gone, 30, what="the victim's ring drained")
+            assert survivor.try_recv() is None
+        if max_deliveries == 1:
+            assert got == {i: 1 for i in range(1, 100)}
+            with shmbus.Consumer("g.dlq", start="earliest") as dlq:
+                msg = dlq.recv(timeout=5)
+                assert (bytes(msg), msg.deliveries - 1) == (b"0", 1)
+                assert dlq.try_recv() is None
+            assert b.counters["dead_lettered"] == 1
+        else:
+            assert got == {0: 2, **{i: 1 for i in range(1, 100)}}
+            assert b.counters["redelivered"] == 100
+    finally:
+        stop.set()
+        b.stop()
