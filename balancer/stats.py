@@ -1,6 +1,12 @@
 """The balancer's statistics, kept in a small JSON file in ``/dev/shm`` (beside the
 lock files) for ``shmbus inspect`` / ``shmbus top``: rewritten atomically a few times a
-second by the leader."""
+second by the leader.
+
+The file lives in the namespace's lock directory, which is checked to be ours
+(:mod:`shmbus.lockdir`), and every file is opened relative to that checked directory
+without following symlinks: the temporary file is created with ``O_EXCL`` (``0600``)
+and renamed over ``{group}@stats``; a reader accepts only a regular file of ours.
+"""
 
 from __future__ import annotations
 
@@ -8,32 +14,90 @@ import json
 import os
 import time
 
-from shmbus import naming
+from shmbus import lockdir, naming
 
 from . import membership
 
+_MAX_SIZE = 1 << 20  # a stats file is a few KiB; never read more than this
+
 
 def write(namespace: str, group: str, data: dict) -> None:
+    """Publish ``data`` (plus ``updated_at``) as the group's stats.  Raises
+    :class:`shmbus.PermissionDenied` if the lock directory is not ours."""
     path = membership.stats_path(namespace, group)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    naming.make_dir(naming.lock_dir(namespace))
-    with open(tmp, "w") as f:
-        json.dump({**data, "updated_at": time.time()}, f)
-    os.replace(tmp, path)
+    name = os.path.basename(path)
+    tmp = f"{name}.{os.getpid()}.tmp"
+    body = json.dumps({**data, "updated_at": time.time()}).encode()
+    while True:
+        dir_fd = lockdir.open_dir(namespace)
+        try:
+            _write_new(dir_fd, tmp, f"{os.path.dirname(path)}/{tmp}", body)
+            os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            return
+        except FileNotFoundError:
+            continue  # the directory was removed meanwhile (its last lock released)
+        finally:
+            os.close(dir_fd)
+
+
+def _write_new(dir_fd: int, name: str, path: str, body: bytes) -> None:
+    try:
+        os.unlink(name, dir_fd=dir_fd)  # left by a process of ours that died mid-write
+    except FileNotFoundError:
+        pass
+    fd = lockdir.open_file(dir_fd, name, path, exclusive=True)
+    try:
+        view = memoryview(body)
+        while view:
+            view = view[os.write(fd, view):]
+    except BaseException:
+        os.unlink(name, dir_fd=dir_fd)
+        raise
+    finally:
+        os.close(fd)
 
 
 def read(namespace: str | None, group: str) -> dict | None:
-    """The group's last published stats, or None."""
+    """The group's last published stats, or None if there are none or they are not a
+    JSON object.  Raises :class:`shmbus.PermissionDenied` if the file or its directory
+    is not ours."""
     ns = naming.resolve_namespace(namespace)
+    path = membership.stats_path(ns, group)
     try:
-        with open(membership.stats_path(ns, group)) as f:
-            return json.load(f)
-    except (FileNotFoundError, ValueError):
+        dir_fd = lockdir.open_dir(ns, create=False)
+    except FileNotFoundError:
         return None
+    try:
+        fd = lockdir.open_file(dir_fd, os.path.basename(path), path, create=False,
+                               write=False)
+    except FileNotFoundError:
+        return None
+    finally:
+        os.close(dir_fd)
+    try:
+        raw = os.read(fd, _MAX_SIZE)
+    finally:
+        os.close(fd)
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def remove(namespace: str, group: str) -> None:
+    """Remove the group's stats file if it is ours."""
+    path = membership.stats_path(namespace, group)
     try:
-        os.unlink(membership.stats_path(namespace, group))
+        dir_fd = lockdir.open_dir(namespace, create=False)
     except FileNotFoundError:
-        pass
+        return
+    try:
+        try:
+            st = os.stat(os.path.basename(path), dir_fd=dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return
+        lockdir.check(st, path, "regular file", naming.share_group())
+        os.unlink(os.path.basename(path), dir_fd=dir_fd)
+    finally:
+        os.close(dir_fd)

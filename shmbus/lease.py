@@ -25,21 +25,31 @@ check tokens (:class:`Fence`): a holder that lost its lease then fails there too
 from __future__ import annotations
 
 import fcntl
+import math
 import os
 import signal
 import struct
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from typing import Iterator
 
-from . import liveness, naming
-from .errors import LeaseLost, NotHeld, ShmbusError, Timeout
+import psutil
+
+from . import liveness, lockdir, naming
+from .errors import AlreadyHeld, LeaseLost, NotHeld, ShmbusError, Timeout
 
 __all__ = ["Lease", "LeaseState", "Fence", "list_leases"]
 
 _RECORD = struct.Struct("<8sQQQQQQ")
 _MAGIC = b"SHMBLEAS"
 _ON_STALE = ("refuse", "kill")
+_TOKEN_MAX = (1 << 64) - 1      # tokens are stored as unsigned 64-bit integers
+_TTL_MAX = 10 * 365 * 86400.0   # seconds; an expiry must fit CLOCK_MONOTONIC nanoseconds
+_POLL_MIN = 0.0001
+_POLL_MAX = 0.01
+_FENCE_TIMEOUT = 10.0           # seconds a Fence waits for its file's lock
 
 
 @dataclass(frozen=True)
@@ -68,35 +78,67 @@ _EMPTY = LeaseState(0, 0, 0, 0, 0, 0)
 
 
 class _LeaseFile:
-    """The lease record and its short critical sections."""
+    """The lease record and its short critical sections.
 
-    def __init__(self, path: str, directory: str) -> None:
-        self.path, self.directory = path, directory
+    ``with f.locked(deadline):`` opens the file in the namespace's checked lock
+    directory (:mod:`shmbus.lockdir`: ours, a regular file, never through a symlink)
+    and takes its ``flock`` by non-blocking attempts until ``deadline`` (a
+    ``time.monotonic()`` value, None: no limit), so a process that holds the file's
+    lock (stopped, hung) delays a caller by at most its timeout, then :class:`Timeout`.
+    """
+
+    def __init__(self, path: str, namespace: str, name: str) -> None:
+        self.path, self.namespace, self.name = path, namespace, name
+        self.directory = naming.lock_dir(namespace)
         # Threads of one process (a keepalive thread and its owner) take turns here:
         # flock alone would let them trample each other's descriptor.
         self._threads = threading.Lock()
+        self.fd = -1
 
-    def __enter__(self) -> "_LeaseFile":
-        self._threads.acquire()
+    @contextmanager
+    def locked(self, deadline: float | None, create: bool = True) -> Iterator["_LeaseFile"]:
+        if not self._threads.acquire(timeout=_remaining(deadline, -1)):
+            raise self._busy(deadline)
         try:
-            while True:
-                try:
-                    self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
-                                      0o644)
-                    break
-                except FileNotFoundError:
-                    naming.make_dir(self.directory)
-            fcntl.flock(self.fd, fcntl.LOCK_EX)
-        except BaseException:
-            self._threads.release()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        try:
-            os.close(self.fd)  # closing releases the flock
+            self.fd = self._open_locked(deadline, create)
+            try:
+                yield self
+            finally:
+                fd, self.fd = self.fd, -1
+                os.close(fd)  # closing releases the flock
         finally:
             self._threads.release()
+
+    def _open_locked(self, deadline: float | None, create: bool) -> int:
+        delay = _POLL_MIN
+        while True:
+            dir_fd = lockdir.open_dir(self.namespace, create=create)
+            try:
+                fd = lockdir.open_file(dir_fd, self.name, self.path, create=create)
+            except FileNotFoundError:
+                if not create:
+                    raise
+                continue  # the directory was removed meanwhile: make it again
+            finally:
+                os.close(dir_fd)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return fd
+            except BlockingIOError:
+                os.close(fd)
+            except BaseException:
+                os.close(fd)
+                raise
+            remaining = _remaining(deadline, _POLL_MAX)
+            if remaining <= 0:
+                raise self._busy(deadline)
+            time.sleep(min(delay, remaining))
+            delay = min(delay * 2, _POLL_MAX)
+
+    def _busy(self, deadline: float | None) -> Timeout:  # noqa: ARG002
+        return Timeout(f"lease file {self.path} stayed locked by another process (one "
+                       "holding its record lock: stopped or hung?) until the deadline; "
+                       "try again later, or stop that process", path=self.path)
 
     def read(self) -> LeaseState:
         raw = os.pread(self.fd, _RECORD.size, 0)
@@ -113,6 +155,11 @@ class _LeaseFile:
                                         st.expires_ns, st.acquired_wall_ns, st.ttl_ns), 0)
 
 
+def _remaining(deadline: float | None, unlimited: float) -> float:
+    """Seconds left until ``deadline``, or ``unlimited`` when there is none."""
+    return unlimited if deadline is None else max(0.0, deadline - time.monotonic())
+
+
 class Lease:
     """Time-bounded ownership of ``name`` with a fencing token.
 
@@ -126,14 +173,15 @@ class Lease:
     def __init__(self, name: str, *, ttl: float, namespace: str | None = None,
                  on_stale: str = "refuse", keepalive: bool = False) -> None:
         naming.check_name(name, "lease name")
-        if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not ttl > 0:
-            raise ValueError(f"ttl must be a number of seconds > 0, got {ttl!r}")
+        if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or \
+                not 0 < ttl <= _TTL_MAX:
+            raise ValueError(f"ttl must be a finite number of seconds > 0 and at most "
+                             f"{_TTL_MAX:.0f} (ten years), got {ttl!r}")
         if on_stale not in _ON_STALE:
             raise ValueError(f"on_stale must be one of {_ON_STALE}, got {on_stale!r}")
         self.name, self.ttl, self.on_stale, self.keepalive = name, float(ttl), on_stale, keepalive
         self.namespace = ns = naming.resolve_namespace(namespace)
-        directory = naming.lock_dir(ns)
-        self._file = _LeaseFile(f"{directory}/{name}@lease", directory)
+        self._file = _LeaseFile(f"{naming.lock_dir(ns)}/{name}@lease", ns, f"{name}@lease")
         self.path = self._file.path
         self._token = 0
         self._expires_ns = 0
@@ -162,7 +210,7 @@ class Lease:
 
     def holder(self) -> dict | None:
         """The current holder (pid, start_time, token, expires_in, alive), or None."""
-        with self._file as f:
+        with self._file.locked(time.monotonic() + self.ttl) as f:
             st = f.read()
         return st.to_dict() if st.pid else None
 
@@ -170,20 +218,26 @@ class Lease:
 
     def acquire(self, timeout: float | None = None) -> "Lease":
         """Take the lease, waiting up to ``timeout`` seconds (None: forever).  Raises
-        :class:`Timeout` naming the holder."""
+        :class:`Timeout` naming the holder; the timeout holds whatever other processes
+        do (a process keeping the lease file locked delays this call by at most
+        ``timeout``).  Raises :class:`PermissionDenied` when the lease file or its
+        directory is not ours (a record someone else wrote is never believed),
+        :class:`AlreadyHeld` when this object holds the lease already."""
         if self.held:
-            raise ShmbusError(f"lease {self.name!r} is already held by this object",
-                              name=self.name)
+            raise AlreadyHeld(f"lease {self.name!r} is already held by this object (token "
+                              f"{self._token}): release it first", name=self.name)
+        if timeout is not None and not timeout >= 0:
+            raise ValueError(f"timeout must be None or >= 0 seconds, got {timeout!r}")
         deadline = None if timeout is None else time.monotonic() + timeout
         me = liveness.current()
         while True:
-            with self._file as f:
+            with self._file.locked(deadline) as f:
                 st = f.read()
                 wait = self._obstacle(st, me)
                 if wait is None:
                     now = time.monotonic_ns()
                     ttl_ns = int(self.ttl * 1e9)
-                    token = max(st.token + 1, time.time_ns())
+                    token = self._next_token(st)
                     f.write(LeaseState(token, me.pid, me.start_time, now + ttl_ns,
                                        time.time_ns(), ttl_ns))
                     self._token, self._expires_ns = token, now + ttl_ns
@@ -200,6 +254,15 @@ class Lease:
             self._start_keepalive()
         return self
 
+    def _next_token(self, st: LeaseState) -> int:
+        if st.token >= _TOKEN_MAX:
+            raise ShmbusError(
+                f"lease file {self.path} holds token {st.token}, the largest a lease can "
+                "have (2**64-1), so no newer token exists: the file is damaged or forged; "
+                "remove it (Lease.unlink() or `shmbus gc`) and acquire again",
+                name=self.name, token=st.token)
+        return max(st.token + 1, time.time_ns())
+
     def _obstacle(self, st: LeaseState, me) -> str | None:
         """None if the lease may be taken now, "kill" if the stale holder must be
         killed first, "wait" otherwise."""
@@ -207,20 +270,30 @@ class Lease:
             return None
         if (st.pid, st.start_time) == (me.pid, me.start_time):
             return None if st.expired else "wait"  # another Lease object of ours
+        # A start time of 0 is "unknown" to liveness (pid only): a record shmbus never
+        # writes.  Such a holder is never killed; its lease is taken once its pid is gone.
         state = liveness.liveness(st.pid, st.start_time)
         if state is liveness.Liveness.DEAD:
             return None
         if not st.expired:
             return "wait"
-        return "kill" if self.on_stale == "kill" else "wait"
+        return "kill" if self.on_stale == "kill" and _killable(st) else "wait"
 
     def _kill(self, st: LeaseState) -> None:
-        if liveness.liveness(st.pid, st.start_time) is not liveness.Liveness.ALIVE:
-            return  # gone already (or not ours to judge); the next round decides
+        """SIGKILL the stale holder, verified first (:func:`_killable`) through a pidfd,
+        so that a pid reused meanwhile is never signalled; then wait for its death."""
         try:
-            os.kill(st.pid, signal.SIGKILL)
+            pidfd = os.pidfd_open(st.pid)
         except ProcessLookupError:
             return
+        try:
+            if not _killable(st):
+                return  # gone, or not the recorded process: the next round decides
+            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        except ProcessLookupError:
+            return
+        finally:
+            os.close(pidfd)
         deadline = time.monotonic() + 10
         while not liveness.is_dead(st.pid, st.start_time):
             if time.monotonic() > deadline:
@@ -230,7 +303,13 @@ class Lease:
 
     def _busy(self, st: LeaseState, timeout) -> Timeout:
         alive = liveness.liveness(st.pid, st.start_time).value
-        if st.expired:
+        if st.expired and self.on_stale == "kill":
+            why = (f"it expired {(time.monotonic_ns() - st.expires_ns) / 1e9:.1f} s ago but "
+                   f"its holder pid {st.pid} is {alive} and cannot be verified (the record "
+                   "has no start time, or the process runs as another user): shmbus never "
+                   "kills a process it cannot verify; stop it yourself, or remove the "
+                   "lease file")
+        elif st.expired:
             why = (f"it expired {(time.monotonic_ns() - st.expires_ns) / 1e9:.1f} s ago but "
                    f"pid {st.pid} is {alive} (stopped or hung?); on_stale='refuse' never "
                    "takes a lease from a live holder: stop it, or use on_stale='kill'")
@@ -243,8 +322,9 @@ class Lease:
 
     def renew(self) -> None:
         """Extend the lease by ``ttl`` from now.  Raises :class:`LeaseLost` if another
-        holder has taken it (or this object never held it)."""
-        with self._file as f:
+        holder has taken it (or this object never held it), :class:`Timeout` if the lease
+        file stays locked by another process until the lease would expire."""
+        with self._file.locked(self._expires_ns / 1e9) as f:
             st = f.read()
             self._verify(st)
             now = time.monotonic_ns()
@@ -259,7 +339,7 @@ class Lease:
         if self._lost or time.monotonic_ns() >= self._expires_ns:
             self._lost = self._lost or self._token > 0
             raise self._lost_error("it expired" if self._token else "it was never acquired")
-        with self._file as f:
+        with self._file.locked(self._expires_ns / 1e9) as f:
             self._verify(f.read())
 
     def _verify(self, st: LeaseState) -> None:
@@ -277,7 +357,7 @@ class Lease:
         """Give the lease up (its token stays).  Raises :class:`NotHeld` if this object
         does not hold it."""
         self._stop_keepalive()
-        with self._file as f:
+        with self._file.locked(time.monotonic() + self.ttl) as f:
             st = f.read()
             if self._pid != os.getpid() or st.token != self._token or st.pid == 0 or \
                     self._token == 0:
@@ -288,7 +368,7 @@ class Lease:
 
     def unlink(self) -> None:
         """Remove the lease file (tokens stay increasing: see the module doc)."""
-        _remove_file(self.path, self._file.directory)
+        _remove_file(self.namespace, self._file.name)
 
     # -- keepalive ------------------------------------------------------------------------
 
@@ -305,7 +385,7 @@ class Lease:
                 return
             try:
                 self.renew()
-            except (LeaseLost, OSError):
+            except (ShmbusError, OSError):  # LeaseLost, Timeout, PermissionDenied, ...
                 self._lost = True
                 return
 
@@ -339,17 +419,23 @@ class Fence:
 
     def __init__(self, name: str, namespace: str | None = None) -> None:
         naming.check_name(name, "fence name")
-        directory = naming.lock_dir(naming.resolve_namespace(namespace))
-        self.path = f"{directory}/{name}@fence"
-        self._file = _LeaseFile(self.path, directory)
+        self.namespace = ns = naming.resolve_namespace(namespace)
+        self.path = f"{naming.lock_dir(ns)}/{name}@fence"
+        self._file = _LeaseFile(self.path, ns, f"{name}@fence")
 
     @property
     def newest(self) -> int:
-        with self._file as f:
+        with self._file.locked(time.monotonic() + _FENCE_TIMEOUT) as f:
             return f.read().token
 
     def admit(self, token: int) -> None:
-        with self._file as f:
+        """Accept ``token`` if it is not older than the newest accepted; raise
+        :class:`LeaseLost` otherwise, ``ValueError`` if it is not a lease token (an int
+        from 0 to 2**64-1)."""
+        if isinstance(token, bool) or not isinstance(token, int) or \
+                not 0 <= token <= _TOKEN_MAX:
+            raise ValueError(f"a fencing token is an int from 0 to 2**64-1, got {token!r}")
+        with self._file.locked(time.monotonic() + _FENCE_TIMEOUT) as f:
             st = f.read()
             if token < st.token:
                 raise LeaseLost(f"token {token} is older than token {st.token} already "
@@ -359,33 +445,67 @@ class Fence:
 
     def unlink(self) -> None:
         """Remove the fence file (then any token is admitted again)."""
-        _remove_file(self.path, self._file.directory)
+        _remove_file(self.namespace, self._file.name)
 
 
-def _remove_file(path: str, directory: str) -> None:
+def _killable(st: LeaseState) -> bool:
+    """Whether the holder recorded in ``st`` may be killed: its start time is recorded
+    and matches the live process with that pid, and that process runs as our user."""
+    if st.start_time == 0:
+        return False
     try:
-        os.unlink(path)
+        proc = psutil.Process(st.pid)
+        return (round(proc.create_time() * 100) == st.start_time
+                and proc.uids().real == os.geteuid()
+                and proc.status() != psutil.STATUS_ZOMBIE)
+    except psutil.Error:
+        return False
+
+
+def _remove_file(namespace: str, name: str) -> None:
+    """Remove lease or fence file ``name`` if it is ours, then the lock directory if
+    that left it empty."""
+    try:
+        dir_fd = lockdir.open_dir(namespace, create=False)
     except FileNotFoundError:
-        pass
+        return
     try:
-        os.rmdir(directory)  # only if that left it empty
+        try:
+            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return
+        path = f"{naming.lock_dir(namespace)}/{name}"
+        lockdir.check(st, path, "regular file", naming.share_group())
+        os.unlink(name, dir_fd=dir_fd)
+    finally:
+        os.close(dir_fd)
+    try:
+        os.rmdir(naming.lock_dir(namespace))  # only if that left it empty
     except OSError:
         pass
 
 
 def list_leases(namespace: str | None = None) -> list[dict]:
-    """Every lease of the namespace: name, token, holder (pid, alive, expires_in)."""
-    directory = naming.lock_dir(naming.resolve_namespace(namespace))
+    """Every lease of the namespace: name, token, holder (pid, alive, expires_in).
+    Leases that cannot be read (locked by a hung process, not ours, damaged) are left
+    out; raises :class:`PermissionDenied` if the lock directory is not ours."""
+    ns = naming.resolve_namespace(namespace)
+    directory = naming.lock_dir(ns)
     try:
-        names = sorted(n for n in os.listdir(directory) if n.endswith("@lease"))
+        dir_fd = lockdir.open_dir(ns, create=False)
     except FileNotFoundError:
         return []
+    try:
+        names = sorted(n for n in os.listdir(dir_fd) if n.endswith("@lease"))
+    finally:
+        os.close(dir_fd)
     out = []
     for entry in names:
-        with _LeaseFile(f"{directory}/{entry}", directory) as f:
-            try:
+        lease_file = _LeaseFile(f"{directory}/{entry}", ns, entry)
+        try:
+            with lease_file.locked(time.monotonic() + 0.5, create=False) as f:
                 st = f.read()
-            except ShmbusError:
-                continue
+        except (ShmbusError, FileNotFoundError):
+            continue
         out.append({"name": entry[:-len("@lease")], **st.to_dict()})
     return out

@@ -24,20 +24,27 @@ Files: ``/dev/shm/{namespace}@locks/{name}``.  The holder writes its pid, proces
 time and the time it took the lock into the file (shared holders append a line each),
 and the kernel's ``/proc/locks`` says which processes hold or wait for it, so any
 process of the same user can ask who holds a lock.  The last holder to release deletes
-the file; a process that locked a file which was deleted meanwhile notices (the path no
-longer names the inode it locked) and retries, so deletion never breaks exclusion.
+the file (and the directory, when it was the last file); a process that locked a file
+which was deleted meanwhile notices (the path no longer names the inode it locked) and
+retries, so deletion never breaks exclusion.
+
+Security: the directory and the files are created private and checked after opening
+(:mod:`shmbus.lockdir`): a lock directory or file made by another user, a symlink or
+anything but a regular file is refused with :class:`PermissionDenied`, so nobody else
+can redirect our writes or delete a lock file that someone holds.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import threading
 import time
 from dataclasses import asdict, dataclass
 
-from . import liveness, naming
-from .errors import NotHeld, ShmbusError, Timeout
+from . import liveness, lockdir, naming
+from .errors import AlreadyHeld, NotHeld, PermissionDenied, ShmbusError, Timeout
 
 __all__ = ["FileLock", "LockHolder", "lock_holders", "list_locks"]
 
@@ -142,7 +149,11 @@ class FileLock:
     def acquire(self, timeout: float | None | object = ...) -> "Acquired":
         """Take the lock, waiting up to ``timeout`` seconds (None: forever; 0: try once;
         default: the constructor's).  Raises :class:`Timeout` naming the holder when the
-        lock stays taken.  Returns a context manager that releases it (so both
+        lock stays taken (whatever other processes do with the file: with a timeout, the
+        file is only ever tried without blocking), :class:`AlreadyHeld` when this thread
+        holds it already and it is not reentrant, :class:`PermissionDenied` when the
+        lock directory or file is not ours, :class:`ShmFull` when ``/dev/shm`` has no
+        room for the lock file.  Returns a context manager that releases it (so both
         ``lock.acquire(); ...; lock.release()`` and ``with lock.acquire(5): ...`` work)."""
         if timeout is ...:
             timeout = self.timeout
@@ -158,10 +169,11 @@ class FileLock:
         try:
             if st.count:
                 if not self.reentrant:
-                    raise Timeout(
+                    raise AlreadyHeld(
                         f"lock {self.name!r} is already held by this thread (pid "
-                        f"{os.getpid()}) and is not reentrant", name=self.name,
-                        timeout=timeout, pid=os.getpid())
+                        f"{os.getpid()}) and is not reentrant: release it before "
+                        "acquiring it again (waiting would never help)", name=self.name,
+                        pid=os.getpid())
                 if st.shared and not self.shared:
                     raise ShmbusError(
                         f"lock {self.name!r} is held shared by this thread; it cannot be "
@@ -178,10 +190,13 @@ class FileLock:
         return Acquired(self)
 
     def try_acquire(self) -> bool:
-        """Take the lock if it is free now; return whether it was taken."""
+        """Take the lock if it is free now; return whether it was taken.  False also
+        when this very thread holds a non-reentrant lock (it is not free: callers such as
+        ``Producer`` then report the ring busy, naming this process); ``acquire`` raises
+        :class:`AlreadyHeld` in that case."""
         try:
             self.acquire(0)
-        except Timeout:
+        except (Timeout, AlreadyHeld):
             return False
         return True
 
@@ -232,42 +247,42 @@ class FileLock:
                 if deadline is None:
                     fcntl.flock(fd, op)
                 else:
-                    try:
-                        fcntl.flock(fd, op | fcntl.LOCK_NB)
-                    except BlockingIOError:
-                        remaining = deadline - time.monotonic()
-                        if remaining <= 0:
-                            os.close(fd)
-                            raise self._timeout_error(timeout) from None
-                        os.close(fd)
-                        time.sleep(min(delay, remaining))
-                        delay = min(delay * 2, _POLL_MAX)
-                        continue
-                if self._still_linked(fd):
-                    self._record_holder(fd)
-                    return fd
+                    fcntl.flock(fd, op | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                remaining = deadline - time.monotonic()  # type: ignore[operator]
+                if remaining <= 0:
+                    raise self._timeout_error(timeout) from None
+                time.sleep(min(delay, remaining))
+                delay = min(delay * 2, _POLL_MAX)
+                continue
             except BaseException:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
+                os.close(fd)
                 raise
-            os.close(fd)  # locked a file that was deleted meanwhile: try the new one
+            if not self._still_linked(fd):
+                os.close(fd)  # locked a file that was deleted meanwhile: try the new one
+                continue
+            try:
+                self._record_holder(fd)
+            except BaseException:
+                self._unlock_file(fd)  # (e.g. /dev/shm full) and leave no file behind
+                raise
+            return fd
 
     def _open(self) -> int:
         while True:
+            dir_fd = lockdir.open_dir(self.namespace)
             try:
-                return os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+                return lockdir.open_file(dir_fd, self.name, self.path)
             except FileNotFoundError:
-                naming.make_dir(self.directory)
-            except PermissionError as e:
-                raise PermissionError(
-                    e.errno, f"cannot open lock file {self.path}: {e.strerror}; it belongs "
-                    "to another user: run as that user or use another namespace") from None
+                continue  # the directory was removed (its last lock released): again
+            finally:
+                os.close(dir_fd)
 
     def _still_linked(self, fd: int) -> bool:
+        # The directory was checked to be ours, so nobody else can swap entries in it.
         try:
-            return os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            return os.lstat(self.path).st_ino == os.fstat(fd).st_ino
         except FileNotFoundError:
             return False
 
@@ -279,7 +294,12 @@ class FileLock:
         else:
             os.ftruncate(fd, 0)
             os.lseek(fd, 0, os.SEEK_SET)
-        os.write(fd, line.encode())
+        try:
+            os.write(fd, line.encode())
+        except OSError as e:
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise lockdir.full_error(self.path, e) from None
+            raise
 
     def _unlock_file(self, fd: int) -> None:
         # Delete the file if nobody else holds it: we own it if we can lock it
@@ -349,13 +369,21 @@ def _proc_locks() -> list[tuple[int, str, int, bool]]:
 
 
 def lock_holders(path: str) -> list[LockHolder]:
-    """Who holds or waits for the lock file at ``path`` (empty if nobody or no file)."""
+    """Who holds or waits for the lock file at ``path`` (empty if nobody, no file, or
+    not a lock file of ours: a symlink, a FIFO or another user's file is not read)."""
     try:
-        with open(path, "rb") as f:
-            inode = os.fstat(f.fileno()).st_ino
-            recorded = f.read(1 << 16).decode(errors="replace").splitlines()
-    except (FileNotFoundError, PermissionError):
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
         return []
+    try:
+        st = os.fstat(fd)
+        lockdir.check(st, path, "regular file", naming.share_group())
+        inode = st.st_ino
+        recorded = os.read(fd, 1 << 16).decode(errors="replace").splitlines()
+    except (OSError, PermissionDenied):
+        return []
+    finally:
+        os.close(fd)
     info: dict[int, tuple[int, float]] = {}
     for line in recorded:
         parts = line.split()
@@ -376,13 +404,18 @@ def lock_holders(path: str) -> list[LockHolder]:
 
 def list_locks(namespace: str | None = None) -> list[dict]:
     """Every lock file of the namespace with its holders, as plain data:
-    ``{"name", "path", "holders": [{"pid", "mode", "since", "start_time", "waiting"}]}``."""
+    ``{"name", "path", "holders": [{"pid", "mode", "since", "start_time", "waiting"}]}``.
+    Raises :class:`PermissionDenied` if the namespace's lock directory is not ours."""
     ns = naming.resolve_namespace(namespace)
     directory = naming.lock_dir(ns)
     try:
-        names = sorted(n for n in os.listdir(directory) if not is_lease_file(n))
+        dir_fd = lockdir.open_dir(ns, create=False)
     except FileNotFoundError:
         return []
+    try:
+        names = sorted(n for n in os.listdir(dir_fd) if not is_lease_file(n))
+    finally:
+        os.close(dir_fd)
     out = []
     for name in names:
         path = f"{directory}/{name}"

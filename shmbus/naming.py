@@ -10,12 +10,34 @@ never collide::
                                     the ring's own; ``@`` cannot occur in a user name)
 
 Names are ``[A-Za-z0-9._-]``, 1 to 100 characters.  A namespace is the same without the
-dot (so ``{ns}.{ring}`` splits unambiguously), 1 to 64 characters; it defaults to
-``$SHMBUS_NAMESPACE``, else ``shmbus``.
+dot (so ``{ns}.{ring}`` splits unambiguously), 1 to 64 characters; it is the
+``namespace`` argument, else ``$SHMBUS_NAMESPACE``, else the default namespace.
+
+**Decision: the default namespace is per user.**  ``/dev/shm`` is one directory for
+every user of the host, so a fixed default (``shmbus``) made two users collide: the
+first one's lock directory and rings block the second (issue 12, item 10), and whoever
+creates a namespace's objects first owns them.  With no ``namespace`` argument and no
+``$SHMBUS_NAMESPACE``, the namespace is ``shmbus-{uid}`` (the effective uid, root
+included: ``shmbus-0``), so each user gets their own rings, locks and leases with no
+configuration, and never sees or touches another user's.  ``DEFAULT_NAMESPACE``
+(``shmbus``) stays the base of that name; :func:`default_namespace` gives the full one.
+
+**Sharing is explicit.**  A namespace named explicitly (``namespace=``, or
+``$SHMBUS_NAMESPACE``; for instance literally ``shmbus``) is private too: what shmbus
+creates in ``/dev/shm`` belongs to the user that creates it, without group or other
+permission bits, and shmbus refuses (``PermissionDenied``) anything it did not create
+itself.  To share a namespace with the members of a group, every participant sets
+``$SHMBUS_GROUP`` to that group (name or gid): then the namespace's lock directory is
+created ``2770`` with that group (setgid, so the files in it get the group too) and its
+lock and lease files ``0660``, and objects of that group without any *other* bits are
+accepted whoever of the group created them (see :mod:`shmbus.lockdir`).  A member of
+the group can then take, hold and break each other's locks and leases: share only with
+users you trust that far.
 """
 
 from __future__ import annotations
 
+import grp
 import os
 import re
 
@@ -41,11 +63,18 @@ def check_name(name: object, what: str = "ring name") -> str:
     return name
 
 
+def default_namespace() -> str:
+    """The namespace used when none is given: ``shmbus-{uid}``, one per user (see the
+    module docstring for why)."""
+    return f"{DEFAULT_NAMESPACE}-{os.geteuid()}"
+
+
 def resolve_namespace(namespace: str | None = None) -> str:
     """Return the namespace to use: ``namespace``, else ``$SHMBUS_NAMESPACE``, else
-    ``shmbus``; raise :class:`InvalidName` if it is not ``[A-Za-z0-9_-]{1,64}``."""
+    :func:`default_namespace` (``shmbus-{uid}``); raise :class:`InvalidName` if it is not
+    ``[A-Za-z0-9_-]{1,64}``."""
     if namespace is None:
-        namespace = os.environ.get("SHMBUS_NAMESPACE") or DEFAULT_NAMESPACE
+        namespace = os.environ.get("SHMBUS_NAMESPACE") or default_namespace()
     if not isinstance(namespace, str) or not _NAMESPACE_RE.fullmatch(namespace):
         raise InvalidName(
             f"invalid namespace {namespace!r}: expected 1 to {NAMESPACE_MAX_LEN} "
@@ -78,13 +107,22 @@ def lock_dir(ns: str) -> str:
     return f"{SHM_DIR}/{ns}@locks"
 
 
-def make_dir(path: str) -> None:
-    """Create a lock directory if it is missing.  Others may create or remove it at the
-    same moment (the last lock released removes it): callers retry their open."""
+def share_group() -> int | None:
+    """The gid named by ``$SHMBUS_GROUP`` (a group name or a number), or None when the
+    namespace is private (the default).  Raises :class:`InvalidName` for an unknown
+    group."""
+    value = os.environ.get("SHMBUS_GROUP", "").strip()
+    if not value:
+        return None
+    if value.isdigit():
+        return int(value)
     try:
-        os.mkdir(path, 0o755)
-    except FileExistsError:
-        pass
+        return grp.getgrnam(value).gr_gid
+    except KeyError:
+        raise InvalidName(
+            f"$SHMBUS_GROUP names group {value!r}, which does not exist on this host: "
+            "set it to an existing group name or gid, or unset it to keep the namespace "
+            "private", name=value) from None
 
 
 def ring_lock_name(ring: str, role: str) -> str:

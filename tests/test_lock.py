@@ -10,6 +10,7 @@ import pytest
 
 import shmbus
 from shmbus import naming
+from shmbus.errors import AlreadyHeld
 
 from . import procs as P
 from .security import run_forked
@@ -80,8 +81,15 @@ def test_threads_exclude_each_other_and_reentrancy(ns):
     assert not lock.held
     strict = shmbus.FileLock("t", reentrant=False)
     with strict:
-        with pytest.raises(shmbus.Timeout, match="not reentrant"):
-            strict.acquire(0)
+        # A programming error, not a reason to wait: never a Timeout (issue 11).
+        for timeout in (0, 5, None):
+            with pytest.raises(AlreadyHeld, match="not reentrant") as caught:
+                strict.acquire(timeout)
+            assert not isinstance(caught.value, shmbus.Timeout)
+            assert isinstance(caught.value, (shmbus.ShmbusError, RuntimeError))
+        assert not strict.try_acquire()  # not free: Producer reports RingBusy
+        assert strict.held
+    assert not strict.held
 
 
 def test_fork_child_does_not_hold_parent_lock(ns):
