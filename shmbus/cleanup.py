@@ -107,11 +107,11 @@ class _Collector:
 
     def _ring(self, ring: str) -> None:
         path = naming.segment_path(self.ns, ring)
-        try:
-            fd = open_entry(path)
-        except PermissionError as e:  # not a regular file of ours
-            self._keep("entry", path, _one_line(e))
+        problem = entry_problem(path)
+        if problem:
+            self._keep("entry", path, f"{problem}: left alone")
             return
+        fd = open_entry(path)
         try:
             inode = os.fstat(fd).st_ino
             head = os.pread(fd, layout.HEADER_SIZE, 0)

@@ -1,8 +1,9 @@
 """The ``shmbus`` command: the group, shared options and error translation.
 
 Library errors become one clear line on stderr at this boundary: exit 1 for a failure
-(a ring that does not exist, a corrupt segment, a permission problem), exit 2 for bad
-usage (click's own, and invalid names).  Never a traceback for an expected error.
+(a ring that does not exist, a corrupt segment, a permission problem, an odd entry in
+``/dev/shm``), exit 2 for bad usage (click's own, and invalid names).  Never a
+traceback for an expected error.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ class ShmbusGroup(click.Group):
             raise click.UsageError(str(e), ctx) from None
         except (shmbus.ShmbusError, PermissionError) as e:
             raise click.ClickException(str(e)) from None
+        except OSError as e:  # /dev/shm holds something odd: say what, where
+            where = f"{e.filename}: " if e.filename else ""
+            raise click.ClickException(f"{where}{e.strerror or e}") from None
 
 
 namespace_option = click.option(

@@ -7,6 +7,7 @@ import click
 import shmbus
 
 from . import fmt
+from .stats_files import read_groups
 from .cli import emit_json, json_option, namespace_option
 
 
@@ -17,9 +18,9 @@ from .cli import emit_json, json_option, namespace_option
 def command(name: str, namespace: str | None, as_json: bool) -> None:
     """Show a ring's header, producer and every consumer slot."""
     info = shmbus.inspect(name, namespace)
-    groups = balancer_stats_for(name, namespace)
+    groups, problems = balancer_stats_for(name, namespace)
     if as_json:
-        emit_json({**info, "balancers": groups})
+        emit_json({**info, "balancers": groups, "skipped": problems})
         return
     p = info["producer"]
     lines = [
@@ -47,22 +48,13 @@ def command(name: str, namespace: str | None, as_json: bool) -> None:
         click.echo(f"balancer {g['group']} ({role}): leader pid {g['leader_pid']}, token "
                    f"{g['lease_token']}, {g['policy']}, dispatched {g['dispatched']}, "
                    f"redelivered {g['redelivered']}, dead-lettered {g['dead_lettered']}")
+    for line in problems:
+        click.echo(f"skipped {line}", err=True)
 
 
-def balancer_stats_for(ring: str, namespace: str | None) -> list[dict]:
-    """Stats of the balancer groups that read ``ring`` or own it as a worker ring."""
-    import os
-
-    from balancer import read_stats
-    from shmbus import naming
-    try:
-        entries = os.listdir(naming.lock_dir(naming.resolve_namespace(namespace)))
-    except FileNotFoundError:
-        return []
-    out = []
-    for e in sorted(entries):
-        if e.endswith("@stats"):
-            s = read_stats(namespace, e[:-len("@stats")])
-            if s and (ring in s["input_lag_bytes"] or ring.startswith(s["group"] + ".w.")):
-                out.append(s)
-    return out
+def balancer_stats_for(ring: str, namespace: str | None) -> tuple[list[dict], list[str]]:
+    """Stats of the balancer groups that read ``ring`` or own it as a worker ring, and
+    the stats files that could not be read."""
+    groups, problems = read_groups(namespace)
+    return [s for s in groups if ring in s["input_lag_bytes"]
+            or ring.startswith(s["group"] + ".w.")], problems

@@ -12,6 +12,18 @@ from . import fmt
 from .cli import emit_json, json_option, namespace_option
 
 
+def read_leases(namespace: str | None) -> tuple[list[dict], list[str]]:
+    """The namespace's leases, and what kept them from being read (an odd entry in the
+    lock directory: a FIFO, another user's file, a file where the directory should
+    be) as one line, never a traceback."""
+    try:
+        return shmbus.list_leases(namespace), []
+    except (shmbus.ShmbusError, OSError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror and e.filename is None \
+            else str(e).splitlines()[0]
+        return [], [f"leases: skipped: {reason}"]
+
+
 @click.command("locks")
 @namespace_option
 @json_option
@@ -19,16 +31,21 @@ def command(namespace: str | None, as_json: bool) -> None:
     """List locks (holders: pid, mode, since; waiters) and leases (token, holder,
     expiry)."""
     locks = shmbus.list_locks(namespace)
-    leases = shmbus.list_leases(namespace)
+    leases, skipped = read_leases(namespace)
     if as_json:
-        emit_json({"locks": locks, "leases": leases})
+        emit_json({"locks": locks, "leases": leases, "skipped": skipped})
         return
+    for line in skipped:
+        click.echo(line, err=True)
     if not locks and not leases:
         click.echo("no locks or leases")
         return
     rows = []
     now = time.time()
     for lock in locks:
+        if "error" in lock:
+            rows.append([lock["name"], f"skipped: {lock['error']}", "-"])
+            continue
         holders = [h for h in lock["holders"] if not h["waiting"]]
         waiting = len(lock["holders"]) - len(holders)
         who = ", ".join(f"{h['pid']} {h['mode']}" +

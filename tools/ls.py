@@ -19,8 +19,13 @@ def command(with_locks: bool, namespace: str | None, as_json: bool) -> None:
     """List rings: capacity, fill, messages, producer, consumers, worst lag."""
     rings = shmbus.list_rings(namespace)
     if as_json:
+        if not with_locks:
+            emit_json(rings)
+            return
+        from .locks import read_leases
+        leases, skipped = read_leases(namespace)
         emit_json({"rings": rings, "locks": shmbus.list_locks(namespace),
-                   "leases": shmbus.list_leases(namespace)} if with_locks else rings)
+                   "leases": leases, "skipped": skipped})
         return
     if with_locks:
         from .locks import command as locks_command

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 
@@ -13,31 +12,33 @@ from shmbus import naming
 
 from . import fmt
 from .cli import emit_json, json_option, namespace_option
+from .stats_files import read_groups
 
 
 def snapshot(namespace: str | None) -> dict:
+    """Positions of every readable ring and the stats of every balancer group, now;
+    ``skipped`` says what could not be read (a ring removed meanwhile is left out)."""
     ns = naming.resolve_namespace(namespace)
-    rings = {}
+    rings, skipped = {}, []
     for r in shmbus.list_rings(ns):
         if "error" in r:
+            skipped.append(f"ring {r['name']}: {r['error']}")
             continue
-        info = shmbus.inspect(r["name"], ns)
+        try:
+            info = shmbus.inspect(r["name"], ns)
+        except shmbus.RingNotFound:
+            continue
+        except (shmbus.ShmbusError, OSError) as e:
+            skipped.append(f"ring {r['name']}: {str(e).splitlines()[0]}")
+            continue
         rings[r["name"]] = {"messages": info["messages"], "write": info["write"],
                             "capacity": info["capacity"], "consumers": {
                                 c["slot"]: (c["durable"] or c["pid"], c["position"],
                                             c["lag_bytes"]) for c in info["consumers"]}}
-    groups = {}
-    try:
-        entries = os.listdir(naming.lock_dir(ns))
-    except FileNotFoundError:
-        entries = []
-    from balancer import read_stats
-    for e in entries:
-        if e.endswith("@stats"):
-            s = read_stats(ns, e[:-len("@stats")])
-            if s:
-                groups[s["group"]] = s
-    return {"time": time.monotonic(), "rings": rings, "groups": groups}
+    found, problems = read_groups(ns)
+    groups = {s["group"]: s for s in found}
+    return {"time": time.monotonic(), "rings": rings, "groups": groups,
+            "skipped": skipped + problems}
 
 
 def render(prev: dict, cur: dict) -> tuple[str, list]:
@@ -68,6 +69,9 @@ def render(prev: dict, cur: dict) -> tuple[str, list]:
                            f"{(v['dispatched'] - ps['workers'].get(w, v)['dispatched']) / dt:,.0f}"]
                           for w, v in sorted(s["workers"].items())])
         data.append({"group": g, "dispatch_rate": rate, **s})
+    for line in cur["skipped"]:
+        out += f"\nskipped {line}"
+        data.append({"skipped": line})
     return out, data
 
 

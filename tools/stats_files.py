@@ -1,0 +1,75 @@
+"""Balancer stats files as the inspectors read them: never blocking, never trusting.
+
+A stats file lives in the namespace's lock directory of ``/dev/shm``, where anything may
+sit instead: a FIFO (an ordinary ``open`` would hang), a symlink, another user's file,
+JSON of another shape.  Each file is read without following a symlink and without
+blocking, and its shape is checked; one that fails is reported, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from shmbus import naming
+from shmbus.errors import ShmbusError
+from shmbus.introspect import entry_problem, read_entry
+
+_MAX_BYTES = 1 << 20
+_INTS = ("leader_pid", "lease_token", "dispatched", "redelivered", "dead_lettered")
+
+
+def read_groups(namespace: str | None) -> tuple[list[dict], list[str]]:
+    """The stats of every balancer group of the namespace, sorted by group, and one line
+    per stats file that could not be used (what it is and why)."""
+    directory = naming.lock_dir(naming.resolve_namespace(namespace))
+    try:
+        problem = entry_problem(directory, "dir", own=False)
+        names = [] if problem else sorted(os.listdir(directory))
+    except FileNotFoundError:
+        return [], []
+    except OSError as e:
+        problem = e.strerror or str(e)
+    if problem:
+        return [], [f"{directory}: lock directory {problem}: skipped"]
+    groups, problems = [], []
+    for name in names:
+        if not name.endswith("@stats"):
+            continue
+        path = f"{directory}/{name}"
+        try:
+            data = json.loads(read_entry(path, _MAX_BYTES, own=False))
+            check(data)
+        except FileNotFoundError:
+            continue
+        except (ShmbusError, OSError, ValueError) as e:
+            reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+            problems.append(f"{path}: {reason.splitlines()[0]}: skipped")
+            continue
+        groups.append(data)
+    return groups, problems
+
+
+def check(data: object) -> None:
+    """Raise ValueError unless ``data`` has the shape a balancer writes."""
+    def need(ok: bool, what: str) -> None:
+        if not ok:
+            raise ValueError(f"not balancer stats ({what})")
+
+    need(isinstance(data, dict), "not a JSON object")
+    assert isinstance(data, dict)
+    need(isinstance(data.get("group"), str), "no group name")
+    need(isinstance(data.get("policy"), str), "no policy")
+    for key in _INTS:
+        need(_is_int(data.get(key)), f"{key} is not an integer")
+    lags = data.get("input_lag_bytes")
+    need(isinstance(lags, dict) and all(_is_int(v) for v in lags.values()),
+         "input_lag_bytes is not a map of integers")
+    workers = data.get("workers")
+    need(isinstance(workers, dict) and all(
+        isinstance(w, dict) and _is_int(w.get("in_flight")) and _is_int(w.get("dispatched"))
+        for w in workers.values()), "workers is not a map of worker counters")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
