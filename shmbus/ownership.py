@@ -5,15 +5,19 @@ it), so any name we use may already be taken by someone else: a segment made fir
 another user with mode 0666 (who then reads everything we send), a symbolic link to a
 file of ours, a semaphore whose waits and posts another user controls, or whose file
 they can truncate under our mapping (a SIGBUS).  Every object is therefore checked
-once, right after it is opened (never per message):
+once, right after it is opened (never per message), by :func:`check`:
 
 * it is a regular file, reached without following a symbolic link;
-* its owner is us (the effective uid), or a uid the caller trusts explicitly
-  (``trust=``: sharing a ring with another user is a decision, never a default);
-* its permission bits are within ``mode`` (default 0600: nobody else may read it).
+* it has no permission bits for *other* users;
+* it is ours (owner = our effective uid) without group permission bits, or, when the
+  namespace is shared with a group (``$SHMBUS_GROUP``, see :func:`naming.share_group`),
+  it belongs to that group, whoever of the group created it.
 
 Anything else raises :class:`~shmbus.errors.PermissionDenied` (a ``ShmbusError`` and a
-``PermissionError``) naming the path, its owner and what to do.
+``PermissionError``) naming the path, its owner and what to do.  What we create gets
+mode 0600, or 0660 and the share group when the namespace is shared, whatever the
+umask.  The rule is the one :mod:`shmbus.lockdir` applies to lock files, so a namespace
+is private or shared as a whole.
 
 Segments.  On Linux a POSIX shared memory object is a file in ``/dev/shm``, and
 ``shm_open`` is ``open("/dev/shm/NAME")``; we call ``os.open`` ourselves with
@@ -22,7 +26,7 @@ the very descriptor we map (``fstat``), with no window between a check and the o
 
 Semaphores.  ``posix_ipc`` (``sem_open``) gives no descriptor, so the file
 ``/dev/shm/sem.NAME`` is checked with ``lstat`` before and after opening: it must be
-the same inode both times (or absent before, when we create it), a regular file, ours.
+the same inode both times (or absent before, when we create it), and pass the check.
 Another user cannot replace a file of ours (``/dev/shm`` is sticky), so what we find
 after opening is what we use.
 """
@@ -32,42 +36,20 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from typing import Iterable
 
 import posix_ipc
 
+from . import naming
 from .errors import PermissionDenied
 from .naming import SHM_DIR
 
-__all__ = ["DEFAULT_MODE", "check_mode", "trusted", "check", "open_file",
-           "open_semaphore", "semaphore_path", "is_ours"]
-
-DEFAULT_MODE = 0o600
+__all__ = ["check", "open_file", "open_semaphore", "semaphore_path", "is_ours",
+           "creation_mode"]
 
 
-def check_mode(mode: object) -> int:
-    """``mode`` if it is usable for a ring (owner read/write, nothing beyond
-    read/write bits), else ValueError."""
-    if isinstance(mode, bool) or not isinstance(mode, int) or mode & ~0o666 or \
-            mode & 0o600 != 0o600:
-        raise ValueError(
-            f"mode must be an int of read/write permission bits including 0o600 (owner "
-            f"read and write), e.g. 0o600 (private) or 0o660 (shared with the group); "
-            f"got {mode!r}")
-    return mode
-
-
-def trusted(trust: int | Iterable[int] | None) -> frozenset[int]:
-    """The uids (besides our own) whose objects the caller accepts: ``trust`` as a
-    frozenset; TypeError/ValueError if it is not one uid or an iterable of uids."""
-    if trust is None:
-        return frozenset()
-    items = [trust] if isinstance(trust, int) else list(trust)
-    for uid in items:
-        if isinstance(uid, bool) or not isinstance(uid, int) or uid < 0:
-            raise TypeError(f"trust must be a uid (int >= 0) or an iterable of uids, "
-                            f"got {trust!r}")
-    return frozenset(items)
+def creation_mode(group: int | None) -> int:
+    """The mode of what we create: 0600, or 0660 in a namespace shared with a group."""
+    return 0o600 if group is None else 0o660
 
 
 def _kind(mode: int) -> str:
@@ -79,31 +61,41 @@ def _kind(mode: int) -> str:
     return "special file"
 
 
-def check(st: os.stat_result, path: str, what: str, *, mode: int = DEFAULT_MODE,
-          trust: frozenset[int] = frozenset()) -> None:
+def check(st: os.stat_result, path: str, what: str, group: int | None = None) -> None:
     """Raise :class:`PermissionDenied` unless ``st`` (of ``path``) is a regular file
-    owned by us or a trusted uid, with no permission bits beyond ``mode``."""
-    me = os.geteuid()
-    owner = st.st_uid
+    without permission bits for others that is ours without group bits, or belongs to
+    the share ``group`` (None: the namespace is private)."""
+    me, owner = os.geteuid(), st.st_uid
+    bits = stat.S_IMODE(st.st_mode)
+    fields = dict(path=path, owner=owner, found=bits)
     if not stat.S_ISREG(st.st_mode):
         raise PermissionDenied(
             f"{what} {path} is a {_kind(st.st_mode)} (owner uid {owner}), not a regular "
-            "file: shmbus never opens it; remove it if you trust its owner, or use "
-            "another namespace", path=path, owner=owner, found=_kind(st.st_mode))
-    if owner != me and owner not in trust:
+            "file: shmbus never opens it; remove it (as its owner or root) if you trust "
+            "its owner, or use another namespace", **dict(fields, found=_kind(st.st_mode)))
+    if bits & 0o007:
         raise PermissionDenied(
-            f"{what} {path} belongs to uid {owner}, not to you (uid {me}): another user "
-            f"made it, perhaps to read or disturb what you send; remove it if you trust "
-            f"it (as uid {owner} or root: rm {path}), or use another namespace; to "
-            f"share rings with uid {owner} on purpose, pass trust={owner}",
-            path=path, owner=owner, expected=me)
-    bits = stat.S_IMODE(st.st_mode)
-    if bits & ~mode:
+            f"{what} {path} (owner uid {owner}) has permissions {bits:#o}: every user "
+            "could read or write it; remove it (as its owner or root) if you trust it, "
+            "or use another namespace", **fields)
+    if group is not None and st.st_gid == group:
+        return
+    if owner != me:
+        share = ("" if group is not None else
+                 "; to share a namespace with other users on purpose, all of them set "
+                 "$SHMBUS_GROUP to a group they belong to")
         raise PermissionDenied(
-            f"{what} {path} has permissions {bits:#o}, more than the {mode:#o} expected: "
-            "other users could read or write it; remove it if you trust it (rm "
-            f"{path}), or, if it is shared on purpose, open it with mode={bits:#o}",
-            path=path, owner=owner, expected=mode, found=bits)
+            f"{what} {path} belongs to uid {owner} (group {st.st_gid}), not to you (uid "
+            f"{me}): another user made it, perhaps to read or disturb what you send; "
+            f"remove it (as uid {owner} or root) if you trust it, or use another "
+            f"namespace{share}", **dict(fields, expected=me))
+    if bits & 0o070:
+        raise PermissionDenied(
+            f"{what} {path} is open to group {st.st_gid} (permissions {bits:#o}), but "
+            + ("this namespace is private ($SHMBUS_GROUP is not set)" if group is None
+               else f"this namespace is shared with group {group} ($SHMBUS_GROUP)")
+            + f": remove it (rm {path}) if nobody needs it, or set $SHMBUS_GROUP to the "
+            "group it is meant for", **fields)
 
 
 def is_ours(path: str) -> bool:
@@ -117,37 +109,51 @@ def is_ours(path: str) -> bool:
 
 
 def denied(path: str, what: str, err: OSError) -> PermissionDenied:
-    """A PermissionDenied for an ``open`` that failed with EACCES/EPERM/ELOOP."""
+    """The PermissionDenied for an ``open`` of ``path`` that failed with ``err``
+    (EACCES, EPERM, ELOOP...)."""
     try:
         st = os.lstat(path)
     except OSError:
         st = None
-    if st is not None and (err.errno == errno.ELOOP or not stat.S_ISREG(st.st_mode)):
+    if st is not None:
         try:
-            check(st, path, what)
+            check(st, path, what, naming.share_group())
         except PermissionDenied as e:
             return e
     owner = st.st_uid if st is not None else None
-    who = f"uid {owner}" if owner is not None else "another user"
     return PermissionDenied(
-        f"permission denied opening {what} {path} (owned by {who}, mode "
-        f"{stat.S_IMODE(st.st_mode) if st else 0:#o}): it is not yours; run as its owner, "
-        "ask its owner to share it (mode=0o660 and trust=), or use another namespace",
+        f"permission denied opening {what} {path} (owner uid {owner}, group "
+        f"{st.st_gid if st else None}, mode {stat.S_IMODE(st.st_mode) if st else 0:#o}): "
+        "the namespace is shared with a group you are not in, or $SHMBUS_GROUP differs "
+        "between its users; join the group, or use another namespace",
         path=path, owner=owner)
 
 
-def open_file(path: str, what: str, *, create: bool, mode: int = DEFAULT_MODE,
-              trust: frozenset[int] = frozenset()) -> int:
+def _share(fd: int, path: str, group: int | None) -> None:
+    """Give the file we just created (``fd``) exactly the mode of what we create, and
+    the share group."""
+    if group is not None:
+        try:
+            os.fchown(fd, -1, group)
+        except PermissionError:
+            raise PermissionDenied(
+                f"cannot give {path} to group {group} ($SHMBUS_GROUP): this user is not "
+                "a member of it; join the group or change $SHMBUS_GROUP",
+                path=path, owner=os.geteuid()) from None
+    os.fchmod(fd, creation_mode(group))
+
+
+def open_file(path: str, what: str, *, create: bool) -> int:
     """Open (or with ``create``, create exclusively) the regular file ``path`` for
     reading and writing, never through a symbolic link; return its descriptor after
-    checking it (:func:`check`).  A created file gets exactly ``mode`` (the umask does
-    not narrow it).  Raises FileNotFoundError (absent), FileExistsError (``create`` and
-    it exists) or :class:`PermissionDenied`."""
+    checking it (:func:`check`).  Raises FileNotFoundError (absent), FileExistsError
+    (``create`` and it exists) or :class:`PermissionDenied`."""
+    group = naming.share_group()
     flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
     if create:
         flags |= os.O_CREAT | os.O_EXCL
     try:
-        fd = os.open(path, flags, mode)
+        fd = os.open(path, flags, 0o600)
     except (FileNotFoundError, FileExistsError):
         raise
     except OSError as e:
@@ -157,10 +163,12 @@ def open_file(path: str, what: str, *, create: bool, mode: int = DEFAULT_MODE,
         raise
     try:
         if create:
-            os.fchmod(fd, mode)
-        check(os.fstat(fd), path, what, mode=mode, trust=trust)
+            _share(fd, path, group)
+        check(os.fstat(fd), path, what, group)
     except BaseException:
         os.close(fd)
+        if create:
+            os.unlink(path)  # ours: created with O_EXCL, and nobody else can replace it
         raise
     return fd
 
@@ -177,26 +185,25 @@ def _lstat(path: str) -> os.stat_result | None:
         return None
 
 
-def open_semaphore(name: str, *, create: bool, mode: int = DEFAULT_MODE,
-                   trust: frozenset[int] = frozenset()) -> posix_ipc.Semaphore | None:
-    """Open POSIX semaphore ``name`` (with ``create``, create it at 0 if absent, with
-    exactly ``mode``) after checking that its file is ours; return None if it does not
+def open_semaphore(name: str, *, create: bool) -> posix_ipc.Semaphore | None:
+    """Open POSIX semaphore ``name`` (with ``create``, create it at 0 if absent) after
+    checking that its file may be trusted (:func:`check`); return None if it does not
     exist and ``create`` is false.  Raises :class:`PermissionDenied`."""
+    group = naming.share_group()
     path = semaphore_path(name)
     what = "semaphore"
     before = _lstat(path)
     if before is not None:
-        check(before, path, what, mode=mode, trust=trust)
+        check(before, path, what, group)
     try:
-        sem = posix_ipc.Semaphore(name, posix_ipc.O_CREAT if create else 0, mode, 0)
+        sem = posix_ipc.Semaphore(name, posix_ipc.O_CREAT if create else 0,
+                                  creation_mode(group), 0)
     except posix_ipc.ExistentialError:
         return None
-    except (posix_ipc.PermissionsError, PermissionError) as e:
+    except posix_ipc.PermissionsError as e:
         raise denied(path, what, PermissionError(errno.EACCES, str(e))) from None
     except OSError as e:
-        if e.errno == errno.ELOOP:
-            raise denied(path, what, e) from None
-        raise
+        raise denied(path, what, e) from None
     try:
         after = _lstat(path)
         if after is None or before is not None and \
@@ -205,24 +212,26 @@ def open_semaphore(name: str, *, create: bool, mode: int = DEFAULT_MODE,
                 f"{what} {path} was replaced while it was being opened: another process "
                 "is racing for the name; try again, or use another namespace",
                 path=path, owner=after.st_uid if after else None)
-        if before is None and after.st_uid == os.geteuid() and \
-                stat.S_IMODE(after.st_mode) != mode:
-            after = _set_mode(path, after, mode)
-        check(after, path, what, mode=mode, trust=trust)
+        if before is None and after.st_uid == os.geteuid():
+            after = _share_semaphore(path, after, group)
+        check(after, path, what, group)
     except BaseException:
         sem.close()
         raise
     return sem
 
 
-def _set_mode(path: str, st: os.stat_result, mode: int) -> os.stat_result:
-    """Give the semaphore file we just created exactly ``mode`` (sem_open applies the
-    umask), through a descriptor of that very inode."""
+def _share_semaphore(path: str, st: os.stat_result, group: int | None) -> os.stat_result:
+    """Give the semaphore file we just created its mode and group (``sem_open`` applies
+    the umask and our own group), through a descriptor of that very inode."""
+    mode = creation_mode(group)
+    if stat.S_IMODE(st.st_mode) == mode and (group is None or st.st_gid == group):
+        return st
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         now = os.fstat(fd)
         if (now.st_ino, now.st_dev) == (st.st_ino, st.st_dev):
-            os.fchmod(fd, mode)
+            _share(fd, path, group)
             now = os.fstat(fd)
         return now
     finally:

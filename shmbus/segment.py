@@ -22,15 +22,14 @@ from __future__ import annotations
 import errno
 import mmap
 import os
+import stat
 import time
-from typing import Iterable
 
 import posix_ipc
 
 from . import layout, naming, ownership
 from .errors import CorruptRing, PermissionDenied, RingNotFound, ShmFull
 from .lock import FileLock
-from .ownership import DEFAULT_MODE
 
 __all__ = ["Segment", "unlink"]
 
@@ -53,33 +52,29 @@ class Segment:
         self.data = self.buf[off:off + self.capacity]
         self.overwrite = bool(header["flags"] & layout.FLAG_OVERWRITE)
         self.inode = -1
-        self.mode = DEFAULT_MODE               # what we create for the ring, and accept
-        self.trust: frozenset[int] = frozenset()  # uids besides ours whose objects we accept
 
     # -- opening ----------------------------------------------------------------------
 
     @classmethod
     def open(cls, ns: str, ring: str, *, capacity: int | None = None, flags: int = 0,
              slot_count: int = layout.DEFAULT_SLOTS, create: bool = False,
-             lock_timeout: float = 10.0, mode: int = DEFAULT_MODE,
-             trust: int | Iterable[int] | None = None) -> "Segment":
+             lock_timeout: float = 10.0) -> "Segment":
         """Attach to ring ``ring``; with ``create`` make it first if it does not exist
         (``capacity`` must then be given, already rounded).
 
         The segment must be ours (see :mod:`shmbus.ownership`): a regular file, not a
-        symbolic link, owned by our effective uid or by a uid in ``trust``, with no
-        permission bits beyond ``mode``; otherwise :class:`PermissionDenied`.  A segment
-        we create gets exactly ``mode`` (0600 unless it is shared on purpose).
+        symbolic link, owned by our effective uid with mode 0600, or, in a namespace
+        shared with a group (``$SHMBUS_GROUP``), of that group; otherwise
+        :class:`PermissionDenied`.  A segment we create gets mode 0600 (0660 and the
+        group when shared).
         """
-        mode = ownership.check_mode(mode)
-        trusted = ownership.trusted(trust)
         mode_shared = not create
         lock = FileLock(naming.ring_lock_name(ring, "create"), shared=mode_shared,
                         namespace=ns, _internal=True)
         with lock.acquire(lock_timeout):
             for _ in range(2):
                 try:
-                    seg = cls._attach(ns, ring, repair=create, mode=mode, trust=trusted)
+                    seg = cls._attach(ns, ring, repair=create)
                     break
                 except RingNotFound:
                     if not create:
@@ -89,7 +84,7 @@ class Segment:
                         f"ring {ring!r} does not exist in namespace {ns!r}: pass "
                         "capacity= (bytes) to create it", name=ring, namespace=ns)
                 try:
-                    seg = cls._create(ns, ring, capacity, flags, slot_count, mode)
+                    seg = cls._create(ns, ring, capacity, flags, slot_count)
                     break
                 except FileExistsError:
                     continue  # someone made it meanwhile (not under our lock): check it
@@ -99,16 +94,13 @@ class Segment:
                     f"vanishing while ring {ring!r} is opened: another process (maybe "
                     "another user) is racing for the name; use another namespace",
                     path=naming.segment_path(ns, ring), owner=None)
-        seg.mode, seg.trust = mode, trusted
         return seg
 
     @classmethod
-    def _attach(cls, ns: str, ring: str, repair: bool, mode: int = DEFAULT_MODE,
-                trust: frozenset[int] = frozenset()) -> "Segment":
+    def _attach(cls, ns: str, ring: str, repair: bool) -> "Segment":
         path = naming.segment_path(ns, ring)
         try:
-            fd = ownership.open_file(path, "segment of ring " + repr(ring), create=False,
-                                     mode=mode, trust=trust)
+            fd = ownership.open_file(path, f"segment of ring {ring!r}", create=False)
         except FileNotFoundError:
             raise RingNotFound(
                 f"ring {ring!r} does not exist in namespace {ns!r} "
@@ -145,13 +137,12 @@ class Segment:
 
     @classmethod
     def _create(cls, ns: str, ring: str, capacity: int, flags: int,
-                slot_count: int, mode: int = DEFAULT_MODE) -> "Segment":
+                slot_count: int) -> "Segment":
         """Create the segment; FileExistsError if its name is taken meanwhile."""
         size = layout.segment_size(capacity, slot_count)
         _check_free_space(ring, size)
         path = naming.segment_path(ns, ring)
-        fd = ownership.open_file(path, "segment of ring " + repr(ring), create=True,
-                                 mode=mode)
+        fd = ownership.open_file(path, f"segment of ring {ring!r}", create=True)
         try:
             try:
                 os.posix_fallocate(fd, 0, size)
@@ -237,7 +228,8 @@ def unlink(ns: str, ring: str, *, lock_timeout: float = 10.0) -> bool:
     the segment existed.  Processes that have it mapped keep their mapping.  Only what
     is ours is removed: a segment of another owner, or a symbolic link or other odd
     entry under the ring's name, raises :class:`PermissionDenied` (and a semaphore of
-    another owner is left alone)."""
+    another owner is left alone).  In a namespace shared with a group
+    (``$SHMBUS_GROUP``), a segment of that group counts as ours."""
     path = naming.segment_path(ns, ring)
     lock = FileLock(naming.ring_lock_name(ring, "create"), namespace=ns, _internal=True)
     with lock.acquire(lock_timeout):
@@ -246,7 +238,7 @@ def unlink(ns: str, ring: str, *, lock_timeout: float = 10.0) -> bool:
         except FileNotFoundError:
             existed = False
         else:
-            ownership.check(st, path, f"segment of ring {ring!r}", mode=0o666)
+            _check_removable(st, path, ring)
             try:
                 os.unlink(path)
                 existed = True
@@ -256,6 +248,18 @@ def unlink(ns: str, ring: str, *, lock_timeout: float = 10.0) -> bool:
                 raise ownership.denied(path, f"segment of ring {ring!r}", e) from None
         remove_companions(ns, ring)
     return existed
+
+
+def _check_removable(st: os.stat_result, path: str, ring: str) -> None:
+    """Raise :class:`PermissionDenied` unless ``st`` is a segment we may remove: a
+    regular file of ours (whatever its mode: a damaged ring of ours must be removable),
+    or of the share group."""
+    group = naming.share_group()
+    if stat.S_ISREG(st.st_mode) and (st.st_uid == os.geteuid() or st.st_gid == group):
+        return
+    ownership.check(st, path, f"segment of ring {ring!r}", group)  # says why not
+    raise PermissionDenied(  # pragma: no cover - check() refuses whatever got here
+        f"segment {path} is not ours to remove", path=path, owner=st.st_uid)
 
 
 def remove_companions(ns: str, ring: str) -> list[str]:

@@ -94,9 +94,7 @@ class Sleeper:
     """
 
     def __init__(self, words: memoryview, epoch_index: int, sem_name: str,
-                 how: WaitStrategy, flag: tuple[memoryview, int] | None = None, *,
-                 mode: int = ownership.DEFAULT_MODE,
-                 trust: frozenset[int] = frozenset()) -> None:
+                 how: WaitStrategy, flag: tuple[memoryview, int] | None = None) -> None:
         self.words = words
         self.epoch_index = epoch_index
         # Optionally a byte set while asleep, so the waker can test several waiters
@@ -105,7 +103,7 @@ class Sleeper:
         self.how = how
         self.sem_name = sem_name
         # Ours, or refused (PermissionDenied): see shmbus.ownership.
-        self.sem = ownership.open_semaphore(sem_name, create=True, mode=mode, trust=trust)
+        self.sem = ownership.open_semaphore(sem_name, create=True)
         if words[epoch_index] & 1:  # a previous owner died asleep: make it even
             words[epoch_index] += 1
         if self.flag_buf is not None:
@@ -216,10 +214,8 @@ class Sleeper:
 class Waker:
     """The publishing side: posts a sleeper's semaphore when its epoch is odd."""
 
-    def __init__(self, sem_name: str, *, mode: int = ownership.DEFAULT_MODE,
-                 trust: frozenset[int] = frozenset()) -> None:
+    def __init__(self, sem_name: str) -> None:
         self.sem_name = sem_name
-        self.mode, self.trust = mode, trust
         self.sem: posix_ipc.Semaphore | None = None
         self.posted = -1
         self.closed = False
@@ -237,8 +233,7 @@ class Waker:
             self.posted = epoch
             if self.sem is None:
                 try:
-                    self.sem = ownership.open_semaphore(self.sem_name, create=False,
-                                                        mode=self.mode, trust=self.trust)
+                    self.sem = ownership.open_semaphore(self.sem_name, create=False)
                 except PermissionDenied:
                     return  # not ours: never post it (its waiter's sleeps are bounded)
                 if self.sem is None:

@@ -136,17 +136,19 @@ def test_symlink_in_place_of_a_segment_is_never_followed(ns, tmp_path):
         shmbus.unlink("invoices", namespace=ns)
 
 
-def test_our_segment_with_extra_permission_bits_is_refused(ns):
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o606])
+def test_our_segment_with_extra_permission_bits_is_refused(ns, mode):
     path = naming.segment_path(ns, "orders")
     with shmbus.Producer("orders", capacity=CAP, namespace=ns):
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     try:
-        os.chmod(path, 0o644)
+        os.chmod(path, mode)
         with pytest.raises(shmbus.PermissionDenied) as caught:
             shmbus.Consumer("orders", namespace=ns)
-        assert "0o644" in str(caught.value) and caught.value.found == 0o644
+        assert oct(mode) in str(caught.value) and caught.value.found == mode
     finally:
-        shmbus.unlink("orders", namespace=ns)
+        shmbus.unlink("orders", namespace=ns)  # a damaged ring of ours can be removed
+    assert not os.path.exists(path)
 
 
 def test_segments_are_created_0600_whatever_the_umask(ns):
@@ -327,3 +329,95 @@ def test_producer_in_another_pid_namespace_keeps_its_ring(ns):
     finally:
         child.close()
         shmbus.unlink("orders", namespace=ns)
+
+
+# -- sharing a namespace with a group, on purpose ----------------------------------------
+
+SHARE_GID = 4242
+OUTSIDER_UID = OUTSIDER_GID = 1003
+
+
+def _purge(namespace: str) -> None:
+    """Remove everything of ``namespace`` from /dev/shm, whoever made it (as root)."""
+    import shutil
+    for entry in naming.owned_entries(namespace, os.listdir(naming.SHM_DIR)):
+        path = f"{naming.SHM_DIR}/{entry}"
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        else:
+            _remove(path)
+
+
+def _modes(namespace: str, ring: str) -> dict:
+    """{entry: (mode, gid)} of the ring's segment and semaphores."""
+    out = {}
+    for entry in os.listdir(naming.SHM_DIR):
+        if entry == f"{namespace}.{ring}" or entry.startswith(f"sem.{namespace}.{ring}@"):
+            st = os.lstat(f"{naming.SHM_DIR}/{entry}")
+            out[entry] = (stat.S_IMODE(st.st_mode), st.st_gid)
+    return out
+
+
+def _publish(shared_ns: str, private_ns: str) -> None:
+    """(As the owner) create one ring in the shared namespace and one in a private
+    one, and send a message to each."""
+    with shmbus.Producer("r", capacity=CAP, namespace=shared_ns) as pub:
+        pub.send(b"for the group")
+    os.environ.pop("SHMBUS_GROUP")  # this forked child only
+    with shmbus.Producer("r", capacity=CAP, namespace=private_ns) as pub:
+        pub.send(b"for me alone")
+
+
+def _read_both(shared_ns: str, private_ns: str) -> tuple:
+    """(As a member of the group) read the shared ring, try the private one; then
+    check that the ring's producer could wake us: our semaphore opens for the group."""
+    with shmbus.Consumer("r", namespace=shared_ns, start="earliest") as sub:
+        got = bytes(sub.recv(timeout=5))
+    try:
+        shmbus.Consumer("r", namespace=private_ns, start="earliest")
+        private = "opened"
+    except shmbus.PermissionDenied as e:
+        private = e.owner
+    return got, private
+
+
+def _post(name: str) -> bool:
+    from shmbus import ownership
+    sem = ownership.open_semaphore(name, create=False)
+    if sem is None:
+        return False
+    sem.release()
+    sem.close()
+    return True
+
+
+def _try_consume(namespace: str) -> str:
+    try:
+        shmbus.Consumer("r", namespace=namespace, start="earliest")
+    except Exception as e:  # noqa: BLE001 - the test looks at what it was
+        return type(e).__name__
+    return "opened"
+
+
+def test_a_namespace_shared_with_a_group_is_shared_with_it_alone(ns, monkeypatch):
+    """uid A shares namespace ``ns`` with group G ($SHMBUS_GROUP): its ring and
+    semaphores are 0660 of group G; uid B, a member, reads it and its own semaphore
+    can be posted by A; B cannot open A's ring in a private namespace, and uid C,
+    not a member, cannot open the shared one."""
+    private = ns + "p"
+    monkeypatch.setenv("SHMBUS_GROUP", str(SHARE_GID))
+    try:
+        run_as(OTHER_UID, SHARE_GID, _publish, ns, private)
+        assert set(_modes(ns, "r").values()) == {(0o660, SHARE_GID)}, _modes(ns, "r")
+        assert {m for m, _ in _modes(private, "r").values()} == {0o600}
+        got, private_owner = run_as(THIRD_UID, SHARE_GID, _read_both, ns, private)
+        assert got == b"for the group"
+        assert private_owner == OTHER_UID
+        assert set(_modes(ns, "r").values()) == {(0o660, SHARE_GID)}, _modes(ns, "r")
+        sem = naming.consumer_semaphore_name(ns, "r", 0)
+        assert os.stat(_semaphore_path(sem)).st_uid == THIRD_UID
+        assert run_as(OTHER_UID, SHARE_GID, _post, sem)
+        assert run_as(OUTSIDER_UID, OUTSIDER_GID, _try_consume, ns) == "PermissionDenied"
+    finally:
+        _purge(ns)
+        _purge(private)
