@@ -80,6 +80,9 @@ class Consumer(Handle):
                 self.slot, pos = self._attach(start)
             self._setup(how, pos)
         except BaseException:
+            if hasattr(self, "slot"):  # give the slot back (a durable one keeps its cursor)
+                with self._slots.lock():
+                    self._slots.detach(self.slot, keep=durable is not None)
             if self._durable_lock is not None:
                 self._durable_lock.release()
             seg.close()

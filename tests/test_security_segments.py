@@ -193,6 +193,23 @@ def test_foreign_semaphore_is_refused(ns, which):
         shmbus.unlink("orders", namespace=ns)
 
 
+def test_a_refused_consumer_leaves_no_slot_behind(ns):
+    """A Consumer refused because its semaphore is not ours must give its slot back:
+    a slot held by our live pid would block the producer for as long as we live."""
+    name = naming.consumer_semaphore_name(ns, "orders", 0)
+    run_as(OTHER_UID, OTHER_GID, _make_semaphore, name, 0o666)
+    try:
+        with shmbus.Producer("orders", capacity=4096, namespace=ns) as pub:
+            with pytest.raises(shmbus.PermissionDenied):
+                shmbus.Consumer("orders", namespace=ns)
+            assert shmbus.inspect("orders", namespace=ns)["consumers"] == []
+            for _ in range(8):  # four times what the ring holds: nobody holds it back
+                pub.send(b"x" * 1000, timeout=2)
+    finally:
+        _remove(_semaphore_path(name))
+        shmbus.unlink("orders", namespace=ns)
+
+
 def test_foreign_private_semaphore_is_a_permission_error_for_a_normal_user(ns):
     """uid B cannot open uid A's 0600 semaphore: PermissionDenied, not posix_ipc's
     PermissionsError."""
