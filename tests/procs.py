@@ -7,6 +7,11 @@ import os
 import time
 
 import shmbus
+from shmbus import layout
+from shmbus.layout import H_PRODUCER_SLEEP
+from shmbus.segment import Segment
+
+from .support import await_until
 
 
 def make_payload(producer_id: int, seq: int, size: int = 48) -> bytes:
@@ -91,15 +96,17 @@ def idle_consumer(ns: str, ring: str, ready, results) -> None:
 
 
 def open_as_nobody(ns: str, ring: str, results) -> None:
-    """Drop to uid 65534, try to consume, report the error type and message."""
+    """Drop to uid 65534, try to consume, report (error type, is it a ShmbusError, is
+    it a PermissionError, message)."""
     os.setgid(65534)
     os.setuid(65534)
     try:
         shmbus.Consumer(ring, namespace=ns)
     except Exception as e:  # report whatever it was
-        results.put((type(e).__name__, str(e)))
+        results.put((type(e).__name__, isinstance(e, shmbus.ShmbusError),
+                     isinstance(e, PermissionError), str(e)))
     else:
-        results.put(("no error", ""))
+        results.put(("no error", False, False, ""))
 
 
 def increment_under_lock(ns: str, name: str, path: str, times: int, go) -> None:
@@ -159,3 +166,60 @@ def run_worker(ns: str, group: str, name: str, results, stop, hang_after: int = 
             if got == hang_after:
                 results.put((name, None, b"hanging", 0))
                 time.sleep(3600)  # holding the message unreleased until SIGKILL
+
+
+def fail_with(message: str) -> None:
+    """Die of ValueError(message): a child that fails, to test that its parent hears."""
+    raise ValueError(message)
+
+
+def send_when_asleep(ns: str, ring: str, slot: int, data: bytes, sent) -> None:
+    """As the ring's producer, wait until the consumer in slot ``slot`` sleeps (its
+    sleep epoch, read through the segment, is odd), then send ``data``; put the
+    time.monotonic() of the send on ``sent``."""
+    seg = Segment.open(ns, ring)
+    try:
+        words, epoch = seg.words, layout.slot_word(slot) + layout.S_SLEEP
+        with shmbus.Producer(ring, namespace=ns) as pub:
+            await_until(lambda: words[epoch] & 1, 10, what=f"consumer {slot} asleep")
+            sent.put(time.monotonic())
+            pub.send(data)
+        del words
+    finally:
+        seg.close()
+
+
+def release_when_producer_sleeps(ns: str, ring: str, how: str, go, attached,
+                                 results) -> None:
+    """Attach to ``ring`` (filled with equal filler messages); after ``go``, wait until
+    its producer sleeps (the header's producer sleep epoch is odd), then read and
+    release in the way ``how`` names: ``"recv"`` (each recv releases the previous
+    message), ``"recv_many"`` (each batch releases the previous one) or ``"release"``
+    (one batch, then ``release()``); put the first message that is not filler on
+    ``results``."""
+    seg = Segment.open(ns, ring)
+    words = seg.words
+    with shmbus.Consumer(ring, namespace=ns) as sub:
+        attached.set()
+        assert go.wait(30), "the parent never filled the ring"
+        await_until(lambda: words[H_PRODUCER_SLEEP] & 1, 10, what="the producer asleep")
+        if how == "recv":
+            filler = bytes(sub.recv(timeout=5))
+            while bytes(msg := sub.recv(timeout=10)) == filler:
+                pass
+        elif how == "recv_many":
+            batch = sub.recv_many(1 << 20, timeout=5)
+            filler = bytes(batch[0])
+            while all(bytes(m) == filler for m in batch):
+                batch = sub.recv_many(1 << 20, timeout=10)
+            msg = next(m for m in batch if bytes(m) != filler)
+        elif how == "release":
+            filler = bytes(sub.recv_many(1 << 20, timeout=5)[0])
+            assert sub.lag == 0, "one batch did not take what the ring held"
+            sub.release()
+            msg = sub.recv(timeout=10)
+        else:
+            raise ValueError(f"unknown way to release: {how!r}")
+        results.put(bytes(msg))
+    del words
+    seg.close()

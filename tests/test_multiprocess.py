@@ -13,7 +13,8 @@ import pytest
 import shmbus
 
 from . import procs as P
-from .support import SPAWN, kill9, start
+from . import support
+from .support import SPAWN, ChildFailed, kill9, start
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -159,9 +160,9 @@ def test_permission_denied_is_a_clear_error(ns, procs):
     try:
         results = SPAWN.Queue()
         procs.append(start(P.open_as_nobody, ns, "priv", results))
-        kind, message = results.get(timeout=30)
-        assert kind in ("ShmbusError", "PermissionError"), (kind, message)
-        assert "ermission" in message
+        kind, is_ours, is_permission, message = results.get(timeout=30)
+        assert is_ours and is_permission, (kind, message)
+        assert "refusing" in message or "ermission" in message, message
     finally:
         pub.unlink()
 
@@ -188,3 +189,45 @@ def test_overwrite_reader_never_sees_torn_data_under_a_racing_producer(ns, procs
             assert len(seqs) + sub.lost == count  # joined before seq 0 was sent
     finally:
         shmbus.unlink("race")
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("waiting_on", ["queue", "event", "join"])
+def test_a_failing_child_fails_the_test_at_once_with_its_traceback(procs, waiting_on):
+    """Whatever the test waits on, the child's exception interrupts it (not a
+    ``queue.Empty`` after the wait's whole timeout)."""
+    results, event = SPAWN.Queue(), SPAWN.Event()
+    t0 = time.monotonic()
+    with pytest.raises(ChildFailed) as failed:
+        procs.append(start(P.fail_with, "the child's own words"))
+        if waiting_on == "queue":
+            results.get(timeout=20)
+        elif waiting_on == "event":
+            event.wait(20)
+        else:
+            procs[-1].join(20)
+    assert time.monotonic() - t0 < 15
+    report = str(failed.value)
+    assert "ValueError: the child's own words" in report
+    assert "in fail_with" in report  # the child's traceback, not only its message
+    assert failed.value.pid == procs[-1].pid
+
+
+def test_a_report_that_could_not_interrupt_is_raised_when_the_child_is_reaped(procs):
+    support.child_reports_interrupt(False)  # as between tests, or in another thread
+    try:
+        procs.append(proc := start(P.fail_with, "reported late"))
+        proc.join(20)
+        assert proc.exitcode == 1
+    finally:
+        support.child_reports_interrupt(True)
+    procs.remove(proc)
+    with pytest.raises(ChildFailed, match="ValueError: reported late"):
+        support.cleanup_processes([proc])
+
+
+def test_a_child_that_succeeds_reports_nothing(procs):
+    procs.append(start(P.make_payload, 1, 2))
+    procs[-1].join(20)
+    assert procs[-1].exitcode == 0
+    support.raise_child_failure()

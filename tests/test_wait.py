@@ -5,21 +5,21 @@ from __future__ import annotations
 import mmap
 import threading
 import time
-import uuid
 
 import posix_ipc
 
+from shmbus import naming
 from shmbus.wait import Sleeper, Waker, WaitStrategy
 
 from .support import await_until
 
 
-def test_a_post_wakes_a_long_sleeper_and_the_epoch_stays_odd_while_it_sleeps():
+def test_a_post_wakes_a_long_sleeper_and_the_epoch_stays_odd_while_it_sleeps(ns):
     # Sleeps of up to 30 s once falling asleep is over: only the post can wake it soon.
     how = WaitStrategy("test", spin=0, yield_for=0.0, sleep=True, max_sleep=0.001,
                        long_sleep=30.0)
     words = memoryview(mmap.mmap(-1, 4096)).cast("Q")
-    name = f"/shmbus-test-{uuid.uuid4().hex[:12]}"
+    name = naming.consumer_semaphore_name(ns, "w", 0)  # the ns fixture checks it goes
     sleeper = Sleeper(words, 3, name, how)
     flag = threading.Event()
     outcome = {}
