@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import struct
 import sys
 import time
 
@@ -138,11 +139,33 @@ def test_fence_rejects_older_tokens(lease_name):
 def test_bad_input(ns):
     with pytest.raises(shmbus.InvalidName):
         shmbus.Lease("a/b", ttl=1)
-    for ttl in (0, -1, "5", None, True):
+    for ttl in (0, -1, "5", None, True, float("inf"), float("nan"), 1e300, -float("inf")):
         with pytest.raises(ValueError, match="ttl"):
             shmbus.Lease("x", ttl=ttl)
     with pytest.raises(ValueError, match="on_stale"):
         shmbus.Lease("x", ttl=1, on_stale="steal")
+    for timeout in (-1, float("nan")):
+        with pytest.raises(ValueError, match="timeout"):
+            shmbus.Lease("x", ttl=1).acquire(timeout=timeout)
+    fence = shmbus.Fence("res")
+    for token in (-1, 2**64, 1.5, "7", True):
+        with pytest.raises(ValueError, match="token"):
+            fence.admit(token)
+    assert not os.path.exists(shmbus.Lease("x", ttl=1).path)
+
+
+def test_the_largest_token_is_a_clear_error(lease_name):
+    lease = shmbus.Lease(lease_name, ttl=5)
+    lease.acquire()
+    lease.release()
+    record = struct.Struct("<8sQQQQQQ").pack(b"SHMBLEAS", 2**64 - 1, 0, 0, 0, 0, 0)
+    fd = os.open(lease.path, os.O_WRONLY)
+    os.pwrite(fd, record, 0)
+    os.close(fd)
+    with pytest.raises(shmbus.ShmbusError, match=r"2\*\*64-1.*remove it") as caught:
+        lease.acquire(timeout=1)
+    assert not isinstance(caught.value, struct.error)
+    assert not lease.held
 
 
 def test_list_leases_and_gc(ns, lease_name):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import gc
 import os
 import threading
@@ -175,3 +176,32 @@ def test_finalizer_during_state_lookup_does_not_deadlock(ns):
     # Issue 11 item 2: Producer.__init__ -> _state_for held a lock -> allocation -> GC
     # -> Consumer.__del__ -> _state_for waited for that lock on the same thread.
     assert run_forked(_finalizer_inside_state_for, ns, timeout=10) == "no deadlock"
+
+
+class _NoRoom:
+    """``os`` as a module sees it when /dev/shm is full: ``names`` fail with ENOSPC."""
+
+    def __init__(self, *names: str) -> None:
+        self._names = names
+
+    def __getattr__(self, name: str):
+        if name in self._names:
+            def no_room(*args, **kwargs):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return no_room
+        return getattr(os, name)
+
+
+def test_full_dev_shm_when_taking_a_lock_is_shm_full(ns, monkeypatch):
+    from shmbus import lock as lock_module
+    monkeypatch.setattr(lock_module, "os", _NoRoom("write"))
+    with pytest.raises(shmbus.ShmFull, match="full"):
+        shmbus.FileLock("x").acquire(timeout=1)
+    monkeypatch.undo()
+    assert not os.path.exists(naming.lock_dir(ns))  # no empty lock file left behind
+    from shmbus import lockdir
+    monkeypatch.setattr(lockdir, "os", _NoRoom("mkdir"))
+    with pytest.raises(shmbus.ShmFull, match="full"):
+        shmbus.FileLock("x").acquire(timeout=1)
+    with pytest.raises(shmbus.ShmFull, match="full"):
+        shmbus.Lease("l", ttl=1).acquire(timeout=1)
