@@ -86,11 +86,21 @@ def current() -> ProcessId:
     global _current, _current_pid
     pid = os.getpid()
     if pid != _current_pid:
-        st = start_time_of(pid)
+        st = start_time_of(_proc_pid(pid))
         _current = ProcessId(pid, st if st is not None else 0)
         _current_pid = pid
     assert _current is not None
     return _current
+
+
+def _proc_pid(pid: int) -> int:
+    """Our pid as ``/proc`` numbers it: not ``pid`` when ``/proc`` was mounted for
+    another PID namespace (``unshare --pid`` without a new ``/proc``), where
+    ``/proc/{pid}`` is another process (its start time is not ours)."""
+    try:
+        return int(os.readlink("/proc/self"))
+    except (OSError, ValueError):
+        return pid
 
 
 def pid_namespace() -> int:

@@ -268,13 +268,15 @@ class _InPidNamespace:
     --mount-proc``), like a container that shares the host's /dev/shm; talks through
     its stdin/stdout, dies with us (``--kill-child``)."""
 
-    def __init__(self, code: str, *args: str) -> None:
+    def __init__(self, code: str, *args: str, mount_proc: bool = True) -> None:
         import subprocess
         import sys
         env = dict(os.environ, PYTHONPATH=_REPO)
+        unshare = ["unshare", "--pid", "--fork", "--kill-child"]
+        if mount_proc:
+            unshare.append("--mount-proc")
         self.proc = subprocess.Popen(
-            ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child",
-             sys.executable, "-c", code, *args],
+            [*unshare, sys.executable, "-c", code, *args],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
 
     def expect(self, word: str, timeout: float = 20) -> str:
@@ -303,15 +305,18 @@ class _InPidNamespace:
         self.proc.stdout.close()
 
 
-def test_consumer_in_another_pid_namespace_is_never_taken_for_dead(ns):
+@pytest.mark.parametrize("mount_proc", [True, False], ids=["own-proc", "host-proc"])
+def test_consumer_in_another_pid_namespace_is_never_taken_for_dead(ns, mount_proc):
     """The host's producer must not reclaim the slot of a live consumer that runs in
     a container (its pid means nothing on the host): a full ring makes send time out
-    instead of overwriting the message the consumer still holds; gc keeps the ring."""
+    instead of overwriting the message the consumer still holds; gc keeps the ring.
+    Also when the container sees the host's /proc (where its pid 1 is the host's
+    init, whose start time is not the consumer's)."""
     from shmbus.cleanup import collect
     child = None
     try:
         with shmbus.Producer("orders", capacity=4096, namespace=ns) as pub:
-            child = _InPidNamespace(_CONSUMER, ns, "orders")
+            child = _InPidNamespace(_CONSUMER, ns, "orders", mount_proc=mount_proc)
             child.expect("ready")
             pub.send(b"A" * 1000)
             assert child.expect("holding") == "holding 0"
