@@ -48,6 +48,7 @@ from shmbus.errors import (DurableBusy, LeaseLost, RingBusy, RingNotFound, Shmbu
                            Timeout)
 
 from . import membership, stats, worker
+from .handoff import Handoffs
 from .policies import ConsistentHash, Policy, RoundRobin, policy as make_policy
 
 __all__ = ["Balancer"]
@@ -103,8 +104,9 @@ class Balancer:
         self._dlq: shmbus.Producer | None = None
         # Raw forwarding serves these policies; others (bounded loads, custom) get
         # messages.  Key -> owner is cached while membership holds.
-        self._forwarding = isinstance(self.policy, RoundRobin) or (
-            isinstance(self.policy, ConsistentHash) and not self.policy.load_factor)
+        self._hashing = isinstance(self.policy, ConsistentHash) and not self.policy.load_factor
+        self._forwarding = isinstance(self.policy, RoundRobin) or self._hashing
+        self._handoffs = Handoffs()  # keys whose older messages another worker holds
         self._owners: dict[bytes | None, str] = {}
         self._unjoined: set[str] = set()  # registered workers whose ring is still busy
         self.leading = threading.Event()
@@ -147,10 +149,7 @@ class Balancer:
                 self._close()
 
     def _lead(self, end: float | None) -> None:
-        self.leading.set()
-        self._consumers = [shmbus.Consumer(r, durable=membership.input_durable(self.group),
-                                           start="earliest", namespace=self.namespace)
-                           for r in self.inputs]
+        self._begin()
         next_refresh = 0.0
         while not self._stop.is_set():
             now = time.monotonic()
@@ -164,6 +163,13 @@ class Balancer:
             if not self._pump():
                 self._idle(next_refresh)
 
+    def _begin(self) -> None:
+        """Start leading (the lease is ours): open the inputs."""
+        self.leading.set()
+        self._consumers = [shmbus.Consumer(r, durable=membership.input_durable(self.group),
+                                           start="earliest", namespace=self.namespace)
+                           for r in self.inputs]
+
     def _close(self) -> None:
         self.leading.clear()
         for c in self._consumers:  # what was dispatched is acknowledged, what waits is not
@@ -172,6 +178,7 @@ class Balancer:
         self._pending.clear()
         self._gone.clear()
         self._unjoined.clear()
+        self._handoffs.clear()
         for m in self.members.values():
             m.producer.close()
         self.members.clear()
@@ -195,6 +202,8 @@ class Balancer:
             # A live worker not yet joined owns keys: sending them elsewhere now would
             # overtake what it still holds (per-key order).  Wait for the next round.
             return False
+        if self._handoffs.held:
+            self._handoffs.settle(self.members)
         if self._gone:
             before = self.counters["redelivered"] + self.counters["dead_lettered"]
             if not self._drain_gone():
@@ -262,7 +271,8 @@ class Balancer:
 
     def _hash_picks(self, keys: list, room: dict[str, int]) -> tuple[dict, int]:
         """Which records (by index) go to which owner, and how many lead the run up
-        to the first whose owner has no room (that one and all after it wait)."""
+        to the first whose owner has no room or whose key is in handoff (that one and
+        all after it wait)."""
         owner = self._owners
         if len(owner) >= 1 << 16:  # many distinct keys: keep the cache bounded
             owner.clear()
@@ -272,12 +282,14 @@ class Balancer:
                 if name is None:
                     names[i] = owner[keys[i]] = self.policy.pick(keys[i])
         counts = Counter(names)
-        if all(room[name] >= n for name, n in counts.items()):  # the common case
+        held = self._handoffs.held
+        if not held and all(room[name] >= n for name, n in counts.items()):  # common
             return {name: list(compress(range(len(names)), map(name.__eq__, names)))
                     for name in counts}, len(names)
+        blocks = self._handoffs.blocks
         lists: dict[str, list[int]] = {name: [] for name in counts}
         for i, name in enumerate(names):
-            if room[name] <= 0:
+            if room[name] <= 0 or (held and blocks(keys[i], name)):
                 return {n: idx for n, idx in lists.items() if idx}, i
             room[name] -= 1
             lists[name].append(i)
@@ -300,7 +312,8 @@ class Balancer:
         found no place (from the first that could not be placed on, so that order
         holds), to be tried again before anything newer.  ``delivered``: for messages
         dispatched again, how many times each was delivered so far."""
-        hashing = isinstance(self.policy, ConsistentHash) and not self.policy.load_factor
+        hashing = self._hashing
+        held, blocks = self._handoffs.held, self._handoffs.blocks
         room = {n: self.prefetch - m.in_flight() for n, m in self.members.items()}
         loads = ({n: self.prefetch - r for n, r in room.items()}
                  if isinstance(self.policy, ConsistentHash) and self.policy.load_factor
@@ -314,10 +327,12 @@ class Balancer:
                 self._dead_letter(msg.data, msg.key, deliveries)
                 continue
             if hashing:
-                # A key stays with its owner: when the owner is busy the message waits
-                # (rerouting it would break the key's order).
+                # A key stays with its owner: when the owner is busy, or another worker
+                # still holds older messages of the key, the message waits (rerouting
+                # it, or sending it on, would break the key's order).
                 name = self.policy.pick(msg.key)
-                if name is not None and room[name] <= 0:
+                if name is not None and (room[name] <= 0 or
+                                         (held and blocks(msg.key, name))):
                     name = None
             else:
                 name = self.policy.pick(msg.key, loads=loads,
@@ -384,6 +399,7 @@ class Balancer:
                                                                  self.group, name):
                 self._drop(name)
         self._unjoined.clear()
+        joined = False
         for name, ring in rings.items():
             if name in self.members:
                 continue
@@ -391,8 +407,11 @@ class Balancer:
                 self._gone.pop(name, None)  # back again: it finishes its own leftovers
                 if not self._join(name, ring):
                     self._unjoined.add(name)
+                joined = joined or name in self.members
             else:
                 self._gone.setdefault(name, ring)  # left over from a worker that is gone
+        if joined and self._hashing:  # keys moved to it from workers that hold some
+            self._handoffs.scan(self.members, self.policy.owner)
 
     def _join(self, name: str, ring: str) -> bool:
         """Make a registered worker a member; False only if its ring may hold
@@ -428,8 +447,10 @@ class Balancer:
     def _drain_gone(self) -> bool:
         """Dispatch again what gone workers had not acknowledged; True when nothing is
         left.  Until then no new input moves: a gone worker's keys must get their old
-        messages before any newer one (per-key order)."""
-        for name, ring in list(self._gone.items()):
+        messages before any newer one (per-key order).  The worker that left last goes
+        first: what it holds of a key that an earlier one also left behind came from
+        that one's (partly done) redelivery, so it is the older part."""
+        for name, ring in reversed(list(self._gone.items())):
             try:
                 leftovers = shmbus.Consumer(ring, durable=membership.WORKER_DURABLE,
                                             namespace=self.namespace)
