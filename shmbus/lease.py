@@ -20,12 +20,23 @@ waits for it to die, then takes over.  The default, ``on_stale="refuse"``, waits
 the end raises :class:`Timeout` naming the holder.  A holder that is *dead* (gone,
 zombie, or its pid reused) is replaced at once, expired or not.  Resources should also
 check tokens (:class:`Fence`): a holder that lost its lease then fails there too.
+
+**Trust** (issue 12): a lease record is only believed from a file of ours in a lock
+directory of ours (:mod:`shmbus.lockdir`; anything else is :class:`PermissionDenied`),
+so nobody else can forge a holder or a token.  Even then a process is killed only when
+it is verified: its start time is recorded (a record with start time 0 names no
+verifiable process), matches the live process with that pid, and that process runs as
+our user; the signal goes through a pidfd opened before the check, so a pid reused
+meanwhile is never hit.  Otherwise ``on_stale="kill"`` refuses like ``"refuse"``.
+
+**Timeouts hold**: the file's ``flock`` is taken by non-blocking attempts until the
+caller's deadline, so a process keeping it locked (stopped, hung) delays
+:meth:`Lease.acquire` by at most its ``timeout``.
 """
 
 from __future__ import annotations
 
 import fcntl
-import math
 import os
 import signal
 import struct
@@ -283,17 +294,23 @@ class Lease:
         """SIGKILL the stale holder, verified first (:func:`_killable`) through a pidfd,
         so that a pid reused meanwhile is never signalled; then wait for its death."""
         try:
-            pidfd = os.pidfd_open(st.pid)
+            pidfd: int | None = os.pidfd_open(st.pid)
         except ProcessLookupError:
             return
+        except OSError:  # no pidfd here (an old kernel, a seccomp filter): plain kill
+            pidfd = None
         try:
             if not _killable(st):
                 return  # gone, or not the recorded process: the next round decides
-            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+            if pidfd is None:
+                os.kill(st.pid, signal.SIGKILL)
+            else:
+                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
         except ProcessLookupError:
             return
         finally:
-            os.close(pidfd)
+            if pidfd is not None:
+                os.close(pidfd)
         deadline = time.monotonic() + 10
         while not liveness.is_dead(st.pid, st.start_time):
             if time.monotonic() > deadline:
@@ -322,9 +339,9 @@ class Lease:
 
     def renew(self) -> None:
         """Extend the lease by ``ttl`` from now.  Raises :class:`LeaseLost` if another
-        holder has taken it (or this object never held it), :class:`Timeout` if the lease
-        file stays locked by another process until the lease would expire."""
-        with self._file.locked(self._expires_ns / 1e9) as f:
+        holder has taken it (or this object never held it), :class:`Timeout` if another
+        process keeps the lease file locked for ``ttl`` seconds."""
+        with self._file.locked(time.monotonic() + self.ttl) as f:
             st = f.read()
             self._verify(st)
             now = time.monotonic_ns()
@@ -339,8 +356,13 @@ class Lease:
         if self._lost or time.monotonic_ns() >= self._expires_ns:
             self._lost = self._lost or self._token > 0
             raise self._lost_error("it expired" if self._token else "it was never acquired")
-        with self._file.locked(self._expires_ns / 1e9) as f:
-            self._verify(f.read())
+        try:
+            with self._file.locked(self._expires_ns / 1e9) as f:  # never past our expiry
+                self._verify(f.read())
+        except Timeout:
+            self._lost = True
+            raise self._lost_error("it expired while another process kept its file "
+                                   "locked") from None
 
     def _verify(self, st: LeaseState) -> None:
         if self._pid != os.getpid() or self._token == 0:
