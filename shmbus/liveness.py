@@ -36,7 +36,7 @@ import os
 import psutil
 
 __all__ = ["Liveness", "ProcessId", "current", "start_time_of", "liveness", "is_dead",
-           "pid_namespace"]
+           "pid_namespace", "local_pid"]
 
 
 class Liveness(enum.Enum):
@@ -129,7 +129,7 @@ def liveness(pid: int, start_time: int, pid_ns: int = 0) -> Liveness:
     if pid <= 0:
         return Liveness.DEAD
     if pid_ns and pid_ns != pid_namespace():
-        return _foreign(pid, start_time, pid_ns)
+        return _foreign(pid, start_time, pid_ns)[0]
     try:
         proc = psutil.Process(pid)
         if start_time and round(proc.create_time() * 100) != start_time:
@@ -148,14 +148,26 @@ def is_dead(pid: int, start_time: int, pid_ns: int = 0) -> bool:
     return liveness(pid, start_time, pid_ns) is Liveness.DEAD
 
 
-def _foreign(pid: int, start_time: int, pid_ns: int) -> Liveness:
-    """Liveness of pid ``pid`` of another PID namespace, from what ``/proc`` shows."""
+def local_pid(pid: int, start_time: int, pid_ns: int = 0) -> int | None:
+    """The pid under which the live process ``(pid, start_time)`` of PID namespace
+    ``pid_ns`` is known in ours (``pid`` itself for one of our namespace), or None if it
+    is not alive or not visible from here.  Signal a recorded process only through this:
+    a pid from another namespace names some other process here."""
+    if not pid_ns or pid_ns == pid_namespace():
+        return pid if liveness(pid, start_time) is Liveness.ALIVE else None
+    state, here = _foreign(pid, start_time, pid_ns)
+    return here if state is Liveness.ALIVE else None
+
+
+def _foreign(pid: int, start_time: int, pid_ns: int) -> tuple[Liveness, int | None]:
+    """Liveness of pid ``pid`` of another PID namespace, from what ``/proc`` shows, and
+    its pid in ours when it is found."""
     seen_ns = False
     complete = pid_namespace() == INITIAL_PID_NS and not _proc_hides_pids()
     try:
         entries = os.listdir("/proc")
     except OSError:
-        return Liveness.UNKNOWN
+        return Liveness.UNKNOWN, None
     for entry in entries:
         if not entry.isdigit():
             continue
@@ -174,8 +186,8 @@ def _foreign(pid: int, start_time: int, pid_ns: int) -> Liveness:
             continue
         if start_time and start_time_of(int(entry)) != start_time:
             continue  # the pid was reused inside that namespace
-        return Liveness.DEAD if zombie else Liveness.ALIVE
-    return Liveness.DEAD if seen_ns or complete else Liveness.UNKNOWN
+        return (Liveness.DEAD, None) if zombie else (Liveness.ALIVE, int(entry))
+    return (Liveness.DEAD if seen_ns or complete else Liveness.UNKNOWN), None
 
 
 def _ns_pid_and_state(entry: str) -> tuple[int, bool]:

@@ -12,10 +12,13 @@ import os
 import stat
 
 import posix_ipc
+import psutil
 import pytest
 
 import shmbus
-from shmbus import layout, naming
+from shmbus import layout, liveness, naming
+from shmbus.segment import Segment
+from shmbus.slots import SlotTable
 
 from .security import OTHER_GID, OTHER_UID, THIRD_GID, THIRD_UID, needs_root, run_as
 
@@ -322,6 +325,15 @@ def test_consumer_in_another_pid_namespace_is_never_taken_for_dead(ns, mount_pro
             assert child.expect("holding") == "holding 0"
             info = shmbus.inspect("orders", namespace=ns)
             assert [c["alive"] for c in info["consumers"]] == ["alive"]
+            assert info["consumers"][0]["pid"] == 1  # its pid in the container
+            # Signalling it (e.g. a lease's kill) must go to its pid here, not to pid 1.
+            seg = Segment.open(ns, "orders")
+            try:
+                slot = SlotTable(seg).info(0)
+            finally:
+                seg.close()
+            [here] = psutil.Process(child.proc.pid).children()
+            assert liveness.local_pid(slot.pid, slot.start_time, slot.pid_ns) == here.pid
             with pytest.raises(shmbus.Timeout):
                 for _ in range(8):  # the ring holds 4 such messages
                     pub.send(b"B" * 1000, timeout=0.3)
