@@ -114,8 +114,10 @@ class FileLock:
     ``FileLock(name, shared=False, timeout=None, namespace=None)``; ``timeout`` is the
     default for :meth:`acquire` (None: wait forever, 0: try once).  Use as a context
     manager or with ``acquire()``/``release()``.  Reentrant per thread, unless
-    ``reentrant=False``: then acquiring it again in the thread that holds it fails at
-    once (shmbus uses that for ownership: one producer per ring even within a process).
+    ``reentrant=False``: then acquiring it again in the thread that holds it raises
+    :class:`AlreadyHeld` at once, whatever the timeout (a programming error, never a
+    ``Timeout`` a retry loop would spin on), and ``try_acquire()`` returns False (shmbus
+    uses that for ownership: one producer per ring even within a process).
     """
 
     def __init__(self, name: str, *, shared: bool = False, timeout: float | None = None,
@@ -312,8 +314,8 @@ class FileLock:
             if self._still_linked(fd):
                 try:
                     os.unlink(self.path)
-                except FileNotFoundError:
-                    pass
+                except OSError:
+                    pass  # gone, or (shared namespace) not ours to remove: both fine
                 try:
                     os.rmdir(self.directory)
                 except OSError:
