@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from . import layout
+from . import layout, ring
 from .message import Message
 from .errors import MessageTooLarge
 from .layout import H_WRITE, REC_PAD, RECORD_HEADER
@@ -106,38 +106,44 @@ def recv_array(c: Consumer, dtype, max_messages: int, timeout: float | None) -> 
     size = dtype.itemsize
     stride = layout.record_size(0, size)
     deadline = None if timeout is None else time.monotonic() + timeout
+    cap, mask = c.capacity, c._mask
     while True:
         if c._closed:
             c._take(0)  # raises the closed error
-        pos = c._pos
-        write = c._wcache = c._words[H_WRITE]
+        pos, data = c._pos, c._data
+        write = c._words[H_WRITE]
+        c._wcache = min(write, (pos | mask) + 1)  # see Consumer._bind_recv
         if pos >= write:
+            if pos > write:
+                c._take(0)  # raises CorruptRing: the cursor is past the write position
             c._wait(pos, deadline, timeout)
             continue
-        if pos < c._safe_from:  # checked reads: one message, copied
-            msg = c._take(timeout)
+        expect = c._expect
+        if pos < c._safe_from or expect is None:  # checked reads, or the first message
+            msg = c._take(timeout)                # after a jump: one, through _take
             try:
                 _check(c, dtype, len(msg.data), 0 if msg.key is None else len(msg.key),
                        msg.seq)
             except ValueError:
-                c._pos = pos  # not received: recv() gets it
+                c._pos, c._expect = pos, expect  # not received: recv() gets it
                 raise
             return np.frombuffer(msg.data, dtype)
-        idx = pos & c._mask
-        if idx > c._pad_limit or layout.record_headers(c._data, idx, 1, stride)[
-                "flags"][0] & REC_PAD:
-            c._pos = pos + c.capacity - idx  # padding to the end of the data area
+        first = ring.read(data, pos, cap, write, name=c.name)  # checked framing
+        if first.flags & REC_PAD:
+            c._pos = pos + first.size
             continue
-        m = max(1, min(max_messages, (write - pos) // stride, (c.capacity - idx) // stride))
-        headers = layout.record_headers(c._data, idx, m, stride)
-        fits = (headers["length"] == size) & (headers["key_length"] == 0)
-        n = m if fits.all() else int(fits.argmin())
-        if n == 0:
-            h = headers[0]
-            _check(c, dtype, int(h["length"]), int(h["key_length"]), int(h["seq"]))
-        view = layout.record_payloads(c._data, idx, n, stride, dtype)
+        ring.check_seq(first, expect, name=c.name)
+        _check(c, dtype, first.length, first.key_length, first.seq)
+        idx = pos & mask
+        m = min(max_messages, (write - pos) // stride, (cap - idx) // stride)  # >= 1
+        headers = layout.record_headers(data, idx, m, stride)
+        fits = (headers["length"] == size) & (headers["key_length"] == 0) & \
+            (headers["flags"] & REC_PAD == 0) & \
+            (headers["seq"] == np.arange(expect, expect + m, dtype=np.uint64))
+        n = m if fits.all() else int(fits.argmin())  # >= 1: the first one fits
+        view = layout.record_payloads(data, idx, n, stride, dtype)
         view.flags.writeable = False  # other consumers read the same bytes
-        c._pos = pos + n * stride
+        c._pos, c._expect = pos + n * stride, expect + n
         return view
 
 
@@ -207,17 +213,20 @@ def send_uniform(p: Producer, messages, keys, timeout: float | None) -> range | 
 
 def take_uniform(c: Consumer, first: Message, pos: int, limit: int) -> list[Message]:
     """Up to ``limit`` messages from ``pos`` whose records have ``first``'s size (keys
-    and payloads may split it differently) and no flags, as :class:`Message` objects
+    and payloads may split it differently), no flags and the seqs the consumer expects
+    next, as :class:`Message` objects
     built from one numpy read of their headers; [] when fewer than :data:`BULK` such
     follow (the caller reads them one by one).  ``pos`` must be protected (at or above
     the consumer's ``safe_from``)."""
     stride = layout.record_size(0 if first[1] is None else len(first[1]), len(first[0]))
-    write = c._wcache = c._words[H_WRITE]
+    write = c._words[H_WRITE]
+    c._wcache = min(write, (pos | c._mask) + 1)  # see Consumer._bind_recv
     idx = pos & c._mask
     count = min(limit, (write - pos) // stride, (c.capacity - idx) // stride)
     if count < BULK:
         return []
-    n, headers = layout.uniform_prefix(c._data, idx, count, stride, 0xFFFF)
+    expect = c._expect
+    n, headers = layout.uniform_prefix(c._data, idx, count, stride, 0xFFFF, expect)
     if n < BULK:
         return []
     data, body = c._data, idx + RECORD_HEADER
@@ -234,5 +243,5 @@ def take_uniform(c: Consumer, first: Message, pos: int, limit: int) -> list[Mess
     messages = list(map(tuple.__new__, repeat(Message), zip(
         views, keys, headers["seq"].tolist(), headers["timestamp_ns"].tolist(),
         repeat(c), range(pos + stride, pos + (n + 1) * stride, stride), repeat(0))))
-    c._pos = pos + n * stride
+    c._pos, c._expect = pos + n * stride, expect + n
     return messages

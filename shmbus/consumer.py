@@ -126,7 +126,7 @@ class Consumer(Handle):
         self.capacity = cap = seg.capacity
         self._mask = cap - 1
         self._shift = layout.block_shift(cap)
-        self._pad_limit = cap - RECORD_HEADER
+        self._pad_limit = layout.pad_limit(cap)
         self._max_record = layout.max_record(cap)
         base = slot_word(self.slot)
         self._read_word = base + S_READ
@@ -135,7 +135,10 @@ class Consumer(Handle):
         self._pos = self._committed = pos
         self._wcache = 0
         self._next_word = base + S_NEXT_SEQ if seg.overwrite else 0
-        self._expect: int | None = None
+        # The seq the next record must carry (None: not known yet; see _check_seq).
+        self._expect: int | None = None if seg.overwrite else self._seq_at(pos)
+        self._lapped = False         # a jump the tail proved: a higher seq is a loss
+        self._loose = self._resumed  # a stored next seq may be ahead of the cursor
         if seg.overwrite:
             # A durable cursor lapped while nobody was attached: the seq it stored at
             # its last release tells how many messages went by unseen.
@@ -227,15 +230,22 @@ class Consumer(Handle):
                 me._committed = pos
                 if words[H_PRODUCER_SLEEP] & 1:
                     wake_producer(words[H_PRODUCER_SLEEP])
-            if pos >= me._wcache:
-                me._wcache = words[H_WRITE]
-                if pos >= me._wcache:
+            # _wcache: the write position, clipped to the end of pos's lap of the data
+            # area: a record ending at or before it is published and inside the ring.
+            wcache = me._wcache
+            if pos >= wcache:
+                write, lap_end = words[H_WRITE], (pos | mask) + 1
+                wcache = me._wcache = write if write < lap_end else lap_end
+                if pos >= wcache:
                     return take(timeout)
             idx = pos & mask
             if pos < safe_from or idx > pad_limit:
                 return take(timeout)
             plen, klen, flags, seq, ts = unpack(data, idx)
-            if flags:
+            end = pos + ((RECORD_HEADER + 7 + klen + plen) & -8)
+            # Padding, flags, a size the ring cannot hold, a seq out of turn: _take
+            # skips, checks, or raises CorruptRing.
+            if flags or end > wcache or seq != me._expect:
                 return take(timeout)
             start = idx + RECORD_HEADER
             if klen:
@@ -243,7 +253,8 @@ class Consumer(Handle):
                 start += klen
             else:
                 key = None
-            end = me._pos = pos + ((RECORD_HEADER + 7 + klen + plen) & -8)
+            me._expect = seq + 1
+            me._pos = end
             return new(Message, (data[start:start + plen], key, seq, ts, me, end, 0))
 
         def recv_many(max_messages: int, timeout: float | None = None) -> list[Message]:
@@ -259,9 +270,11 @@ class Consumer(Handle):
                 if more:  # messages of the first one's size, read with numpy
                     batch += more
                     pos, wcache = me._pos, me._wcache
+            expect = me._expect
             for _ in range(max_messages - len(batch)):
-                if pos >= wcache:
-                    wcache = me._wcache = words[H_WRITE]
+                if pos >= wcache:  # _wcache: see recv
+                    write, lap_end = words[H_WRITE], (pos | mask) + 1
+                    wcache = me._wcache = write if write < lap_end else lap_end
                     if pos >= wcache:
                         break
                 idx = pos & mask
@@ -269,10 +282,17 @@ class Consumer(Handle):
                     flags = 1
                 else:
                     plen, klen, flags, seq, ts = unpack(data, idx)
-                if flags:  # unusual (padding, checked read): let _take handle it
-                    me._pos = pos
-                    append(take(None))
-                    pos, wcache = me._pos, me._wcache
+                    size = (RECORD_HEADER + 7 + klen + plen) & -8
+                    if pos + size > wcache or seq != expect:
+                        flags = 1
+                if flags:  # unusual (padding, checked read, corrupt): _take decides
+                    me._pos, me._expect = pos, expect
+                    try:
+                        append(take(0))
+                    except (Timeout, CorruptRing):  # the next call waits, or raises
+                        pos, expect = me._pos, me._expect  # before taking anything
+                        break
+                    pos, wcache, expect = me._pos, me._wcache, me._expect
                     continue
                 start = idx + RECORD_HEADER
                 if klen:
@@ -280,9 +300,10 @@ class Consumer(Handle):
                     start += klen
                 else:
                     key = None
-                pos += (RECORD_HEADER + 7 + klen + plen) & -8
+                pos += size
+                expect = seq + 1
                 append(new(Message, (data[start:start + plen], key, seq, ts, me, pos, 0)))
-            me._pos = pos
+            me._pos, me._expect = pos, expect
             return batch
 
         # Every record of an overwrite ring is a checked read (_take); its commits also
@@ -341,75 +362,87 @@ class Consumer(Handle):
             raise
 
     def _take_open(self, timeout: float | None) -> Message:
-        w, data, cap = self._words, self._data, self.capacity
+        w, data, cap, name = self._words, self._data, self.capacity, self.name
         deadline = None
         while True:
             if self._closed:
                 raise self._closed_error()
             pos = self._pos
-            if pos >= self._wcache:
-                self._wcache = w[H_WRITE]
-                if pos >= self._wcache:
-                    if deadline is None and timeout is not None:
-                        deadline = time.monotonic() + timeout
-                    self._wait(pos, deadline, timeout)
-                    continue
-            checked = pos < self._safe_from
-            if checked:
+            write = w[H_WRITE]
+            self._wcache = min(write, (pos | self._mask) + 1)  # see _bind_recv
+            if pos >= write:
+                if pos > write and not self._closed:  # never wait for what cannot come
+                    raise ring.corrupt(name, pos, "a read position at or before the "
+                                       f"write position {write}", f"position {pos}",
+                                       "read position")
+                if deadline is None and timeout is not None:
+                    deadline = time.monotonic() + timeout
+                self._wait(pos, deadline, timeout)
+                continue
+            key = payload = None
+            if pos < self._safe_from:  # checked: the producer may overwrite it meanwhile
                 tail = w[H_TAIL]
                 if pos < tail:  # lapped: go to the oldest intact record
-                    self._pos = self._oldest(tail)
+                    self._pos, self._lapped = self._oldest(), True
                     continue
-            idx = pos & self._mask
-            if idx > self._pad_limit:
-                self._pos = pos + cap - idx
-                continue
-            plen, klen, flags, seq, ts = _unpack(data, idx)
-            if flags & REC_PAD:
-                self._pos = pos + cap - idx
-                continue
-            size = (RECORD_HEADER + klen + plen + 7) & -8
-            if size > self._max_record or idx + size > cap:
-                if checked and w[H_TAIL] > pos:
-                    continue  # overwritten while we read the header
-                raise CorruptRing(
-                    f"ring {self.name!r} has a corrupt record at position {pos} (size "
-                    f"{size}): remove and recreate the ring", name=self.name, found=pos)
-            start = idx + RECORD_HEADER
-            key = data[start:start + klen].tobytes() if klen else None
-            payload = data[start + klen:start + klen + plen]
-            if checked:
-                payload = memoryview(bytes(payload))
-                if w[H_TAIL] > pos:
+                got = ring.read_checked(w, data, cap, pos, write, name=name)
+                if got is None:
                     continue  # overwritten while we copied it: try again from the tail
-                if self._expect is not None and seq > self._expect:
-                    self.lost += seq - self._expect
-                    w[self._lost_word] = self.lost
-                self._expect = seq + 1
-            end = self._pos = pos + size
-            return Message(payload, key, seq, ts, self, end, flags)
+                rec, key, copy = got
+                payload = memoryview(copy)
+            else:
+                rec = ring.read(data, pos, cap, write, name=name)
+            if rec.flags & REC_PAD:
+                self._pos = pos + rec.size
+                continue
+            self._check_seq(rec)
+            if payload is None:
+                start = (pos & self._mask) + RECORD_HEADER
+                klen = rec.key_length
+                key = data[start:start + klen].tobytes() if klen else None
+                payload = data[start + klen:start + klen + rec.length]
+            end = self._pos = pos + rec.size
+            return Message(payload, key, rec.seq, rec.timestamp_ns, self, end, rec.flags)
+
+    def _check_seq(self, rec: ring.Record) -> None:
+        """Accept ``rec``'s seq and expect the next one, or raise :class:`CorruptRing`.
+
+        A record carries one more than the one before it.  Exceptions: after a jump
+        the tail proved (this consumer was lapped), a higher seq is a loss, counted in
+        ``lost``; a first record whose seq nobody knows (after ``start="earliest"`` or
+        resuming a cursor) must be plausible (:func:`ring.check_first_seq`); a resumed
+        cursor of an overwrite ring may find a lower seq than it stored (the process
+        died between storing its next seq and its position)."""
+        expect, seq = self._expect, rec.seq
+        if expect is None or (self._loose and seq < expect):
+            ring.check_first_seq(self._words, self._data, self.capacity, rec,
+                                 name=self.name)
+        elif seq != expect:
+            if not (self._lapped and seq > expect):
+                ring.check_seq(rec, expect, name=self.name)  # raises
+            self.lost += seq - expect
+            self._words[self._lost_word] = self.lost
+        self._lapped = self._loose = False
+        self._expect = seq + 1
 
     def _seq_at(self, pos: int) -> int | None:
         """The seq of the message that will be published at ``pos`` if ``pos`` is the
-        write position (so that losses before our first message are counted too)."""
-        w = self._words
-        for _ in range(100):
-            write, last = w[H_WRITE], w[H_LAST]
-            if pos != write:
-                return None
-            if write == 0:
-                return 0
-            rec = ring.read(self._data, last, self.capacity)
-            if w[H_TAIL] <= last and w[H_WRITE] == write and w[H_LAST] == last:
-                return None if rec.flags & REC_PAD else rec.seq + 1
-        return None
+        write position (so that losses before our first message are counted too, and
+        the first one is checked); None if unknown (a corrupt ring is then reported by
+        the first receive, not by the constructor)."""
+        if pos == 0:
+            return 0 if self._words[H_WRITE] == 0 else None
+        try:
+            rec = ring.last_record(self._words, self._data, self.capacity, name=self.name)
+        except CorruptRing:
+            return None
+        return rec.seq + 1 if rec is not None and rec.pos + rec.size == pos else None
 
-    def _oldest(self, tail: int) -> int:
-        """A record boundary at or after ``tail`` (the write position if none is
-        known: then everything before it is gone)."""
-        write = self._words[H_WRITE]
-        found = ring.find_boundary(self._words, self._shift, tail, write)
-        return write if found is None else found
+    def _oldest(self) -> int:
+        """The oldest record boundary known, checked (the write position if none is
+        known: then everything before it is gone).  Raises :class:`CorruptRing`."""
+        return ring.oldest(self._words, self._data, self.capacity, self._shift,
+                           name=self.name)
 
     def _wait(self, pos: int, deadline: float | None, timeout: float | None) -> None:
         w = self._words

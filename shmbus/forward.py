@@ -23,10 +23,10 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import layout
+from . import layout, ring
 from .arrays import BULK
 from .consumer import Consumer
-from .errors import CorruptRing, Timeout
+from .errors import Timeout
 from .layout import (H_WRITE, RECORD, RECORD_HEAD, RECORD_HEADER, RECORD_RESTAMP,
                      RECORD_RESTAMP_OFFSET, REC_PAD)
 from .message import Message
@@ -36,6 +36,7 @@ from .ring import checkpoint, checkpoint_strided
 __all__ = ["Run", "take_run", "give_back", "forward", "run_message"]
 
 _head = RECORD_HEAD.unpack_from
+_unpack = RECORD.unpack_from
 _restamp = RECORD_RESTAMP.pack_into
 
 
@@ -62,27 +63,31 @@ def take_run(consumer: Consumer, max_records: int, keys: bool = False) -> Run | 
     records that follow one another in its data area (skipping padding; a run stops
     at the end of the data area).  Returns the :class:`Run`; ``False`` if no message
     is there now; ``None`` if the records need checked reads (an ``overwrite`` ring,
-    or data the producer did not yet protect when this consumer joined): use
-    ``recv_many`` for those.  Raises :class:`CorruptRing` on an impossible record."""
+    or data the producer did not yet protect when this consumer joined) or the
+    consumer does not know the seq to expect yet (its first record after joining):
+    use ``recv_many`` for those.  Raises :class:`CorruptRing` on an impossible record
+    (framing, or a seq that is not one more than the record before it)."""
     c = consumer
     if c._closed:
         return None
     pos = c._pos
     if pos != c._committed:
         c._commit_to(pos)
-    write = c._wcache = c._words[H_WRITE]
-    if pos < c._safe_from:
-        return None if pos < write else False
-    data, mask, cap, pad_limit = c._data, c._mask, c.capacity, c._pad_limit
-    while pos < write:  # skip padding at the end of the data area
-        idx = pos & mask
-        if idx <= pad_limit and not _head(data, idx)[2] & REC_PAD:
-            break
-        pos += cap - idx
-    if pos >= write:
-        c._pos = pos
+    write = c._words[H_WRITE]
+    expect = c._expect
+    if pos == write:
         return False
-    first = idx = pos & mask
+    if pos < c._safe_from or expect is None or pos > write:
+        return None  # recv_many reads them (or raises CorruptRing)
+    data, mask, cap, pad_limit = c._data, c._mask, c.capacity, c._pad_limit
+    idx = pos & mask
+    if idx > pad_limit or _head(data, idx)[2] & REC_PAD:  # padding to the end
+        pos += ring.read(data, pos, cap, write, name=c.name).size
+        if pos >= write:  # unreachable: read() checks that data follows padding
+            return False
+        idx = pos & mask
+    c._wcache = min(write, (pos | mask) + 1)  # see Consumer._bind_recv
+    first = idx
     limit = min(cap, first + write - pos)
     run = _take_uniform(c, pos, idx, limit, max_records, keys)
     if run is not None:
@@ -96,40 +101,42 @@ def take_run(consumer: Consumer, max_records: int, keys: bool = False) -> Run | 
     for _ in range(max_records):
         if idx >= stop:
             break
-        plen, klen, flags = _head(data, idx)
+        plen, klen, flags, seq, _ts = _unpack(data, idx)
         size = (RECORD_HEADER + 7 + klen + plen) & -8
-        if flags & REC_PAD or size > max_record or idx + size > limit:
-            if not bounds:  # not padding: that was skipped above
-                raise CorruptRing(
-                    f"ring {c.name!r} has a corrupt record at position {pos} (size "
-                    f"{size}): remove and recreate the ring", name=c.name, found=pos)
-            break
+        if flags & REC_PAD or size > max_record or idx + size > limit or seq != expect:
+            if not bounds:  # padding was skipped above: this one is corrupt
+                ring.check_seq(ring.read(data, pos, cap, write, name=c.name), expect,
+                               name=c.name)  # raises (a guard after it: never empty)
+                raise ring.corrupt(c.name, pos, "a record", "padding")
+            break  # the next run starts with it (and raises if it is corrupt)
         append(idx)
         if keys:
             append_klen(klen)
         if size != stride:
             stride = size if stride < 0 else 0
         idx += size
+        expect += 1
     key_list = None
     if keys:  # sliced from the mapping itself: bytes at once, no view in between
         mm, at = c._seg._mmap, c._seg.data_offset + RECORD_HEADER
         key_list = [mm[at + s:at + s + k] if k else None for s, k in zip(bounds, klens)]
     bounds.append(idx)
-    c._pos = pos + idx - first
+    c._pos, c._expect = pos + idx - first, expect
     return Run(data, pos, bounds, key_list, max(stride, 0))
 
 
 def _take_uniform(c: Consumer, pos: int, idx: int, limit: int, max_records: int,
                   keys: bool) -> Run | None:
-    """The run from ``idx`` if at least BULK records of the first one's size follow,
-    found with one numpy read of their headers; else None (walk them one by one)."""
+    """The run from ``idx`` if at least BULK records of the first one's size (and the
+    seqs the consumer expects) follow, found with one numpy read of their headers;
+    else None (walk them one by one)."""
     data = c._data
     plen, klen, flags = _head(data, idx)
-    stride = (RECORD_HEADER + 7 + klen + plen) & -8
+    stride = layout.record_size(klen, plen)
     count = min(max_records, (limit - idx) // stride)
     if count < BULK or flags & REC_PAD or stride > c._max_record:
         return None
-    n, headers = layout.uniform_prefix(data, idx, count, stride, REC_PAD)
+    n, headers = layout.uniform_prefix(data, idx, count, stride, REC_PAD, c._expect)
     if n < BULK:
         return None
     bounds = list(range(idx, idx + (n + 1) * stride, stride))
@@ -138,14 +145,16 @@ def _take_uniform(c: Consumer, pos: int, idx: int, limit: int, max_records: int,
         mm, at = c._seg._mmap, c._seg.data_offset + RECORD_HEADER
         key_list = [mm[at + s:at + s + k] if k else None
                     for s, k in zip(bounds, headers["key_length"].tolist())]
-    c._pos = pos + n * stride
+    c._pos, c._expect = pos + n * stride, c._expect + n
     return Run(data, pos, bounds, key_list, stride)
 
 
 def give_back(consumer: Consumer, run: Run, i: int) -> None:
     """Records ``i`` onwards of ``consumer``'s last run are not taken after all: its
     next :func:`take_run` (or ``recv``) starts with record ``i``."""
-    consumer._pos = run.position(i)
+    if i < len(run.bounds) - 1:
+        consumer._pos = run.position(i)
+        consumer._expect = RECORD.unpack_from(run.data, run.bounds[i])[3]
 
 
 def run_message(consumer: Consumer, run: Run, i: int) -> Message:
