@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -75,6 +76,31 @@ def test_installed_command_runs_as_a_subprocess(ns):
     out = subprocess.run([sys.executable, "-m", "shmbus", "ls", "--json"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and json.loads(out.stdout) == []
+
+
+def test_installed_console_script_runs_as_a_subprocess(ns, tmp_path):
+    """The `shmbus` entry point installed next to this interpreter (what users run),
+    run from a directory where the source tree is not importable."""
+    script = os.path.join(os.path.dirname(sys.executable), "shmbus")
+    assert os.access(script, os.X_OK), f"no shmbus console script beside {sys.executable}"
+    env = {**os.environ, "SHMBUS_NAMESPACE": ns}
+    env.pop("PYTHONPATH", None)
+
+    def sh(*args):
+        return subprocess.run([script, *args], capture_output=True, text=True, env=env,
+                              cwd=tmp_path, timeout=60)
+
+    out = sh("ls", "--json")
+    assert out.returncode == 0 and json.loads(out.stdout) == [], out.stderr
+    assert sh("send", "s", "hello", "--capacity", "4096").returncode == 0
+    out = sh("tail", "s", "--from", "earliest", "--count", "1")
+    assert out.returncode == 0 and out.stdout == "0\t-\thello\n", out.stderr
+    for argv, code in ((["inspect", "bad name"], 2), (["inspect", "missing"], 1)):
+        out = sh(*argv)
+        assert out.returncode == code and "Traceback" not in out.stderr, out.stderr
+        errors = [line for line in out.stderr.splitlines() if "Error" in line]
+        assert len(errors) == 1 and errors[0].startswith("Error: "), out.stderr
+    shmbus.unlink("s")
 
 
 def test_demo_runs_and_cleans_up():

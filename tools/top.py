@@ -12,6 +12,7 @@ from shmbus import naming
 
 from . import fmt
 from .cli import emit_json, json_option, namespace_option
+from .options import SECONDS
 from .stats_files import read_groups
 
 
@@ -76,7 +77,8 @@ def render(prev: dict, cur: dict) -> tuple[str, list]:
 
 
 @click.command("top")
-@click.option("--interval", type=float, default=1.0, show_default=True)
+@click.option("--interval", type=SECONDS, default=1.0, show_default=True,
+              help="Seconds between refreshes.")
 @click.option("--iterations", "-i", type=click.IntRange(1), default=None,
               help="Refresh this many times, then exit.")
 @click.option("--once", is_flag=True, help="One refresh (over --interval), then exit.")
