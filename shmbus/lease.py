@@ -36,139 +36,22 @@ caller's deadline, so a process keeping it locked (stopped, hung) delays
 
 from __future__ import annotations
 
-import fcntl
 import os
 import signal
-import struct
 import threading
 import time
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass
-from typing import Iterator
 
 import psutil
 
 from . import liveness, lockdir, naming
 from .errors import AlreadyHeld, LeaseLost, NotHeld, ShmbusError, Timeout
+from .leasefile import TOKEN_MAX, LeaseFile, LeaseState, remove
 
 __all__ = ["Lease", "LeaseState", "Fence", "list_leases"]
 
-_RECORD = struct.Struct("<8sQQQQQQ")
-_MAGIC = b"SHMBLEAS"
 _ON_STALE = ("refuse", "kill")
-_TOKEN_MAX = (1 << 64) - 1      # tokens are stored as unsigned 64-bit integers
-_TTL_MAX = 10 * 365 * 86400.0   # seconds; an expiry must fit CLOCK_MONOTONIC nanoseconds
-_POLL_MIN = 0.0001
-_POLL_MAX = 0.01
-_FENCE_TIMEOUT = 10.0           # seconds a Fence waits for its file's lock
-
-
-@dataclass(frozen=True)
-class LeaseState:
-    """What a lease file says: the last token, and its holder if any."""
-
-    token: int
-    pid: int             # 0: released / never held
-    start_time: int
-    expires_ns: int      # CLOCK_MONOTONIC nanoseconds
-    acquired_wall_ns: int
-    ttl_ns: int
-
-    @property
-    def expired(self) -> bool:
-        return time.monotonic_ns() >= self.expires_ns
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["expires_in"] = (self.expires_ns - time.monotonic_ns()) / 1e9 if self.pid else None
-        d["alive"] = liveness.liveness(self.pid, self.start_time).value if self.pid else None
-        return d
-
-
-_EMPTY = LeaseState(0, 0, 0, 0, 0, 0)
-
-
-class _LeaseFile:
-    """The lease record and its short critical sections.
-
-    ``with f.locked(deadline):`` opens the file in the namespace's checked lock
-    directory (:mod:`shmbus.lockdir`: ours, a regular file, never through a symlink)
-    and takes its ``flock`` by non-blocking attempts until ``deadline`` (a
-    ``time.monotonic()`` value, None: no limit), so a process that holds the file's
-    lock (stopped, hung) delays a caller by at most its timeout, then :class:`Timeout`.
-    """
-
-    def __init__(self, path: str, namespace: str, name: str) -> None:
-        self.path, self.namespace, self.name = path, namespace, name
-        self.directory = naming.lock_dir(namespace)
-        # Threads of one process (a keepalive thread and its owner) take turns here:
-        # flock alone would let them trample each other's descriptor.
-        self._threads = threading.Lock()
-        self.fd = -1
-
-    @contextmanager
-    def locked(self, deadline: float | None, create: bool = True) -> Iterator["_LeaseFile"]:
-        if not self._threads.acquire(timeout=_remaining(deadline, -1)):
-            raise self._busy(deadline)
-        try:
-            self.fd = self._open_locked(deadline, create)
-            try:
-                yield self
-            finally:
-                fd, self.fd = self.fd, -1
-                os.close(fd)  # closing releases the flock
-        finally:
-            self._threads.release()
-
-    def _open_locked(self, deadline: float | None, create: bool) -> int:
-        delay = _POLL_MIN
-        while True:
-            dir_fd = lockdir.open_dir(self.namespace, create=create)
-            try:
-                fd = lockdir.open_file(dir_fd, self.name, self.path, create=create)
-            except FileNotFoundError:
-                if not create:
-                    raise
-                continue  # the directory was removed meanwhile: make it again
-            finally:
-                os.close(dir_fd)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return fd
-            except BlockingIOError:
-                os.close(fd)
-            except BaseException:
-                os.close(fd)
-                raise
-            remaining = _remaining(deadline, _POLL_MAX)
-            if remaining <= 0:
-                raise self._busy(deadline)
-            time.sleep(min(delay, remaining))
-            delay = min(delay * 2, _POLL_MAX)
-
-    def _busy(self, deadline: float | None) -> Timeout:  # noqa: ARG002
-        return Timeout(f"lease file {self.path} stayed locked by another process (one "
-                       "holding its record lock: stopped or hung?) until the deadline; "
-                       "try again later, or stop that process", path=self.path)
-
-    def read(self) -> LeaseState:
-        raw = os.pread(self.fd, _RECORD.size, 0)
-        if len(raw) < _RECORD.size:
-            return _EMPTY
-        magic, *fields = _RECORD.unpack(raw)
-        if magic != _MAGIC:
-            raise ShmbusError(f"lease file {self.path} is not a shmbus lease: remove it",
-                              path=self.path)
-        return LeaseState(*fields)
-
-    def write(self, st: LeaseState) -> None:
-        os.pwrite(self.fd, _RECORD.pack(_MAGIC, st.token, st.pid, st.start_time,
-                                        st.expires_ns, st.acquired_wall_ns, st.ttl_ns), 0)
-
-
-def _remaining(deadline: float | None, unlimited: float) -> float:
-    """Seconds left until ``deadline``, or ``unlimited`` when there is none."""
-    return unlimited if deadline is None else max(0.0, deadline - time.monotonic())
+_TTL_MAX = 10 * 365 * 86400.0  # seconds; an expiry must fit CLOCK_MONOTONIC nanoseconds
+_FENCE_TIMEOUT = 10.0  # seconds a Fence waits for its file's lock
 
 
 class Lease:
@@ -192,7 +75,7 @@ class Lease:
             raise ValueError(f"on_stale must be one of {_ON_STALE}, got {on_stale!r}")
         self.name, self.ttl, self.on_stale, self.keepalive = name, float(ttl), on_stale, keepalive
         self.namespace = ns = naming.resolve_namespace(namespace)
-        self._file = _LeaseFile(f"{naming.lock_dir(ns)}/{name}@lease", ns, f"{name}@lease")
+        self._file = LeaseFile(f"{naming.lock_dir(ns)}/{name}@lease", ns, f"{name}@lease")
         self.path = self._file.path
         self._token = 0
         self._expires_ns = 0
@@ -266,7 +149,7 @@ class Lease:
         return self
 
     def _next_token(self, st: LeaseState) -> int:
-        if st.token >= _TOKEN_MAX:
+        if st.token >= TOKEN_MAX:
             raise ShmbusError(
                 f"lease file {self.path} holds token {st.token}, the largest a lease can "
                 "have (2**64-1), so no newer token exists: the file is damaged or forged; "
@@ -390,7 +273,7 @@ class Lease:
 
     def unlink(self) -> None:
         """Remove the lease file (tokens stay increasing: see the module doc)."""
-        _remove_file(self.namespace, self._file.name)
+        remove(self.namespace, self._file.name)
 
     # -- keepalive ------------------------------------------------------------------------
 
@@ -443,7 +326,7 @@ class Fence:
         naming.check_name(name, "fence name")
         self.namespace = ns = naming.resolve_namespace(namespace)
         self.path = f"{naming.lock_dir(ns)}/{name}@fence"
-        self._file = _LeaseFile(self.path, ns, f"{name}@fence")
+        self._file = LeaseFile(self.path, ns, f"{name}@fence")
 
     @property
     def newest(self) -> int:
@@ -455,7 +338,7 @@ class Fence:
         :class:`LeaseLost` otherwise, ``ValueError`` if it is not a lease token (an int
         from 0 to 2**64-1)."""
         if isinstance(token, bool) or not isinstance(token, int) or \
-                not 0 <= token <= _TOKEN_MAX:
+                not 0 <= token <= TOKEN_MAX:
             raise ValueError(f"a fencing token is an int from 0 to 2**64-1, got {token!r}")
         with self._file.locked(time.monotonic() + _FENCE_TIMEOUT) as f:
             st = f.read()
@@ -467,7 +350,7 @@ class Fence:
 
     def unlink(self) -> None:
         """Remove the fence file (then any token is admitted again)."""
-        _remove_file(self.namespace, self._file.name)
+        remove(self.namespace, self._file.name)
 
 
 def _killable(st: LeaseState) -> bool:
@@ -482,29 +365,6 @@ def _killable(st: LeaseState) -> bool:
                 and proc.status() != psutil.STATUS_ZOMBIE)
     except psutil.Error:
         return False
-
-
-def _remove_file(namespace: str, name: str) -> None:
-    """Remove lease or fence file ``name`` if it is ours, then the lock directory if
-    that left it empty."""
-    try:
-        dir_fd = lockdir.open_dir(namespace, create=False)
-    except FileNotFoundError:
-        return
-    try:
-        try:
-            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-        except FileNotFoundError:
-            return
-        path = f"{naming.lock_dir(namespace)}/{name}"
-        lockdir.check(st, path, "regular file", naming.share_group())
-        os.unlink(name, dir_fd=dir_fd)
-    finally:
-        os.close(dir_fd)
-    try:
-        os.rmdir(naming.lock_dir(namespace))  # only if that left it empty
-    except OSError:
-        pass
 
 
 def list_leases(namespace: str | None = None) -> list[dict]:
@@ -523,7 +383,7 @@ def list_leases(namespace: str | None = None) -> list[dict]:
         os.close(dir_fd)
     out = []
     for entry in names:
-        lease_file = _LeaseFile(f"{directory}/{entry}", ns, entry)
+        lease_file = LeaseFile(f"{directory}/{entry}", ns, entry)
         try:
             with lease_file.locked(time.monotonic() + 0.5, create=False) as f:
                 st = f.read()

@@ -1,0 +1,162 @@
+"""The lease record file: one fixed-size record in ``{ns}@locks/{name}@lease`` (or
+``@fence``), and the short critical sections in which it is read and written.
+
+The record is ``magic, token, holder pid, holder start time, expiry (CLOCK_MONOTONIC
+ns), acquired at (wall ns), ttl (ns)``, little-endian, written with a single
+``pwrite`` (a process killed mid-way leaves the old record or the new one).  The file
+is opened in the namespace's checked lock directory (:mod:`shmbus.lockdir`: ours, a
+regular file, never through a symlink), so no other user can forge a record.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import struct
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from typing import Iterator
+
+from . import liveness, lockdir, naming
+from .errors import ShmbusError, Timeout
+
+__all__ = ["LeaseState", "EMPTY", "LeaseFile", "TOKEN_MAX", "remove"]
+
+_RECORD = struct.Struct("<8sQQQQQQ")
+_MAGIC = b"SHMBLEAS"
+TOKEN_MAX = (1 << 64) - 1  # tokens are stored as unsigned 64-bit integers
+_POLL_MIN = 0.0001
+_POLL_MAX = 0.01
+
+
+@dataclass(frozen=True)
+class LeaseState:
+    """What a lease file says: the last token, and its holder if any."""
+
+    token: int
+    pid: int             # 0: released / never held
+    start_time: int
+    expires_ns: int      # CLOCK_MONOTONIC nanoseconds
+    acquired_wall_ns: int
+    ttl_ns: int
+
+    @property
+    def expired(self) -> bool:
+        return time.monotonic_ns() >= self.expires_ns
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["expires_in"] = (self.expires_ns - time.monotonic_ns()) / 1e9 if self.pid else None
+        d["alive"] = liveness.liveness(self.pid, self.start_time).value if self.pid else None
+        return d
+
+
+EMPTY = LeaseState(0, 0, 0, 0, 0, 0)
+
+
+class LeaseFile:
+    """The lease record and its short critical sections.
+
+    ``with f.locked(deadline):`` opens the file in the namespace's checked lock
+    directory (:mod:`shmbus.lockdir`: ours, a regular file, never through a symlink)
+    and takes its ``flock`` by non-blocking attempts until ``deadline`` (a
+    ``time.monotonic()`` value, None: no limit), so a process that holds the file's
+    lock (stopped, hung) delays a caller by at most its timeout, then :class:`Timeout`.
+    """
+
+    def __init__(self, path: str, namespace: str, name: str) -> None:
+        self.path, self.namespace, self.name = path, namespace, name
+        self.directory = naming.lock_dir(namespace)
+        # Threads of one process (a keepalive thread and its owner) take turns here:
+        # flock alone would let them trample each other's descriptor.
+        self._threads = threading.Lock()
+        self.fd = -1
+
+    @contextmanager
+    def locked(self, deadline: float | None, create: bool = True) -> Iterator["LeaseFile"]:
+        if not self._threads.acquire(timeout=_seconds_left(deadline, -1)):
+            raise self._busy(deadline)
+        try:
+            self.fd = self._open_locked(deadline, create)
+            try:
+                yield self
+            finally:
+                fd, self.fd = self.fd, -1
+                os.close(fd)  # closing releases the flock
+        finally:
+            self._threads.release()
+
+    def _open_locked(self, deadline: float | None, create: bool) -> int:
+        delay = _POLL_MIN
+        while True:
+            dir_fd = lockdir.open_dir(self.namespace, create=create)
+            try:
+                fd = lockdir.open_file(dir_fd, self.name, self.path, create=create)
+            except FileNotFoundError:
+                if not create:
+                    raise
+                continue  # the directory was removed meanwhile: make it again
+            finally:
+                os.close(dir_fd)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return fd
+            except BlockingIOError:
+                os.close(fd)
+            except BaseException:
+                os.close(fd)
+                raise
+            left = _seconds_left(deadline, _POLL_MAX)
+            if left <= 0:
+                raise self._busy(deadline)
+            time.sleep(min(delay, left))
+            delay = min(delay * 2, _POLL_MAX)
+
+    def _busy(self, deadline: float | None) -> Timeout:  # noqa: ARG002
+        return Timeout(f"lease file {self.path} stayed locked by another process (one "
+                       "holding its record lock: stopped or hung?) until the deadline; "
+                       "try again later, or stop that process", path=self.path)
+
+    def read(self) -> LeaseState:
+        raw = os.pread(self.fd, _RECORD.size, 0)
+        if len(raw) < _RECORD.size:
+            return EMPTY
+        magic, *fields = _RECORD.unpack(raw)
+        if magic != _MAGIC:
+            raise ShmbusError(f"lease file {self.path} is not a shmbus lease: remove it",
+                              path=self.path)
+        return LeaseState(*fields)
+
+    def write(self, st: LeaseState) -> None:
+        os.pwrite(self.fd, _RECORD.pack(_MAGIC, st.token, st.pid, st.start_time,
+                                        st.expires_ns, st.acquired_wall_ns, st.ttl_ns), 0)
+
+
+def _seconds_left(deadline: float | None, unlimited: float) -> float:
+    """Seconds left until ``deadline``, or ``unlimited`` when there is none."""
+    return unlimited if deadline is None else max(0.0, deadline - time.monotonic())
+
+
+def remove(namespace: str, name: str) -> None:
+    """Remove lease or fence file ``name`` if it is ours, then the lock directory if
+    that left it empty."""
+    try:
+        dir_fd = lockdir.open_dir(namespace, create=False)
+    except FileNotFoundError:
+        return
+    try:
+        try:
+            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return
+        path = f"{naming.lock_dir(namespace)}/{name}"
+        lockdir.check(st, path, "regular file", naming.share_group())
+        os.unlink(name, dir_fd=dir_fd)
+    finally:
+        os.close(dir_fd)
+    try:
+        os.rmdir(naming.lock_dir(namespace))  # only if that left it empty
+    except OSError:
+        pass
