@@ -142,7 +142,12 @@ class Segment:
         size = layout.segment_size(capacity, slot_count)
         _check_free_space(ring, size)
         path = naming.segment_path(ns, ring)
-        fd = ownership.open_file(path, f"segment of ring {ring!r}", create=True)
+        try:
+            fd = ownership.open_file(path, f"segment of ring {ring!r}", create=True)
+        except OSError as e:
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):  # no inode left in /dev/shm
+                raise _full_error(ring, size) from None
+            raise
         try:
             try:
                 os.posix_fallocate(fd, 0, size)
