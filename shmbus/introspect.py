@@ -16,13 +16,14 @@ import stat
 
 from . import layout, liveness, naming, ring
 from .errors import CorruptRing, PermissionDenied, ShmbusError
-from .layout import REC_PAD
+from .layout import H_TAIL, H_WRITE, REC_PAD
 from .lock import lock_holders
 from .segment import Segment
 
 __all__ = ["list_rings", "inspect", "list_locks", "entry_problem", "open_entry",
            "read_entry"]
 
+_TRIES = 100  # looks at a ring that a live producer keeps overwriting
 _KIND = {"file": (stat.S_ISREG, "a regular file"), "dir": (stat.S_ISDIR, "a directory")}
 
 
@@ -152,9 +153,10 @@ def inspect(name: str, namespace: str | None = None) -> dict:
                 "pid": pid,
                 "alive": liveness.liveness(pid, start, int(s["pid_ns"])).value if pid else None,
                 "position": read, "lag_bytes": max(0, write - read),
-                "next_seq": ring.seq_at(seg.data, cap, read, write), "lost": int(s["lost"]),
+                "next_seq": _seq_at(seg, read, write), "lost": int(s["lost"]),
                 "lag_messages": 0,
             })
+        oldest = _oldest_seq(seg, h)  # before counting: oldest <= messages
         messages = _message_count(seg, h)
         for c in consumers:
             if c["next_seq"] is not None:
@@ -166,33 +168,55 @@ def inspect(name: str, namespace: str | None = None) -> dict:
             "slot_count": h["slot_count"], "segment_size": h["segment_size"],
             "created_at_ns": h["created_at_ns"],
             "write": write, "tail": tail, "fill": min(1.0, (write - tail) / cap),
-            "messages": messages, "oldest_seq": _oldest_seq(seg, h),
+            "messages": messages, "oldest_seq": oldest,
             "producer": producer, "consumers": consumers,
         }
     finally:
         seg.close()
 
 
-def _message_count(seg: Segment, h: dict) -> int:
-    """Messages ever published: the seq after the last record (read racily: a live
-    producer may be publishing meanwhile)."""
+# A live producer keeps writing while we look, and may overwrite (below its tail) what
+# we read: every read here is checked against the tail afterwards, a record the tail
+# passed is "unknown" (None), never an error; an intact impossible one is CorruptRing.
+
+def _seq_at(seg: Segment, pos: int, write: int) -> int | None:
+    """The seq of the first message at or after ``pos`` (a consumer's position), None
+    if none is published or it was overwritten."""
+    w = seg.words
     try:
-        return ring.next_seq_after(seg.data, h["capacity"], h["write"], h["last"],
-                                   h["tail"], h["count"])
-    except ValueError:
-        return h["count"]
+        seq = ring.seq_at(seg.data, seg.capacity, pos, write, w[H_TAIL], name=seg.ring)
+    except CorruptRing:
+        if w[H_TAIL] > pos:
+            return None
+        raise
+    return None if w[H_TAIL] > pos else seq
+
+
+def _message_count(seg: Segment, h: dict) -> int:
+    """Messages ever published: the seq after the last record."""
+    if seg.words[H_WRITE] == 0:
+        return 0
+    rec = ring.last_record(seg.words, seg.data, seg.capacity, name=seg.ring)
+    return h["count"] if rec is None else rec.seq + 1
 
 
 def _oldest_seq(seg: Segment, h: dict) -> int | None:
     """The seq of the oldest message the ring still holds (None if it holds none)."""
-    cap = h["capacity"]
-    pos = ring.find_boundary(seg.words, layout.block_shift(cap), h["tail"], h["write"])
-    while pos is not None and pos < h["write"]:
-        rec = ring.read(seg.data, pos, cap)
-        if not rec.flags & REC_PAD:
-            return rec.seq
-        pos += rec.size
-    return None
+    w, data, cap = seg.words, seg.data, seg.capacity
+    for _ in range(_TRIES):
+        pos = ring.oldest(w, data, cap, layout.block_shift(cap), name=seg.ring)
+        write = w[H_WRITE]
+        got = ring.read_checked(w, data, cap, pos, write, name=seg.ring) \
+            if pos < write else None
+        if got is not None and got[0].flags & REC_PAD:
+            pos += got[0].size
+            got = ring.read_checked(w, data, cap, pos, write, name=seg.ring) \
+                if pos < write else None
+        if got is not None:
+            return got[0].seq
+        if pos >= write:
+            return None
+    return None  # overwritten as fast as we looked: unknown
 
 
 def list_locks(namespace: str | None = None) -> list[dict]:

@@ -299,13 +299,25 @@ def check_header(buf: memoryview | bytes, name: str, size: int) -> dict:
         problems.append("data offset or segment size disagree with capacity and slots")
     elif size < h["segment_size"]:
         problems.append(f"segment is {size} bytes, its header says {h['segment_size']}")
-    if not problems and not (h["tail"] <= h["write"] and h["write"] - h["tail"] <= cap):
+    if not problems and not _positions_ok(buf, h, cap):
         problems.append(f"positions are inconsistent (tail {h['tail']}, write {h['write']})")
     if problems:
         raise CorruptRing(
             f"ring {name!r} has a corrupt header: {'; '.join(problems)}; remove it with "
             f"`shmbus rm {name}`", name=name, found="; ".join(problems))
     return h
+
+
+def _positions_ok(buf: memoryview | bytes, h: dict, cap: int) -> bool:
+    """``tail <= write <= tail + capacity``.  ``h`` is one copy of the header, taken
+    while a live producer may move both: if the copy mixes two moments, read the words
+    again in an order that live values always pass (both only grow): write, tail,
+    write."""
+    if h["tail"] <= h["write"] and h["write"] - h["tail"] <= cap:
+        return True
+    with memoryview(buf) as whole, whole[:HEADER_SIZE] as head, head.cast("Q") as words:
+        write_before, tail, write_after = words[H_WRITE], words[H_TAIL], words[H_WRITE]
+    return tail <= write_after and write_before - tail <= cap
 
 
 def read_slots(buf: memoryview | bytes, slot_count: int) -> np.ndarray:
