@@ -3,12 +3,23 @@
 A worker ``W`` of group ``G`` owns ring ``G.w.W`` (it consumes it with the durable
 name ``worker``; the leader balancer produces into it) and holds the registration lock
 ``G.w.W@worker`` for as long as it lives: the kernel drops the lock when it dies, which
-is how the balancer learns that it is gone.
+is how the balancer learns that it is gone.  The group's other names are the
+dead-letter ring ``G.dlq``, the leader lease ``G.leader``, the stats file ``G@stats``
+and the balancer's durable name ``balancer.G`` on its input rings.
+
+**Decision: a group name has no dot** (``[A-Za-z0-9_-]``, 1 to 60 characters, like a
+namespace).  Every name of a group starts with the group name and a dot, so a dotless
+group name makes them unambiguous: the first dot ends the group name, and no group's
+rings, lease or stats can be taken for another's whatever the worker names (which may
+contain dots).  With dots allowed, the rings of groups ``orders`` and ``orders.w.eu``
+collided: ``orders.w.eu.w.w1`` was worker ``w1`` of the second group and worker
+``eu.w.w1`` of the first, which took it over.
 """
 
 from __future__ import annotations
 
 import os
+import re
 
 import shmbus
 from shmbus import naming
@@ -17,11 +28,20 @@ from shmbus.lock import lock_holders
 WORKER_DURABLE = "worker"
 
 
+GROUP_MAX_LEN = 60  # its rings append suffixes
+_GROUP_RE = re.compile(r"[A-Za-z0-9_-]{1,%d}" % GROUP_MAX_LEN)
+
+
 def check_group(group: str) -> str:
-    naming.check_name(group, "group name")
-    if len(group) > 60:
-        raise shmbus.InvalidName(f"group name {group!r} is too long: at most 60 "
-                                 "characters (its rings append suffixes)", name=group)
+    """Return ``group`` if it is a valid group name, else raise :class:`InvalidName`."""
+    if not isinstance(group, str) or not _GROUP_RE.fullmatch(group):
+        hint = (f", e.g. {group.replace('.', '-')!r}"
+                if isinstance(group, str) and "." in group else "")
+        raise shmbus.InvalidName(
+            f"invalid group name {group!r}: expected 1 to {GROUP_MAX_LEN} characters "
+            "from [A-Za-z0-9_-], without a dot (a group's rings are named GROUP.w.WORKER "
+            f"and GROUP.dlq: a dot would let one group's rings pass for another's); "
+            f"rename it{hint}", name=group)
     return group
 
 

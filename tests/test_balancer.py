@@ -303,3 +303,49 @@ def test_only_what_a_dead_worker_received_counts_as_delivered(group, ns, procs,
     finally:
         stop.set()
         b.stop()
+
+
+def test_groups_with_related_names_work_side_by_side(ns):
+    """A group name has no dot, so no group's rings pass for another's (with dots,
+    group 'orders' took over worker 'w1' of group 'orders.w.eu', whose ring
+    'orders.w.eu.w.w1' it read as its own worker 'eu.w.w1')."""
+    from shmbus.cleanup import collect
+    for bad in ("orders.w.eu", "a.b"):
+        with pytest.raises(shmbus.InvalidName, match="without a dot"):
+            Balancer(bad, ["in"])
+        with pytest.raises(shmbus.InvalidName, match="without a dot"):
+            Worker(bad, "w1")
+    groups = {"orders": ["w1", "eu.w.w1"], "orders-w-eu": ["w1"]}
+    for g in groups:
+        shmbus.Producer(f"in.{g}", capacity=1 << 16).close()
+    workers = {(g, w): Worker(g, w) for g, names in groups.items() for w in names}
+    balancers = [Balancer(g, [f"in.{g}"], poll=0.005) for g in groups]
+    try:
+        for b in balancers:
+            b.start()
+        for b in balancers:
+            await_until(lambda: len(b.members) == len(groups[b.group]), 30,
+                        what=f"workers of {b.group} joined")
+            assert sorted(b.members) == sorted(groups[b.group])
+        for g in groups:
+            with shmbus.Producer(f"in.{g}") as pub:
+                for i in range(30):
+                    pub.send(f"{g} {i}".encode())
+        got = defaultdict(list)
+
+        def delivered():
+            for (g, w), worker in workers.items():
+                while (m := worker.try_recv()) is not None:
+                    got[g].append(bytes(m).decode())
+            return sum(map(len, got.values())) == 60
+        await_until(delivered, 30, what="every message at a worker of its group")
+        for g in groups:
+            assert sorted(got[g]) == sorted(f"{g} {i}" for i in range(30))
+    finally:
+        for b in balancers:
+            b.stop()
+        for w in workers.values():
+            w.close()
+        for g in groups:
+            shmbus.unlink(f"in.{g}")
+        collect(force=True)

@@ -17,7 +17,8 @@ def command() -> None:
 
 @command.command("run")
 @click.argument("inputs", nargs=-1, required=True)
-@click.option("--group", "-g", required=True, help="Group name (workers join it).")
+@click.option("--group", "-g", required=True,
+              help="Group name: [A-Za-z0-9_-], no dot (workers join it).")
 @click.option("--policy", "-p", type=click.Choice(["round-robin", "consistent-hash"]),
               default="round-robin", show_default=True)
 @click.option("--prefetch", type=int, default=1000, show_default=True,
