@@ -133,7 +133,7 @@ class Lease:
                     ttl_ns = int(self.ttl * 1e9)
                     token = self._next_token(st)
                     f.write(LeaseState(token, me.pid, me.start_time, now + ttl_ns,
-                                       time.time_ns(), ttl_ns))
+                                       time.time_ns(), ttl_ns, liveness.pid_namespace()))
                     self._token, self._expires_ns = token, now + ttl_ns
                     self._lost, self._pid = False, os.getpid()
                     break
@@ -162,11 +162,14 @@ class Lease:
         killed first, "wait" otherwise."""
         if st.pid == 0:
             return None
-        if (st.pid, st.start_time) == (me.pid, me.start_time):
+        if (st.pid, st.start_time) == (me.pid, me.start_time) and \
+                st.pid_ns in (0, liveness.pid_namespace()):
             return None if st.expired else "wait"  # another Lease object of ours
         # A start time of 0 is "unknown" to liveness (pid only): a record shmbus never
         # writes.  Such a holder is never killed; its lease is taken once its pid is gone.
-        state = liveness.liveness(st.pid, st.start_time)
+        # A holder in another PID namespace (a container) is judged there, never by its
+        # pid here: unknown counts as alive.
+        state = liveness.liveness(st.pid, st.start_time, st.pid_ns)
         if state is liveness.Liveness.DEAD:
             return None
         if not st.expired:
@@ -174,19 +177,23 @@ class Lease:
         return "kill" if self.on_stale == "kill" and _killable(st) else "wait"
 
     def _kill(self, st: LeaseState) -> None:
-        """SIGKILL the stale holder, verified first (:func:`_killable`) through a pidfd,
+        """SIGKILL the stale holder, verified first (:func:`_killable`: by its pid as we
+        see it, its start time and its user) through a pidfd opened before the check,
         so that a pid reused meanwhile is never signalled; then wait for its death."""
+        here = _killable(st)
+        if here is None:
+            return  # gone, or not the recorded process: the next round decides
         try:
-            pidfd: int | None = os.pidfd_open(st.pid)
+            pidfd: int | None = os.pidfd_open(here)
         except ProcessLookupError:
             return
         except OSError:  # no pidfd here (an old kernel, a seccomp filter): plain kill
             pidfd = None
         try:
-            if not _killable(st):
-                return  # gone, or not the recorded process: the next round decides
+            if _killable(st) != here:
+                return
             if pidfd is None:
-                os.kill(st.pid, signal.SIGKILL)
+                os.kill(here, signal.SIGKILL)
             else:
                 signal.pidfd_send_signal(pidfd, signal.SIGKILL)
         except ProcessLookupError:
@@ -195,14 +202,14 @@ class Lease:
             if pidfd is not None:
                 os.close(pidfd)
         deadline = time.monotonic() + 10
-        while not liveness.is_dead(st.pid, st.start_time):
+        while not liveness.is_dead(st.pid, st.start_time, st.pid_ns):
             if time.monotonic() > deadline:
-                raise ShmbusError(f"killed stale lease holder pid {st.pid} but it did not "
-                                  "die within 10 s", name=self.name, pid=st.pid)
+                raise ShmbusError(f"killed stale lease holder pid {here} but it did not "
+                                  "die within 10 s", name=self.name, pid=here)
             time.sleep(0.001)
 
     def _busy(self, st: LeaseState, timeout) -> Timeout:
-        alive = liveness.liveness(st.pid, st.start_time).value
+        alive = liveness.liveness(st.pid, st.start_time, st.pid_ns).value
         if st.expired and self.on_stale == "kill":
             why = (f"it expired {(time.monotonic_ns() - st.expires_ns) / 1e9:.1f} s ago but "
                    f"its holder pid {st.pid} is {alive} and cannot be verified (the record "
@@ -230,7 +237,7 @@ class Lease:
             now = time.monotonic_ns()
             ttl_ns = int(self.ttl * 1e9)
             f.write(LeaseState(st.token, st.pid, st.start_time, now + ttl_ns,
-                               st.acquired_wall_ns, ttl_ns))
+                               st.acquired_wall_ns, ttl_ns, st.pid_ns))
             self._expires_ns = now + ttl_ns
 
     def check(self) -> None:
@@ -353,18 +360,22 @@ class Fence:
         remove(self.namespace, self._file.name)
 
 
-def _killable(st: LeaseState) -> bool:
-    """Whether the holder recorded in ``st`` may be killed: its start time is recorded
-    and matches the live process with that pid, and that process runs as our user."""
+def _killable(st: LeaseState) -> int | None:
+    """The pid (as this process sees it) under which the holder recorded in ``st`` may
+    be killed, or None: its start time must be recorded and match a live process (in
+    the recorded PID namespace: :func:`liveness.local_pid`), which runs as our user."""
     if st.start_time == 0:
-        return False
+        return None
+    here = liveness.local_pid(st.pid, st.start_time, st.pid_ns)
+    if here is None:
+        return None
     try:
-        proc = psutil.Process(st.pid)
-        return (round(proc.create_time() * 100) == st.start_time
-                and proc.uids().real == os.geteuid()
-                and proc.status() != psutil.STATUS_ZOMBIE)
+        proc = psutil.Process(here)
+        if proc.uids().real != os.geteuid() or proc.status() == psutil.STATUS_ZOMBIE:
+            return None
     except psutil.Error:
-        return False
+        return None
+    return here
 
 
 def list_leases(namespace: str | None = None) -> list[dict]:

@@ -2,8 +2,11 @@
 ``@fence``), and the short critical sections in which it is read and written.
 
 The record is ``magic, token, holder pid, holder start time, expiry (CLOCK_MONOTONIC
-ns), acquired at (wall ns), ttl (ns)``, little-endian, written with a single
-``pwrite`` (a process killed mid-way leaves the old record or the new one).  The file
+ns), acquired at (wall ns), ttl (ns), holder's PID namespace``, unsigned 64-bit
+little-endian, written with a single ``pwrite`` (a process killed mid-way leaves the
+old record or the new one).  The PID namespace (the inode of ``/proc/self/ns/pid``)
+came last, in a 64-byte record: a 56-byte record of an older version reads as
+namespace 0, "unknown", which :mod:`shmbus.liveness` judges as one of ours.  The file
 is opened in the namespace's checked lock directory (:mod:`shmbus.lockdir`: ours, a
 regular file, never through a symlink), so no other user can forge a record.
 """
@@ -24,7 +27,8 @@ from .errors import ShmbusError, Timeout
 
 __all__ = ["LeaseState", "EMPTY", "LeaseFile", "TOKEN_MAX", "remove"]
 
-_RECORD = struct.Struct("<8sQQQQQQ")
+_RECORD = struct.Struct("<8sQQQQQQQ")
+_RECORD_V1_SIZE = 56  # the record before the PID namespace was added
 _MAGIC = b"SHMBLEAS"
 TOKEN_MAX = (1 << 64) - 1  # tokens are stored as unsigned 64-bit integers
 _POLL_MIN = 0.0001
@@ -41,6 +45,7 @@ class LeaseState:
     expires_ns: int      # CLOCK_MONOTONIC nanoseconds
     acquired_wall_ns: int
     ttl_ns: int
+    pid_ns: int = 0      # the holder's PID namespace (0: unknown, judged as ours)
 
     @property
     def expired(self) -> bool:
@@ -49,7 +54,8 @@ class LeaseState:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["expires_in"] = (self.expires_ns - time.monotonic_ns()) / 1e9 if self.pid else None
-        d["alive"] = liveness.liveness(self.pid, self.start_time).value if self.pid else None
+        d["alive"] = (liveness.liveness(self.pid, self.start_time, self.pid_ns).value
+                      if self.pid else None)
         return d
 
 
@@ -121,9 +127,9 @@ class LeaseFile:
 
     def read(self) -> LeaseState:
         raw = os.pread(self.fd, _RECORD.size, 0)
-        if len(raw) < _RECORD.size:
+        if len(raw) < _RECORD_V1_SIZE:
             return EMPTY
-        magic, *fields = _RECORD.unpack(raw)
+        magic, *fields = _RECORD.unpack(raw.ljust(_RECORD.size, b"\0"))
         if magic != _MAGIC:
             raise ShmbusError(f"lease file {self.path} is not a shmbus lease: remove it",
                               path=self.path)
@@ -131,7 +137,8 @@ class LeaseFile:
 
     def write(self, st: LeaseState) -> None:
         os.pwrite(self.fd, _RECORD.pack(_MAGIC, st.token, st.pid, st.start_time,
-                                        st.expires_ns, st.acquired_wall_ns, st.ttl_ns), 0)
+                                        st.expires_ns, st.acquired_wall_ns, st.ttl_ns,
+                                        st.pid_ns), 0)
 
 
 def _seconds_left(deadline: float | None, unlimited: float) -> float:

@@ -380,3 +380,93 @@ def test_a_namespace_is_shared_only_with_the_group_named(ns, monkeypatch):
             run_as(THIRD_UID, SHARED_GID, _lease_in_shared_namespace)
     finally:
         _remove_tree(directory)
+
+
+# -- a lease holder in another PID namespace (issue 12 hole 9, the lease's part) -------
+
+_LEASE_HOLDER = """
+import sys, shmbus
+lease = shmbus.Lease("leader", ttl=float(sys.argv[2]), namespace=sys.argv[1])
+lease.acquire(timeout=10)
+print("held", lease.token, flush=True)
+sys.stdin.readline()
+"""
+
+
+class _Container:
+    """A Python child in a new PID namespace with its own /proc (``unshare -p -f
+    --mount-proc``), sharing our /dev/shm; talks through stdin/stdout and dies with its
+    ``unshare`` parent (``--kill-child``)."""
+
+    def __init__(self, code: str, *args: str) -> None:
+        import subprocess
+        import sys
+        repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        self.proc = subprocess.Popen(
+            ["unshare", "--pid", "--fork", "--kill-child", "--mount-proc",
+             sys.executable, "-c", code, *args],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            env=dict(os.environ, PYTHONPATH=repo))
+
+    def expect(self, word: str, timeout: float = 20) -> str:
+        if not select.select([self.proc.stdout], [], [], timeout)[0]:
+            raise AssertionError(f"child said nothing within {timeout} s")
+        line = self.proc.stdout.readline().strip()
+        assert line.split()[:1] == [word], line
+        return line
+
+    def python_pid(self) -> int:
+        import psutil
+        [here] = psutil.Process(self.proc.pid).children()
+        return here.pid
+
+    def close(self) -> int:
+        import subprocess
+        self.proc.stdin.close()
+        try:
+            return self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait(timeout=10)
+        finally:
+            self.proc.stdout.close()
+
+
+def test_a_lease_held_in_another_pid_namespace_is_not_taken_while_it_lives(ns):
+    from shmbus.cleanup import collect
+    holder = _Container(_LEASE_HOLDER, ns, "60")
+    try:
+        token = int(holder.expect("held").split()[1])
+        assert shmbus.Lease("leader", ttl=2).holder()["alive"] == "alive"
+        with pytest.raises(shmbus.Timeout):
+            shmbus.Lease("leader", ttl=2, on_stale="kill").acquire(timeout=0.3)
+        assert not [r for r in collect(ns) if r["kind"] == "lease"]
+        assert shmbus.Lease("leader", ttl=2).holder()["token"] == token
+    finally:
+        holder.close()
+        shmbus.Lease("leader", ttl=1).unlink()
+
+
+def test_a_stale_holder_in_another_pid_namespace_is_killed_by_its_pid_here(ns):
+    holder = _Container(_LEASE_HOLDER, ns, "0.2")
+    try:
+        token = int(holder.expect("held").split()[1])
+        python = holder.python_pid()  # its pid here; in its namespace it is 1 or 2
+        polite = shmbus.Lease("leader", ttl=2)
+        with pytest.raises(shmbus.Timeout, match="on_stale='kill'"):
+            polite.acquire(timeout=0.5)  # expired, alive: refused
+        lease = shmbus.Lease("leader", ttl=2, on_stale="kill").acquire(timeout=10)
+        assert lease.token > token
+        assert not psutil_exists(python)
+        lease.release()
+    finally:
+        holder.close()
+        shmbus.Lease("leader", ttl=1).unlink()
+
+
+def psutil_exists(pid: int) -> bool:
+    import psutil
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
