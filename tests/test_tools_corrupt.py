@@ -52,3 +52,24 @@ def test_inspect_of_a_ring_being_overwritten_never_reports_corruption(ns, procs)
     procs[-1].kill()
     procs[-1].join(10)
     shmbus.unlink("hot")
+
+
+def test_a_header_copy_that_mixes_two_moments_is_not_corruption(ns, monkeypatch):
+    """A live producer moved write, then tail, while the header was copied: the copy
+    has an old write and a newer tail.  Opening the ring must look again, not fail."""
+    from shmbus import layout
+    with shmbus.Producer("r", capacity=4096, on_full="overwrite") as pub:
+        for i in range(300):
+            pub.send(b"%06d" % i)
+        real = layout.read_header
+
+        def mixed(buf):
+            h = real(buf)
+            return {**h, "write": h["tail"] - 8}  # write read before the producer moved
+
+        with monkeypatch.context() as patch:
+            patch.setattr(layout, "read_header", mixed)
+            with shmbus.Consumer("r", start="earliest") as sub:  # CorruptRing before
+                assert sub.recv(timeout=1).seq > 0
+        pub.send(b"after")
+    shmbus.unlink("r")
