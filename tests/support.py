@@ -1,5 +1,8 @@
 """Helpers for tests: waiting with deadlines, reaping processes, spawning children.
 
+What a test leaves in ``/dev/shm``: :func:`shm_entries`, :func:`namespace_of`,
+:func:`shm_leftovers` and :func:`remove_entries` (the ``conftest.py`` fixtures use them).
+
 A child started with :func:`start` reports an exception it dies of: it sends the
 traceback text to the parent through a pipe and signals the parent (``SIGUSR1``), whose
 handler (installed by ``conftest.py`` with :func:`install_child_reports`) raises
@@ -14,11 +17,18 @@ from __future__ import annotations
 import itertools
 import multiprocessing as mp
 import os
+import re
+import shutil
 import signal
 import threading
 import time
 import traceback
-from typing import Callable
+from typing import Callable, Iterable
+
+import posix_ipc
+import psutil
+
+from shmbus import naming
 
 SPAWN = mp.get_context("spawn")
 
@@ -190,3 +200,109 @@ def cleanup_processes(procs: list[mp.Process], timeout: float = 5.0) -> None:
             p.join(timeout)
         p.close()
     raise_child_failure(pids)
+
+
+# -- what a test leaves in /dev/shm ---------------------------------------------------
+
+# The namespace an entry of /dev/shm belongs to: {ns}.{ring}, sem.{ns}.{ring}@c{i},
+# {ns}@locks: whatever shmbus makes starts with the namespace and a "." or an "@".
+_ENTRY_NS = re.compile(r"([A-Za-z0-9_-]{1,64})[.@]")
+# A namespace named after the process that runs it (t{pid}x..., bench{pid}x...,
+# demo{pid}, chaos{pid}x...), and the ns fixture's own (t{pid}x{n}x{hex}).
+_NS_PID = re.compile(r"[A-Za-z_-]*?([0-9]+)(?:x|$)")
+_NS_FIXTURE = re.compile(r"t([0-9]+)x[0-9]+x[0-9a-f]{6}")
+
+
+def shm_entries() -> set[str]:
+    """The names in /dev/shm now."""
+    try:
+        return set(os.listdir(naming.SHM_DIR))
+    except FileNotFoundError:
+        return set()
+
+
+def namespace_of(entry: str) -> str | None:
+    """The shmbus namespace a /dev/shm entry belongs to (None: not of shmbus's shape)."""
+    m = _ENTRY_NS.match(entry[4:] if entry.startswith("sem.") else entry)
+    return m.group(1) if m else None
+
+
+def remove_entries(entries: Iterable[str]) -> None:
+    """Remove /dev/shm entries: segments, semaphores, lock directories."""
+    for e in entries:
+        path = f"{naming.SHM_DIR}/{e}"
+        if os.path.isdir(path):
+            shutil.rmtree(path, ignore_errors=True)
+        elif e.startswith("sem."):
+            try:
+                posix_ipc.unlink_semaphore("/" + e[4:])
+            except posix_ipc.ExistentialError:
+                pass
+        else:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+
+
+def shm_leftovers(before: set[str], skip: Iterable[str] = ()) -> list[str]:
+    """Entries of shmbus's shape in /dev/shm now that were not in ``before`` and belong
+    to a namespace this test run made (except the namespaces ``skip``).
+
+    Other people's test runs share /dev/shm, so a namespace counts as ours only if it
+    is named after this process or one of its children, or after a process that has
+    ended and that nobody else's process is using (the ``demo<pid>`` of a finished
+    ``shmbus demo``).  A namespace without a pid in its name is never counted: it may
+    be another run's, between two of its steps."""
+    by_ns: dict[str, list[str]] = {}
+    for e in sorted(shm_entries() - before):
+        ns = namespace_of(e)
+        if ns is not None and ns not in skip:
+            by_ns.setdefault(ns, []).append(e)
+    if not by_ns:
+        return []
+    ours = _our_pids()
+    return [e for ns, entries in by_ns.items() if _made_by_us(ns, ours)
+            for e in entries]
+
+
+def _our_pids() -> set[int]:
+    me = psutil.Process()
+    pids = {me.pid}
+    try:
+        pids.update(p.pid for p in me.children(recursive=True))
+    except psutil.Error:
+        pass
+    return pids
+
+
+def _made_by_us(ns: str, ours: set[int]) -> bool:
+    m = _NS_PID.match(ns)
+    if m is None:
+        return False
+    pid = int(m.group(1))
+    if pid in ours:
+        return True
+    fixture = _NS_FIXTURE.fullmatch(ns)
+    if fixture is not None:
+        return int(fixture.group(1)) == os.getpid()  # another run's ns fixture's
+    return not psutil.pid_exists(pid) and not _held_elsewhere(ns, ours)
+
+
+def _held_elsewhere(ns: str, ours: set[int]) -> bool:
+    """Whether a live process outside ``ours`` maps or opens an object of ``ns``."""
+    marks = (f"{naming.SHM_DIR}/{ns}.", f"{naming.SHM_DIR}/{ns}@",
+             f"{naming.SHM_DIR}/sem.{ns}.", f"{naming.SHM_DIR}/sem.{ns}@")
+    for pid in psutil.pids():
+        if pid in ours:
+            continue
+        try:
+            with open(f"/proc/{pid}/maps") as f:
+                if any(m in line for line in f for m in marks):
+                    return True
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                if os.readlink(f"/proc/{pid}/fd/{fd}").startswith(marks):
+                    return True
+        except OSError:
+            continue
+    return False

@@ -7,7 +7,9 @@ import subprocess
 import sys
 import textwrap
 import time
+import uuid
 
+import posix_ipc
 import pytest
 
 import shmbus
@@ -231,3 +233,27 @@ def test_a_child_that_succeeds_reports_nothing(procs):
     procs[-1].join(20)
     assert procs[-1].exitcode == 0
     support.raise_child_failure()
+
+
+def test_leftovers_in_dev_shm_are_found_and_another_runs_are_left_alone():
+    """What the autouse check of conftest.py relies on: a new semaphore of a namespace
+    named after this process, or after a process that has ended, is a leftover; one
+    named after a live process not ours (pid 1), or with no pid in its name (it may be
+    another run's), is not."""
+    before = support.shm_entries()
+    tag = uuid.uuid4().hex[:6]
+    dead = SPAWN.Process(target=P.make_payload, args=(1, 2))
+    dead.start()
+    dead.join(30)
+    names = {"mine": f"own{os.getpid()}x{tag}", "dead": f"demo{dead.pid}",
+             "live": f"bench1x{tag}", "nopid": f"fbench{tag}z"}
+    dead.close()
+    entries = {k: f"sem.{ns}.r@c0" for k, ns in names.items()}
+    for e in entries.values():
+        posix_ipc.Semaphore("/" + e[4:], posix_ipc.O_CREAT, 0o600, 0).close()
+    try:
+        assert support.shm_leftovers(before) == sorted([entries["mine"], entries["dead"]])
+        assert support.shm_leftovers(before, skip={names["mine"]}) == [entries["dead"]]
+    finally:
+        support.remove_entries(entries.values())
+    assert support.shm_leftovers(before) == []
