@@ -41,15 +41,19 @@ def test_unrelated_processes_exchange_messages(ns):
     shmbus.Producer("pipe", capacity=1 << 16).close()
     try:
         cons = subprocess.Popen([sys.executable, "-c", consumer], stdout=subprocess.PIPE,
-                                text=True)
+                                stderr=subprocess.PIPE, text=True)
         try:
-            assert cons.stdout.readline().strip() == "ready"
-            subprocess.run([sys.executable, "-c", producer], check=True, timeout=60)
-            out, _ = cons.communicate(timeout=60)
+            if cons.stdout.readline().strip() != "ready":  # it failed: say how
+                pytest.fail(f"consumer failed:\n{cons.communicate(timeout=60)[1]}")
+            prod = subprocess.run([sys.executable, "-c", producer], capture_output=True,
+                                  text=True, timeout=60)
+            assert prod.returncode == 0, f"producer failed:\n{prod.stderr}"
+            out, err = cons.communicate(timeout=60)
         finally:
             if cons.poll() is None:
                 cons.kill()
-                cons.wait()
+                cons.communicate()
+        assert cons.returncode == 0, f"consumer failed:\n{err}"
         assert out.strip() == "b'hello' b'k' [1, 2] 4950"
     finally:
         shmbus.unlink("pipe")
