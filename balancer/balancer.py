@@ -53,6 +53,9 @@ from .policies import ConsistentHash, Policy, RoundRobin, policy as make_policy
 
 __all__ = ["Balancer"]
 
+# Seconds a running balancer may go without looking at stop(): bounds every wait.
+_STOP_LATENCY = 0.05
+
 
 class _Member:
     """The leader's view of one worker: its ring (as producer) and its slot there."""
@@ -97,6 +100,9 @@ class Balancer:
         self.members: dict[str, _Member] = {}
         self.counters = {"dispatched": 0, "redelivered": 0, "dead_lettered": 0}
         self._stop = threading.Event()
+        self._finished = threading.Event()  # set while run() is not running
+        self._finished.set()
+        self._runner: threading.Thread | None = None
         self._thread: threading.Thread | None = None
         self._consumers: list[shmbus.Consumer] = []
         self._pending: collections.deque = collections.deque()
@@ -119,21 +125,36 @@ class Balancer:
         self._thread.start()
         return self._thread
 
-    def stop(self, timeout: float = 10.0) -> None:
+    def stop(self, timeout: float = 10.0) -> bool:
+        """End :meth:`run` (from any thread, or a signal handler): a running balancer
+        notices within about ``_STOP_LATENCY`` seconds whatever it was doing, lets go of
+        what it holds (inputs, worker rings, the lease) and returns.  Waits up to
+        ``timeout`` seconds for that (not when called from the thread running it);
+        returns whether ``run`` has ended.  A later ``run`` returns at once."""
         self._stop.set()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout)
+        if self._runner is threading.current_thread():
+            return False
+        return self._finished.wait(timeout)
 
     def run(self, duration: float | None = None) -> None:
         """Wait to lead, then dispatch until :meth:`stop` (or ``duration`` seconds).
         A leader that loses its lease (it was paused past its ttl) stops dispatching at
         once and goes back to waiting as a standby."""
+        self._finished.clear()
+        self._runner = threading.current_thread()
+        try:
+            self._run(duration)
+        finally:
+            self._runner = None
+            self._finished.set()
+
+    def _run(self, duration: float | None) -> None:
         end = None if duration is None else time.monotonic() + duration
         while not self._stop.is_set():
             if end is not None and time.monotonic() > end:
                 return
             try:
-                self.lease.acquire(timeout=self.poll * 5)
+                self.lease.acquire(timeout=min(self.poll * 5, _STOP_LATENCY))
             except Timeout:
                 continue
             try:
@@ -297,7 +318,7 @@ class Balancer:
 
     def _idle(self, until: float) -> None:
         """Nothing to move: wait for input (one input: sleep on it), briefly."""
-        timeout = max(0.0, min(until - time.monotonic(), self.poll))
+        timeout = max(0.0, min(until - time.monotonic(), self.poll, _STOP_LATENCY))
         if len(self._consumers) == 1 and self.members and not self._pending:
             try:
                 batch = self._consumers[0].recv_many(256, timeout=timeout)
