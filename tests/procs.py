@@ -173,17 +173,29 @@ def fail_with(message: str) -> None:
     raise ValueError(message)
 
 
-def send_when_asleep(ns: str, ring: str, slot: int, data: bytes, sent) -> None:
+def send_when_asleep(ns: str, ring: str, slot: int, data: bytes, how: str, sent) -> None:
     """As the ring's producer, wait until the consumer in slot ``slot`` sleeps (its
-    sleep epoch, read through the segment, is odd), then send ``data``; put the
-    time.monotonic() of the send on ``sent``."""
+    sleep epoch, read through the segment, is odd), then publish ``data`` with the call
+    ``how`` names (``send``, ``send_many``, ``claim`` or ``send_array``); put the
+    time.monotonic() of the call on ``sent``."""
+    import numpy as np
     seg = Segment.open(ns, ring)
     try:
         words, epoch = seg.words, layout.slot_word(slot) + layout.S_SLEEP
         with shmbus.Producer(ring, namespace=ns) as pub:
             await_until(lambda: words[epoch] & 1, 10, what=f"consumer {slot} asleep")
             sent.put(time.monotonic())
-            pub.send(data)
+            if how == "send":
+                pub.send(data)
+            elif how == "send_many":
+                pub.send_many([data])
+            elif how == "claim":
+                with pub.claim(len(data)) as buf:
+                    buf[:] = data
+            elif how == "send_array":
+                pub.send_array(np.frombuffer(data, np.uint8).reshape(1, -1))
+            else:
+                raise ValueError(f"unknown way to publish: {how!r}")
         del words
     finally:
         seg.close()

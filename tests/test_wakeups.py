@@ -27,13 +27,16 @@ LONG_SLEEPS = shmbus.WaitStrategy("long-sleeps", spin=0, yield_for=0.0, sleep=Tr
                                   max_sleep=30.0, long_sleep=30.0)
 
 
-def test_a_send_from_another_process_wakes_a_sleeping_consumer(ns, procs, monkeypatch):
+@pytest.mark.parametrize("how", ["send", "send_many", "claim", "send_array"])
+def test_a_send_from_another_process_wakes_a_sleeping_consumer(ns, procs, monkeypatch,
+                                                               how):
     monkeypatch.setattr(shmbus.consumer, "_LINK_CHECK", 30.0)
     shmbus.Producer("wake", capacity=1 << 14).close()
     try:
         with shmbus.Consumer("wake", wait=LONG_SLEEPS) as sub:
             sent = SPAWN.Queue()
-            procs.append(start(P.send_when_asleep, ns, "wake", sub.slot, b"wake up", sent))
+            procs.append(start(P.send_when_asleep, ns, "wake", sub.slot, b"wake up", how,
+                               sent))
             msg = sub.recv(timeout=10)
             received = time.monotonic()
             assert bytes(msg) == b"wake up"
