@@ -12,18 +12,19 @@ dispatched again (for consistent hashing, to the key's new owner, before any new
 message for that key), counted as redelivered.  A message the worker had received (see
 :mod:`balancer.worker`) counts one delivery more; one it had not received yet keeps
 its count.  A message delivered ``max_deliveries`` times goes to the group's
-dead-letter ring ``GROUP.dlq`` instead.  Duplicates happen
-only for messages in flight at a crash.  A message no worker can take waits in its input
-ring (back-pressure), not in the balancer's memory.
+dead-letter ring ``GROUP.dlq`` instead.  Duplicates happen only for messages in flight
+at a crash.  A message no worker can take waits in its input ring (back-pressure), not
+in the balancer's memory.  Membership and redelivery: :mod:`balancer.roster`.
 
 Round-robin splits what it reads from an input (up to 512 messages at a time) into one
 share per worker, in turn, as equal as their room allows, skipping workers that are
 full (``prefetch`` unacknowledged messages, or a full ring) or dead.  Consistent
 hashing never reroutes a key while its owner lives: a message whose owner is busy
 waits (as does all dispatching while a live worker's ring is still held by a previous
-leader), so per-key order holds; with ``load_factor`` (bounded loads) a key may go to
-the next worker when its owner is over the bound, which trades per-key order for
-balance.
+leader), and a key that moves to a joining worker waits until the worker holding older
+messages of it has acknowledged them (:mod:`balancer.handoff`), so per-key order
+holds; with ``load_factor`` (bounded loads) a key may go to the next worker when its
+owner is over the bound, which trades per-key order for balance.
 
 Messages are forwarded as raw records (:mod:`shmbus.forward`): one copy per stretch of
 records bound for the same worker, no ``Message`` per message, and each keeps its
@@ -43,12 +44,11 @@ from itertools import compress
 import shmbus
 from shmbus import layout, naming
 from shmbus.forward import forward, give_back, run_message, take_run
-from shmbus.lock import FileLock
-from shmbus.errors import (DurableBusy, LeaseLost, RingBusy, RingNotFound, ShmbusError,
-                           Timeout)
+from shmbus.errors import DurableBusy, LeaseLost, ShmbusError, Timeout
 
-from . import membership, stats, worker
+from . import membership, stats
 from .handoff import Handoffs
+from .roster import Roster, _Member
 from .policies import ConsistentHash, Policy, RoundRobin, policy as make_policy
 
 __all__ = ["Balancer"]
@@ -57,19 +57,7 @@ __all__ = ["Balancer"]
 _STOP_LATENCY = 0.05
 
 
-class _Member:
-    """The leader's view of one worker: its ring (as producer) and its slot there."""
-
-    def __init__(self, name: str, producer: shmbus.Producer, slot: int) -> None:
-        self.name, self.producer, self.slot = name, producer, slot
-        self.dispatched = 0
-
-    def in_flight(self) -> int:
-        """Messages in the worker's ring that it has not acknowledged."""
-        return self.producer.unreleased(self.slot)
-
-
-class Balancer:
+class Balancer(Roster):
     """The balancer of ``group`` over ``inputs`` (ring names).
 
     ``policy``: ``"round-robin"`` or ``"consistent-hash"`` (or a
@@ -411,100 +399,6 @@ class Balancer:
                             _flags=deliveries << layout.REC_REDELIVERY_SHIFT)
         self.counters["dead_lettered"] += 1
 
-    # -- membership -------------------------------------------------------------------
-
-    def _refresh_members(self) -> None:
-        rings = membership.worker_rings(self.namespace, self.group)
-        for name in list(self.members):
-            if name not in rings or not membership.is_registered(self.namespace,
-                                                                 self.group, name):
-                self._drop(name)
-        self._unjoined.clear()
-        joined = False
-        for name, ring in rings.items():
-            if name in self.members:
-                continue
-            if membership.is_registered(self.namespace, self.group, name):
-                self._gone.pop(name, None)  # back again: it finishes its own leftovers
-                if not self._join(name, ring):
-                    self._unjoined.add(name)
-                joined = joined or name in self.members
-            else:
-                self._gone.setdefault(name, ring)  # left over from a worker that is gone
-        if joined and self._hashing:  # keys moved to it from workers that hold some
-            self._handoffs.scan(self.members, self.policy.owner)
-
-    def _join(self, name: str, ring: str) -> bool:
-        """Make a registered worker a member; False only if its ring may hold
-        messages of its keys that it has not acknowledged and cannot be opened yet
-        (a previous leader still lets go of it)."""
-        try:
-            info = shmbus.inspect(ring, namespace=self.namespace)
-        except ShmbusError:
-            return True
-        slot = next((c["slot"] for c in info["consumers"]
-                     if c["durable"] == membership.WORKER_DURABLE), None)
-        if slot is None:
-            return True  # a new worker registering: next round
-        try:
-            producer = shmbus.Producer(ring, namespace=self.namespace)
-        except RingNotFound:
-            return True
-        except RingBusy:
-            return False
-        member = _Member(name, producer, slot)
-        self.members[name] = member
-        self.policy.add(name)
-        self._owners.clear()
-        return True
-
-    def _drop(self, name: str) -> None:
-        member = self.members.pop(name)
-        self.policy.remove(name)
-        self._owners.clear()
-        self._gone[name] = member.producer.name
-        member.producer.close()
-
-    def _drain_gone(self) -> bool:
-        """Dispatch again what gone workers had not acknowledged; True when nothing is
-        left.  Until then no new input moves: a gone worker's keys must get their old
-        messages before any newer one (per-key order).  The worker that left last goes
-        first: what it holds of a key that an earlier one also left behind came from
-        that one's (partly done) redelivery, so it is the older part."""
-        for name, ring in reversed(list(self._gone.items())):
-            try:
-                leftovers = shmbus.Consumer(ring, durable=membership.WORKER_DURABLE,
-                                            namespace=self.namespace)
-            except RingNotFound:
-                del self._gone[name]
-                continue
-            except ShmbusError:
-                return False  # its previous user still lets go of it: next round
-            try:
-                # What the worker received counts as one delivery more; what it had
-                # not yet received was never delivered and keeps its count.
-                received = worker.received_position(leftovers)
-                while (msg := leftovers.try_recv()) is not None:
-                    end = msg[5]  # where the message ends in the ring
-                    delivered = msg.deliveries - (end > received)
-                    if self._place([msg], [delivered]):
-                        return False  # no room now: the rest waits in its ring
-                    msg.release()
-            finally:
-                leftovers.close(release=False)
-            # Remove the ring only while no worker of that name can be registering:
-            # one that came back meanwhile keeps its ring.
-            registration = FileLock(membership.registration_lock(self.group, name),
-                                    namespace=self.namespace, reentrant=False,
-                                    _internal=True)
-            if registration.try_acquire():
-                try:
-                    shmbus.unlink(ring, namespace=self.namespace)
-                finally:
-                    registration.release()
-            del self._gone[name]
-        return True
-
     # -- stats --------------------------------------------------------------------------
 
     def stats(self) -> dict:
@@ -514,7 +408,8 @@ class Balancer:
         return {"group": self.group, "policy": self.policy.name, "leader_pid": os.getpid(),
                 "lease_token": self.lease.token, **self.counters, "workers": workers,
                 "input_lag_bytes": inputs, "pending": len(self._pending),
-                "waiting_for_workers": sorted(self._unjoined)}
+                "waiting_for_workers": sorted(self._unjoined),
+                "keys_in_handoff": len(self._handoffs.held)}
 
     def _publish_stats(self) -> None:
         stats.write(self.namespace, self.group, self.stats())

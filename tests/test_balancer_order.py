@@ -147,6 +147,7 @@ def test_a_handoff_ends_when_the_old_owner_acknowledges(group, ns):
             send(pub, range(64, 128))
             s.round()
         assert take(n) == []  # the first of batch two with a moved key waits
+        assert s.b.stats()["keys_in_handoff"] == len(moved)
         at_a = take(a)
         assert [i for _, i, _ in at_a] == list(range(len(at_a))) and len(at_a) >= 64
         a.release()
@@ -160,6 +161,7 @@ def test_a_handoff_ends_when_the_old_owner_acknowledges(group, ns):
             return len(at_a) + len(at_n) == 128
         await_until(everything_moved, 30, what="every message at a worker")
         assert {k for k, _, _ in at_n} == moved
+        assert s.b.stats()["keys_in_handoff"] == 0
         assert all(i >= 64 for _, i, _ in at_n)
         assert all(k not in moved for k, i, _ in at_a if i >= 64)
         assert_in_order_per_key(at_a)

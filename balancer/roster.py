@@ -1,0 +1,127 @@
+"""The leader's roster: which registered workers are members, which are waiting to
+join, and which are gone and leave messages behind to dispatch again.
+
+A mixin of :class:`balancer.Balancer` (it uses the balancer's policy, placing and
+counters): every round the leader compares the worker rings in ``/dev/shm`` and their
+registration locks with its members (:meth:`Roster._refresh_members`), and before any
+new input moves it dispatches again what gone workers had not acknowledged
+(:meth:`Roster._drain_gone`).
+"""
+
+from __future__ import annotations
+
+import shmbus
+from shmbus.errors import RingBusy, RingNotFound, ShmbusError
+from shmbus.lock import FileLock
+
+from . import membership, worker
+
+__all__ = ["Roster"]
+
+
+class _Member:
+    """The leader's view of one worker: its ring (as producer) and its slot there."""
+
+    def __init__(self, name: str, producer: shmbus.Producer, slot: int) -> None:
+        self.name, self.producer, self.slot = name, producer, slot
+        self.dispatched = 0
+
+    def in_flight(self) -> int:
+        """Messages in the worker's ring that it has not acknowledged."""
+        return self.producer.unreleased(self.slot)
+
+
+class Roster:
+    """Membership handling of the leader (see the module docstring)."""
+
+    def _refresh_members(self) -> None:
+        rings = membership.worker_rings(self.namespace, self.group)
+        for name in list(self.members):
+            if name not in rings or not membership.is_registered(self.namespace,
+                                                                 self.group, name):
+                self._drop(name)
+        self._unjoined.clear()
+        joined = False
+        for name, ring in rings.items():
+            if name in self.members:
+                continue
+            if membership.is_registered(self.namespace, self.group, name):
+                self._gone.pop(name, None)  # back again: it finishes its own leftovers
+                if not self._join(name, ring):
+                    self._unjoined.add(name)
+                joined = joined or name in self.members
+            else:
+                self._gone.setdefault(name, ring)  # left over from a worker that is gone
+        if joined and self._hashing:  # keys moved to it from workers that hold some
+            self._handoffs.scan(self.members, self.policy.owner)
+
+    def _join(self, name: str, ring: str) -> bool:
+        """Make a registered worker a member; False only if its ring may hold
+        messages of its keys that it has not acknowledged and cannot be opened yet
+        (a previous leader still lets go of it)."""
+        try:
+            info = shmbus.inspect(ring, namespace=self.namespace)
+        except ShmbusError:
+            return True
+        slot = next((c["slot"] for c in info["consumers"]
+                     if c["durable"] == membership.WORKER_DURABLE), None)
+        if slot is None:
+            return True  # a new worker registering: next round
+        try:
+            producer = shmbus.Producer(ring, namespace=self.namespace)
+        except RingNotFound:
+            return True
+        except RingBusy:
+            return False
+        member = _Member(name, producer, slot)
+        self.members[name] = member
+        self.policy.add(name)
+        self._owners.clear()
+        return True
+
+    def _drop(self, name: str) -> None:
+        member = self.members.pop(name)
+        self.policy.remove(name)
+        self._owners.clear()
+        self._gone[name] = member.producer.name
+        member.producer.close()
+
+    def _drain_gone(self) -> bool:
+        """Dispatch again what gone workers had not acknowledged; True when nothing is
+        left.  Until then no new input moves: a gone worker's keys must get their old
+        messages before any newer one (per-key order).  The worker that left last goes
+        first: what it holds of a key that an earlier one also left behind came from
+        that one's (partly done) redelivery, so it is the older part."""
+        for name, ring in reversed(list(self._gone.items())):
+            try:
+                leftovers = shmbus.Consumer(ring, durable=membership.WORKER_DURABLE,
+                                            namespace=self.namespace)
+            except RingNotFound:
+                del self._gone[name]
+                continue
+            except ShmbusError:
+                return False  # its previous user still lets go of it: next round
+            try:
+                # What the worker received counts as one delivery more; what it had
+                # not yet received was never delivered and keeps its count.
+                received = worker.received_position(leftovers)
+                while (msg := leftovers.try_recv()) is not None:
+                    end = msg[5]  # where the message ends in the ring
+                    delivered = msg.deliveries - (end > received)
+                    if self._place([msg], [delivered]):
+                        return False  # no room now: the rest waits in its ring
+                    msg.release()
+            finally:
+                leftovers.close(release=False)
+            # Remove the ring only while no worker of that name can be registering:
+            # one that came back meanwhile keeps its ring.
+            registration = FileLock(membership.registration_lock(self.group, name),
+                                    namespace=self.namespace, reentrant=False,
+                                    _internal=True)
+            if registration.try_acquire():
+                try:
+                    shmbus.unlink(ring, namespace=self.namespace)
+                finally:
+                    registration.release()
+            del self._gone[name]
+        return True
