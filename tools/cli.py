@@ -33,7 +33,8 @@ class ShmbusGroup(click.Group):
 
 namespace_option = click.option(
     "--namespace", "-n", default=None, envvar="SHMBUS_NAMESPACE",
-    help="Namespace of the rings (default: $SHMBUS_NAMESPACE, else 'shmbus').")
+    help="Namespace of the rings (default: $SHMBUS_NAMESPACE, else shmbus-UID, one "
+    "per user).")
 json_option = click.option("--json", "as_json", is_flag=True,
                            help="Print the result as JSON (stable keys).")
 

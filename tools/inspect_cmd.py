@@ -7,8 +7,8 @@ import click
 import shmbus
 
 from . import fmt
-from .stats_files import read_groups
 from .cli import emit_json, json_option, namespace_option
+from .stats_files import read_groups
 
 
 @click.command("inspect")
