@@ -214,9 +214,11 @@ def check_first_seq(words: memoryview, data: memoryview, capacity: int, rec: Rec
                     name: str = "") -> None:
     """For the first record a reader takes at a position it did not reach by reading
     (a checkpoint, a durable cursor): raise :class:`CorruptRing` unless ``rec`` can be
-    a record of this ring: at or before the last published record, and with a seq that
-    many records (at least ``RECORD_HEADER`` bytes each) before the last one's.  (A
-    forged header can pass; the next record's seq then cannot.)"""
+    a record of this ring: at or before the last published record, with a seq that
+    many records (at least ``RECORD_HEADER`` bytes each) before the last one's, and
+    followed (if anything follows) by a record with the next seq.  (Garbage that forges
+    two records in a row can pass; the record after them then cannot.)  On a ring the
+    producer may overwrite, re-check the tail when this raises."""
     last = last_record(words, data, capacity, name=name)
     if last is None:
         return  # nothing to compare with
@@ -228,6 +230,12 @@ def check_first_seq(words: memoryview, data: memoryview, capacity: int, rec: Rec
         raise corrupt(name, rec.pos, f"a seq from {last.seq - most} to {last.seq} (the "
                       f"last published record, at {last.pos}, has seq {last.seq})",
                       f"seq {rec.seq}")
+    end, after = last.pos + last.size, rec.pos + rec.size
+    if after < end:  # and the record after it must follow on
+        nxt = read(data, after, capacity, end, name=name)
+        if nxt.flags & REC_PAD:
+            nxt = read(data, after + nxt.size, capacity, end, name=name)
+        check_seq(nxt, rec.seq + 1, name=name)
 
 
 def checkpoint(words: memoryview, shift: int, cp_next: int, pos: int) -> int:
