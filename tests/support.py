@@ -33,15 +33,18 @@ from shmbus import naming
 SPAWN = mp.get_context("spawn")
 
 _REPORT_SIGNAL = signal.SIGUSR1
-_REPORT_MAX = 32_000  # characters: less than a pipe's buffer, so a report never blocks
+_REPORT_MAX = 12_000  # characters: fits a pipe's buffer, so sending one never blocks
 
 
 class ChildFailed(Exception):
     """A child process started by :func:`start` raised: carries its traceback text."""
 
     def __init__(self, name: str, pid: int, report: str) -> None:
-        super().__init__(f"child process {name} (pid {pid}) failed:\n{report}")
+        super().__init__(name, pid, report)  # so that it pickles
         self.name, self.pid, self.report = name, pid, report
+
+    def __str__(self) -> str:
+        return f"child process {self.name} (pid {self.pid}) failed:\n{self.report}"
 
 
 # Children not yet known to have ended: key -> [name, pid, reading end of the pipe].
