@@ -4,7 +4,8 @@ Each waiter here uses a wait strategy whose sleeps last 30 s, and the periodic c
 that would otherwise end a sleep early (a consumer checks every second that its ring
 still exists; a blocked producer looks for dead consumers every 50 ms) are stretched to
 30 s too: only the other side's post can wake it before the 10 s deadline.  A side that
-forgets to post makes these tests fail with ``Timeout``.
+forgets to post leaves the waiter asleep until that deadline: the test fails (with
+``Timeout``, or on the time it took).
 """
 
 from __future__ import annotations
