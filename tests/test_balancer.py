@@ -349,3 +349,30 @@ def test_groups_with_related_names_work_side_by_side(ns):
         for g in groups:
             shmbus.unlink(f"in.{g}")
         collect(force=True)
+
+
+def test_a_worker_publishes_what_it_has_received(ns):
+    """Every way of receiving moves the worker's received position (what a balancer
+    counts as delivered if the worker dies) to the end of what it returned."""
+    import numpy as np
+
+    from balancer.membership import worker_ring
+    from balancer.worker import received_position
+    try:
+        with Worker("g", "w") as w, shmbus.Producer(worker_ring("g", "w")) as pub:
+            start_ = w.position
+            assert received_position(w) == start_
+            pub.send_many([b"a", b"b", b"c"])
+            pub.send_array(np.arange(4, dtype=np.int64))
+            pub.send(b"d")
+            m = w.recv(timeout=1)
+            assert bytes(m) == b"a" and received_position(w) == w.position > start_
+            batch = w.recv_many(2, timeout=1)
+            assert [bytes(x) for x in batch] == [b"b", b"c"]
+            assert received_position(w) == w.position
+            arr = w.recv_array(np.int64, 10, timeout=1)
+            assert arr.tolist() == [0, 1, 2, 3] and received_position(w) == w.position
+            assert bytes(next(iter(w))) == b"d" and received_position(w) == w.position
+            assert w.try_recv() is None
+    finally:
+        shmbus.unlink(worker_ring("g", "w"))
