@@ -28,7 +28,7 @@ def _balancer(ns, ttl):
 def failover(ttl: float) -> dict:
     from balancer import read_stats
     from shmbus.cleanup import collect
-    ns = f"fbench{uuid.uuid4().hex[:8]}"
+    ns = f"fbench{os.getpid()}x{uuid.uuid4().hex[:6]}"
     shmbus.Producer("in", capacity=1 << 16, namespace=ns).close()
     leader = SPAWN.Process(target=_balancer, args=(ns, ttl), daemon=True)
     standby = SPAWN.Process(target=_balancer, args=(ns, ttl), daemon=True)

@@ -68,7 +68,7 @@ def _keys() -> list[bytes]:
 def run_balanced(policy: str, n: int) -> dict:
     from balancer import read_stats
     from shmbus.cleanup import collect
-    ns, group = f"bbench{uuid.uuid4().hex[:8]}", "g"
+    ns, group = f"bbench{os.getpid()}x{uuid.uuid4().hex[:6]}", "g"
     n -= n % 512
     shmbus.Producer("in", capacity=64 << 20, namespace=ns).close()
     out, go = SPAWN.Queue(), SPAWN.Event()

@@ -49,8 +49,7 @@ def test_invalid_durable_name(ns):
 def test_unusable_capacity(ns, cap):
     with pytest.raises(ValueError, match="capacity"):
         shmbus.Producer("r", capacity=cap)
-    assert os.listdir(naming.SHM_DIR) == [e for e in os.listdir(naming.SHM_DIR)
-                                         if not e.startswith(ns)]
+    assert naming.owned_entries(ns, os.listdir(naming.SHM_DIR)) == []
 
 
 def test_capacity_rounded_up_to_power_of_two(ns):
