@@ -39,7 +39,8 @@ import os
 import threading
 import time
 from collections import Counter
-from itertools import compress
+from itertools import compress, groupby
+from operator import itemgetter
 
 import shmbus
 from shmbus import layout, naming
@@ -367,8 +368,9 @@ class Balancer(Roster):
         shift = layout.REC_REDELIVERY_SHIFT
         producer = member.producer
         sent = 0
-        for flags in sorted({d for _, d in items}):  # normally one group: deliveries 0
-            group = [m for m, d in items if d == flags]
+        # One send_many per run of equal delivery counts, in order (normally one run).
+        for flags, run in groupby(items, key=itemgetter(1)):
+            group = [m for m, _ in run]
             first = producer.seq
             try:
                 producer.send_many([m.data for m in group], keys=[m.key for m in group],

@@ -10,13 +10,17 @@ new input moves it dispatches again what gone workers had not acknowledged
 
 from __future__ import annotations
 
+from collections import Counter
+
 import shmbus
-from shmbus.errors import RingBusy, RingNotFound, ShmbusError
+from shmbus.errors import RingBusy, RingNotFound, ShmbusError, Timeout
 from shmbus.lock import FileLock
 
 from . import membership, worker
 
 __all__ = ["Roster"]
+
+_REDELIVERY_BATCH = 4096  # messages read back from a gone worker's ring at a time
 
 
 class _Member:
@@ -102,15 +106,8 @@ class Roster:
             except ShmbusError:
                 return False  # its previous user still lets go of it: next round
             try:
-                # What the worker received counts as one delivery more; what it had
-                # not yet received was never delivered and keeps its count.
-                received = worker.received_position(leftovers)
-                while (msg := leftovers.try_recv()) is not None:
-                    end = msg[5]  # where the message ends in the ring
-                    delivered = msg.deliveries - (end > received)
-                    if self._place([msg], [delivered]):
-                        return False  # no room now: the rest waits in its ring
-                    msg.release()
+                if not self._redeliver(leftovers):
+                    return False  # no room now: the rest waits in its ring
             finally:
                 leftovers.close(release=False)
             # Remove the ring only while no worker of that name can be registering:
@@ -125,3 +122,49 @@ class Roster:
                     registration.release()
             del self._gone[name]
         return True
+
+    def _redeliver(self, leftovers: shmbus.Consumer) -> bool:
+        """Dispatch every message of a gone worker's ring (releasing each one placed);
+        True when none is left.  They move together, once there is room for all of
+        them: a worker of that name coming back meanwhile then finds them all in its
+        ring, instead of the later messages of a key while another worker holds the
+        earlier ones.  (A gone worker held at most ``prefetch`` messages, so they all
+        fit once their new owners have acknowledged what they hold.)"""
+        # What the worker received counts as one delivery more; what it had not yet
+        # received was never delivered and keeps its count.
+        received = worker.received_position(leftovers)
+        while True:
+            try:
+                msgs = leftovers.recv_many(_REDELIVERY_BATCH, timeout=0)
+            except Timeout:
+                return True
+            delivered = [m.deliveries - (m[5] > received) for m in msgs]  # m[5]: its end
+            if not self._room_for([m for m, d in zip(msgs, delivered)
+                                   if d < self.max_deliveries]):
+                return False
+            unplaced = self._place(msgs, delivered)
+            if unplaced:  # a worker ring was full: what follows its first waits
+                first = msgs.index(unplaced[0])
+                if first:
+                    msgs[first - 1].release()
+                return False
+            msgs[-1].release()
+
+    def _room_for(self, msgs: list) -> bool:
+        """Whether the members can take all of ``msgs`` now (or every worker they need
+        holds nothing: then as many as fit go, so that redelivery always moves on).
+        ``msgs`` leaves out those bound for the dead-letter ring."""
+        if not msgs:
+            return True  # all of them go to the dead-letter ring
+        room = {n: self.prefetch - m.in_flight() for n, m in self.members.items()}
+        if not room:
+            return False
+        if not self._hashing:
+            return sum(max(r, 0) for r in room.values()) >= len(msgs) or \
+                all(r == self.prefetch for r in room.values())
+        owners = [self.policy.owner(m.key) for m in msgs]
+        if self._handoffs.held and any(map(self._handoffs.blocks,
+                                           [m.key for m in msgs], owners)):
+            return False
+        return all(room[n] >= k or room[n] == self.prefetch
+                   for n, k in Counter(owners).items())

@@ -211,3 +211,41 @@ def test_leftovers_of_two_gone_workers_keep_the_keys_order(group, ns, procs):
         s.close()
         if c is not None:
             c.close()
+
+
+def test_a_worker_back_under_its_name_finds_its_leftovers_whole(group, ns, procs):
+    """x dies holding 8 messages; y, the only other worker, has room for 4 of them (it
+    holds 4 of its own).  None of x's leftovers move until all of them fit, so a worker
+    x that comes back meanwhile finds them all in its ring, and y holds none (else x
+    would process the later messages of a key while y still held the earlier ones)."""
+    results, stop = SPAWN.Queue(), SPAWN.Event()
+    x = start(P.run_worker, ns, group, "x", results, stop, 1)
+    procs.append(x)
+    y = Worker(group, "y")
+    s = Stepper(group)
+    s.b.prefetch = 8
+    x_again = None
+    try:
+        s.until(lambda: {"x", "y"} <= set(s.b.members), "x and y joined")
+        x_keys = [k for k in KEYS if s.b.policy.owner(k) == "x"][:2]
+        y_keys = [k for k in KEYS if s.b.policy.owner(k) == "y"][:2]
+        with shmbus.Producer("in") as pub:
+            for i in range(12):
+                pub.send(b"%d" % i, key=(x_keys if i < 8 else y_keys)[i % 2])
+        s.round()
+        assert s.b.counters["dispatched"] == 12
+        wait_hanging(results)
+        kill9(x)
+        s.until(lambda: "x" not in s.b.members, "x gone")
+        s.round()
+        assert s.b.members["y"].in_flight() == 4  # x's leftovers wait for room
+        x_again = Worker(group, "x")
+        s.until(lambda: "x" in s.b.members, "x back")
+        assert [i for _, i, _ in take(x_again)] == list(range(8))
+        assert [i for _, i, _ in take(y)] == list(range(8, 12))
+    finally:
+        stop.set()
+        s.close()
+        y.close()
+        if x_again is not None:
+            x_again.close()
