@@ -27,8 +27,10 @@ class Worker(shmbus.Consumer):
     """Worker ``name`` of group ``group``: creates its ring (``capacity`` bytes) if
     needed, then registers; the group's balancer starts dispatching to it.  Receive
     with ``recv``/``recv_many``/iteration; a message is acknowledged when released
-    (the next ``recv`` releases the previous one).  If the worker dies, whatever it had
-    received but not released is dispatched again to the other workers.
+    (the next ``recv`` releases the previous one).  If the worker dies or leaves,
+    whatever it had not released is dispatched again to the other workers: a message
+    it had received counts one delivery more (``msg.deliveries``), one still waiting in
+    its ring keeps its count.
 
     Raises :class:`shmbus.RingBusy` if a live worker with that name is registered.
     """
