@@ -125,3 +125,12 @@ def test_a_tail_whose_output_is_never_read_does_not_hold_back_the_producer(ns):
             tail.wait(30)
             tail.stdout.close()
     shmbus.unlink("r")
+
+
+def test_an_observer_waiting_on_a_removed_ring_is_told_so(ns):
+    with shmbus.Producer("r", capacity=CAPACITY):
+        pass
+    with Observer("r") as obs:
+        shmbus.unlink("r")
+        with pytest.raises(shmbus.RingNotFound):
+            obs.recv(timeout=10)  # within about a second, not after the timeout
