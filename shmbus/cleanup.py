@@ -38,7 +38,7 @@ import re
 import posix_ipc
 
 from . import layout, liveness, naming
-from .errors import LayoutMismatch, ShmbusError
+from .errors import LayoutMismatch, RingNotFound, ShmbusError
 from .introspect import _one_line, entry_problem, inspect, open_entry
 from .lease import Lease
 from .lock import FileLock, lock_holders
@@ -133,10 +133,10 @@ class _Collector:
         try:  # decide and remove while holding the producer lock
             reason = self._half_made_verdict(ring) if half_made else self._verdict(ring)
             if reason is not None:
-                self._remove("ring", ring, reason)
-                self.removed_rings.add(ring)
                 if not self.dry_run:
                     self._unlink_segment(ring, path, inode)
+                self._remove("ring", ring, reason)
+                self.removed_rings.add(ring)
         finally:
             lock.release()
 
@@ -144,6 +144,8 @@ class _Collector:
         """Why ring ``ring`` may go (caller holds its producer lock), or None to keep it."""
         try:
             info = inspect(ring, namespace=self.ns)
+        except RingNotFound:
+            return None  # removed meanwhile
         except LayoutMismatch as e:
             if self.force:
                 return f"made by another layout version (--force): {e}"
