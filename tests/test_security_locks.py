@@ -1,5 +1,6 @@
 """Locks, leases and the balancer's stats file against another user of the host
-(issue 12, items 1, 2, 3, 5, 10, and sharing a namespace with a group).
+(issue 12, items 1, 2, 3, 5, 10, sharing a namespace with a group, and the lease's part
+of item 9: a holder in another PID namespace).
 
 Each attack runs as a second uid (:func:`tests.security.run_as`), the victim is this
 (root) process, as in CI.
