@@ -14,10 +14,11 @@
   with no live leader and stats files whose writer died.
 
 **Never under a starting producer.**  A producer takes its ring's ``@producer`` lock
-before it opens (or creates) the segment.  gc tries that lock without waiting, skips the
-ring if it is held, and decides and removes while holding it, so a producer either finds
-the ring gone (and creates it afresh) or keeps it; a half-made segment is also checked
-against its ``@create`` lock.
+before it opens (or creates) the segment, and whoever creates or attaches to a segment
+holds its ``@create`` lock meanwhile.  gc tries both locks without waiting, skips the
+ring if either is held, and decides and removes while holding them, so a producer
+either finds the ring gone (and creates it afresh) or keeps it, and a consumer attaching
+meanwhile gets :class:`RingNotFound` instead of a removed segment.
 
 **Only what is provably ours.**  ``/dev/shm`` is shared by every user and program on
 the host.  gc removes a segment only if it carries shmbus's magic word or is a half-made
@@ -130,13 +131,21 @@ class _Collector:
             if not half_made:
                 self._reclaim_dead_slots(ring)
             return
-        try:  # decide and remove while holding the producer lock
-            reason = self._half_made_verdict(ring) if half_made else self._verdict(ring)
-            if reason is not None:
-                if not self.dry_run:
-                    self._unlink_segment(ring, path, inode)
-                self._remove("ring", ring, reason)
-                self.removed_rings.add(ring)
+        try:
+            create = FileLock(naming.ring_lock_name(ring, "create"), namespace=self.ns,
+                              _internal=True)
+            if not create.try_acquire():
+                return  # being created, or a consumer is attaching: in use
+            try:  # decide and remove holding both: nobody starts or attaches meanwhile
+                reason = ("half-made segment (its creator died before writing the "
+                          "header)") if half_made else self._verdict(ring)
+                if reason is not None:
+                    if not self.dry_run:
+                        self._unlink_segment(ring, path, inode)
+                    self._remove("ring", ring, reason)
+                    self.removed_rings.add(ring)
+            finally:
+                create.release()
         finally:
             lock.release()
 
@@ -173,25 +182,15 @@ class _Collector:
             return f"no live producer or consumer; discarded (--force): {unread}"
         return "no live producer or consumer"
 
-    def _half_made_verdict(self, ring: str) -> str | None:
-        create = FileLock(naming.ring_lock_name(ring, "create"), namespace=self.ns,
-                          _internal=True)
-        if not create.try_acquire():
-            return None  # its creator is still at work
-        create.release()
-        return "half-made segment (its creator died before writing the header)"
-
     def _unlink_segment(self, ring: str, path: str, inode: int) -> None:
-        """Remove the segment judged above, if it is still that file and ours; its
-        semaphores and lock files go in the passes below."""
-        create = FileLock(naming.ring_lock_name(ring, "create"), namespace=self.ns,
-                          _internal=True)
-        with create.acquire(10.0):
-            st = os.lstat(path)
-            if st.st_ino != inode or entry_problem(path):
-                raise ShmbusError(f"{path} changed while gc looked at it: left alone",
-                                  path=path)
-            os.unlink(path)
+        """Remove the segment judged above (caller holds its producer and create locks),
+        if it is still that file and ours; its semaphores and lock files go in the
+        passes below."""
+        st = os.lstat(path)
+        if st.st_ino != inode or entry_problem(path):
+            raise ShmbusError(f"{path} changed while gc looked at it: left alone",
+                              path=path)
+        os.unlink(path)
 
     def _reclaim_dead_slots(self, ring: str, info: dict | None = None) -> None:
         try:

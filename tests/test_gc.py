@@ -32,10 +32,10 @@ def rings_in(ns: str) -> list[str]:
 
 # -- child processes (importable by spawn) ---------------------------------------------
 
-def hold_producer_lock(ns: str, ring: str, held) -> None:
-    """Hold ring ``ring``'s producer lock as a starting producer does, then wait to be
-    killed."""
-    lock = FileLock(naming.ring_lock_name(ring, "producer"), namespace=ns,
+def hold_ring_lock(ns: str, ring: str, role: str, held) -> None:
+    """Hold ring ``ring``'s ``role`` lock (``producer``: as a starting producer does;
+    ``create``: as a creator or an attaching consumer does), then wait to be killed."""
+    lock = FileLock(naming.ring_lock_name(ring, role), namespace=ns,
                     _internal=True, reentrant=False)
     lock.acquire()
     held.set()
@@ -118,10 +118,11 @@ def test_gc_keeps_a_ring_whose_producer_died_but_whose_consumer_lives(ns, procs)
 
 # -- gc against a starting producer (issue 11, item 5) ---------------------------------
 
-def test_gc_leaves_a_ring_whose_producer_lock_is_held(ns, procs):
+@pytest.mark.parametrize("role", ["producer", "create"])
+def test_gc_leaves_a_ring_whose_producer_or_create_lock_is_held(ns, procs, role):
     shmbus.Producer("r", capacity=1 << 14).close()  # no producer in the header
     held = SPAWN.Event()
-    holder = start(hold_producer_lock, ns, "r", held)
+    holder = start(hold_ring_lock, ns, "r", role, held)
     procs.append(holder)
     assert held.wait(30)
     assert [d for d in collect() if d["kind"] == "ring"] == []
@@ -133,11 +134,11 @@ def test_gc_leaves_a_ring_whose_producer_lock_is_held(ns, procs):
 
 def test_gc_decides_and_removes_while_holding_the_producer_lock(ns, monkeypatch):
     shmbus.Producer("r", capacity=1 << 14).close()
-    path = f"{naming.lock_dir(ns)}/{naming.ring_lock_name('r', 'producer')}"
     seen = []
 
     def holders() -> list[tuple[int, str]]:
-        return [(h.pid, h.mode) for h in lock_holders(path) if not h.waiting]
+        return [(role, h.pid, h.mode) for role in ("producer", "create")
+                for h in lock_holders(f"{naming.lock_dir(ns)}/r@{role}") if not h.waiting]
 
     real_inspect, real_unlink = cleanup.inspect, cleanup._Collector._unlink_segment
 
@@ -152,7 +153,7 @@ def test_gc_decides_and_removes_while_holding_the_producer_lock(ns, monkeypatch)
     monkeypatch.setattr(cleanup, "inspect", inspect)
     monkeypatch.setattr(cleanup._Collector, "_unlink_segment", unlink)
     assert [d["name"] for d in collect() if d["kind"] == "ring"] == ["r"]
-    me = [(os.getpid(), "exclusive")]
+    me = [("producer", os.getpid(), "exclusive"), ("create", os.getpid(), "exclusive")]
     assert seen == [("decide", me), ("unlink", me)]
 
 
