@@ -16,7 +16,7 @@ import shmbus
 from shmbus import naming
 from tools.cli import main
 
-from .security import OTHER_GID, OTHER_UID, needs_root
+from .security import OTHER_GID, OTHER_UID, needs_root, run_as
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -194,3 +194,32 @@ def test_gc_removes_only_what_is_provably_ours(ns, shm):
     for path in odd:
         assert os.path.lexists(path), path
     assert sorted(entries(ns)) == sorted(os.path.basename(p) for p in odd)
+
+
+def _tools_as_this_user(ns: str) -> list[tuple[list[str], int, str]]:
+    """Run the read-only tools and gc in namespace ``ns``; what each said."""
+    out = []
+    for argv in COMMANDS + [["gc"]]:
+        r = CliRunner().invoke(main, argv + ["--namespace", ns])
+        crash = r.exception and not isinstance(r.exception, SystemExit)
+        out.append((argv, r.exit_code, r.output + (f"crash: {r.exception!r}" if crash else "")))
+    return out
+
+
+@needs_root
+def test_a_semaphore_of_another_user_stops_no_tool_of_an_ordinary_user(ns, shm):
+    """The victim is an ordinary user (uid 1001) this time: the semaphore and the
+    dead ring belong to root, which 1001 may neither open nor remove."""
+    sem = posix_ipc.Semaphore(f"/{ns}.q@c0", posix_ipc.O_CREX, mode=0o600)
+    sem.close()
+    shm.append(f"{naming.SHM_DIR}/sem.{ns}.q@c0")
+    dead_ring("rootsring")
+    for argv, code, output in run_as(OTHER_UID, OTHER_GID, _tools_as_this_user, ns,
+                                     timeout=30):
+        assert code == 0 and "Traceback" not in output and "crash" not in output, (
+            argv, output)
+        if argv == ["gc"]:
+            assert f"kept semaphore sem.{ns}.q@c0: belongs to uid 0" in output
+            assert "belongs to uid 0" in output.split("kept entry")[1]
+    assert os.path.lexists(f"{naming.SHM_DIR}/sem.{ns}.q@c0")
+    shmbus.unlink("rootsring")
