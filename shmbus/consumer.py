@@ -23,7 +23,7 @@ import time
 from . import layout, liveness, naming, ring
 from .errors import CorruptRing, DurableBusy, RingNotFound, Timeout
 from .handle import Handle
-from .layout import (FLAGGED_SLOTS, H_GATE, H_LAST, H_PRODUCER_PID, H_PRODUCER_SLEEP,
+from .layout import (FLAGGED_SLOTS, H_GATE, H_PRODUCER_PID, H_PRODUCER_SLEEP,
                      H_SCAN, H_TAIL, H_WRITE, RECORD, RECORD_HEADER, REC_PAD, S_LOST, S_NEXT_SEQ,
                      S_READ, S_SLEEP, SLEEPERS_OFFSET, slot_word)
 from .arrays import BULK, recv_array, take_uniform
@@ -534,6 +534,3 @@ class Consumer(Handle):
     def __repr__(self) -> str:
         who = f"durable={self.durable!r}" if self.durable else "anonymous"
         return f"<Consumer {self.name!r} ns={self.namespace!r} {who} slot={self.slot}>"
-
-
-_unpack = RECORD.unpack_from

@@ -473,3 +473,19 @@ def test_random_garbage_is_an_error_or_a_consistent_stream(ns, target, record, o
     finally:
         m.close()
         pub.unlink()
+
+
+@pytest.mark.timeout(10)
+def test_a_producer_taking_over_after_a_corrupt_last_record_refuses(ns):
+    """The next producer recovers the seq from the last record: garbage there is an
+    error, not a seq taken from garbage."""
+    with shmbus.Producer("c", capacity=CAP) as pub:
+        send(pub, range(3))
+    m = Mapped("c")
+    try:
+        m.field(2 * STRIDE, "length", 0xFFFF_FFF0)
+        with pytest.raises(shmbus.CorruptRing, match="corrupt record at position 80"):
+            shmbus.Producer("c")
+    finally:
+        m.close()
+        shmbus.unlink("c")
