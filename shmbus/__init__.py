@@ -6,7 +6,7 @@ Public names only; see README.md for a tour and DESIGN.md for the contract.
 from __future__ import annotations
 
 from .consumer import Consumer, Message
-from .errors import (Closed, CorruptRing, DurableBusy, InvalidName, LayoutMismatch, LeaseLost,
+from .errors import (AlreadyHeld, Closed, CorruptRing, DurableBusy, InvalidName, LayoutMismatch, LeaseLost,
                      MessageTooLarge, NotHeld, PermissionDenied, RingBusy, RingNotFound, ShmbusError,
                      ShmFull, Timeout)
 from .introspect import inspect, list_locks, list_rings
@@ -24,5 +24,5 @@ __all__ = [
     "list_rings", "inspect", "list_locks", "list_leases", "unlink", "LAYOUT_VERSION",
     "ShmbusError", "RingNotFound", "RingBusy", "DurableBusy", "LayoutMismatch",
     "CorruptRing", "MessageTooLarge", "InvalidName", "Timeout", "LeaseLost", "NotHeld",
-    "ShmFull", "Closed", "PermissionDenied",
+    "ShmFull", "Closed", "PermissionDenied", "AlreadyHeld",
 ]
