@@ -231,6 +231,7 @@ class Lease:
         """Extend the lease by ``ttl`` from now.  Raises :class:`LeaseLost` if another
         holder has taken it (or this object never held it), :class:`Timeout` if another
         process keeps the lease file locked for ``ttl`` seconds."""
+        self._refuse_in_fork(LeaseLost)
         with self._file.locked(time.monotonic() + self.ttl) as f:
             st = f.read()
             self._verify(st)
@@ -243,6 +244,7 @@ class Lease:
     def check(self) -> None:
         """Raise :class:`LeaseLost` unless this object still holds the lease (its token
         is the file's and it has not expired).  Call it before acting."""
+        self._refuse_in_fork(LeaseLost)
         if self._lost or time.monotonic_ns() >= self._expires_ns:
             self._lost = self._lost or self._token > 0
             raise self._lost_error("it expired" if self._token else "it was never acquired")
@@ -253,6 +255,15 @@ class Lease:
             self._lost = True
             raise self._lost_error("it expired while another process kept its file "
                                    "locked") from None
+
+    def _refuse_in_fork(self, error: type) -> None:
+        """A lease belongs to the process that acquired it: its forked child holds
+        nothing, and says so."""
+        if self._token and self._pid != os.getpid():
+            raise error(f"lease {self.name!r} (token {self._token}) is held by process "
+                        f"{self._pid}, not by this one ({os.getpid()}, a fork of it): a "
+                        "forked child holds no lease; acquire one of its own",
+                        name=self.name, token=self._token, pid=self._pid)
 
     def _verify(self, st: LeaseState) -> None:
         if self._pid != os.getpid() or self._token == 0:
@@ -268,6 +279,7 @@ class Lease:
     def release(self) -> None:
         """Give the lease up (its token stays).  Raises :class:`NotHeld` if this object
         does not hold it."""
+        self._refuse_in_fork(NotHeld)
         self._stop_keepalive()
         with self._file.locked(time.monotonic() + self.ttl) as f:
             st = f.read()

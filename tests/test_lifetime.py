@@ -281,3 +281,19 @@ def test_timeout_names_the_consumer_furthest_behind(ns):
         assert f"{31 * 128} bytes behind" in msg, msg
         assert f"{21 * 128} bytes behind" in msg, msg
     shmbus.unlink("r")
+
+
+def test_a_forked_child_holds_no_lease_and_says_so(ns):
+    lease = shmbus.Lease("leader", ttl=30)
+    lease.acquire(timeout=1)
+    try:
+        for fn, error in ((lease.check, shmbus.LeaseLost), (lease.renew, shmbus.LeaseLost),
+                          (lease.release, shmbus.NotHeld)):
+            err = _in_fork(fn)
+            assert isinstance(err, error), err
+            assert "fork" in str(err) and str(os.getpid()) in str(err), err
+        lease.check()  # still ours in the parent
+        assert lease.holder()["pid"] == os.getpid()
+    finally:
+        lease.release()
+        lease.unlink()
