@@ -362,14 +362,15 @@ class Consumer(Handle):
             raise
 
     def _take_open(self, timeout: float | None) -> Message:
-        w, data, cap, name = self._words, self._data, self.capacity, self.name
+        w, data, name = self._words, self._data, self.name
         deadline = None
         while True:
             if self._closed:
                 raise self._closed_error()
             pos = self._pos
             write = w[H_WRITE]
-            self._wcache = min(write, (pos | self._mask) + 1)  # see _bind_recv
+            lap_end = (pos | self._mask) + 1  # _wcache: see _bind_recv
+            limit = self._wcache = write if write < lap_end else lap_end
             if pos >= write:
                 if pos > write and not self._closed:  # never wait for what cannot come
                     raise ring.corrupt(name, pos, "a read position at or before the "
@@ -379,35 +380,60 @@ class Consumer(Handle):
                     deadline = time.monotonic() + timeout
                 self._wait(pos, deadline, timeout)
                 continue
-            key = payload = None
-            if pos < self._safe_from:  # checked: the producer may overwrite it meanwhile
-                tail = w[H_TAIL]
-                if pos < tail:  # lapped: go to the oldest intact record
-                    self._pos, self._lapped = self._oldest(), True
-                    continue
-                got = ring.read_checked(w, data, cap, pos, write, name=name)
-                if got is None:
-                    continue  # overwritten while we copied it: try again from the tail
-                rec, key, copy = got
-                payload = memoryview(copy)
-            else:
-                rec = ring.read(data, pos, cap, write, name=name)
-            if rec.flags & REC_PAD:
-                self._pos = pos + rec.size
+            checked = pos < self._safe_from  # the producer may overwrite it meanwhile
+            if checked and pos < w[H_TAIL]:  # lapped: go to the oldest intact record
+                self._pos, self._lapped = self._oldest(), True
                 continue
-            try:
-                self._check_seq(rec)
-            except CorruptRing:
-                if pos < self._safe_from and w[H_TAIL] > pos:
-                    continue  # what it compared with was overwritten meanwhile
-                raise
-            if payload is None:
-                start = (pos & self._mask) + RECORD_HEADER
-                klen = rec.key_length
-                key = data[start:start + klen].tobytes() if klen else None
-                payload = data[start + klen:start + klen + rec.length]
-            end = self._pos = pos + rec.size
-            return Message(payload, key, rec.seq, rec.timestamp_ns, self, end, rec.flags)
+            idx = pos & self._mask
+            if idx <= self._pad_limit:  # the usual record: checked here, as in recv
+                plen, klen, flags, seq, ts = _unpack(data, idx)
+                end = pos + ((RECORD_HEADER + 7 + klen + plen) & -8)
+                if not flags & REC_PAD and end <= limit and seq == self._expect and \
+                        not (self._lapped or self._loose):
+                    start = idx + RECORD_HEADER
+                    key = data[start:start + klen].tobytes() if klen else None
+                    payload = data[start + klen:start + klen + plen]
+                    if checked:
+                        payload = memoryview(bytes(payload))
+                        if w[H_TAIL] > pos:
+                            continue  # overwritten while we copied it: from the tail
+                    self._expect, self._pos = seq + 1, end
+                    return Message(payload, key, seq, ts, self, end, flags)
+            msg = self._take_unusual(pos, write, checked)
+            if msg is not None:
+                return msg
+
+    def _take_unusual(self, pos: int, write: int, checked: bool) -> Message | None:
+        """The record at ``pos`` when it is not simply the next one: padding (skipped),
+        a seq to judge (:meth:`_check_seq`), or corruption (:class:`CorruptRing`, from
+        :mod:`shmbus.ring`'s checks).  None: look again (padding skipped, or a checked
+        read that the producer overwrote meanwhile)."""
+        w, data, cap, name = self._words, self._data, self.capacity, self.name
+        key = payload = None
+        if checked:
+            got = ring.read_checked(w, data, cap, pos, write, name=name)
+            if got is None:
+                return None  # overwritten while we copied it: try again from the tail
+            rec, key, copy = got
+            payload = memoryview(copy)
+        else:
+            rec = ring.read(data, pos, cap, write, name=name)
+        if rec.flags & REC_PAD:
+            self._pos = pos + rec.size
+            return None
+        try:
+            self._check_seq(rec)
+        except CorruptRing:
+            if checked and w[H_TAIL] > pos:
+                return None  # what it compared with was overwritten meanwhile
+            raise
+        if payload is None:
+            start = (pos & self._mask) + RECORD_HEADER
+            klen = rec.key_length
+            key = data[start:start + klen].tobytes() if klen else None
+            payload = data[start + klen:start + klen + rec.length]
+        end = self._pos = pos + rec.size
+        return Message(payload, key, rec.seq, rec.timestamp_ns, self, end, rec.flags)
 
     def _check_seq(self, rec: ring.Record) -> None:
         """Accept ``rec``'s seq and expect the next one, or raise :class:`CorruptRing`.
@@ -534,3 +560,6 @@ class Consumer(Handle):
     def __repr__(self) -> str:
         who = f"durable={self.durable!r}" if self.durable else "anonymous"
         return f"<Consumer {self.name!r} ns={self.namespace!r} {who} slot={self.slot}>"
+
+
+_unpack = RECORD.unpack_from
