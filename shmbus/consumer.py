@@ -186,14 +186,17 @@ class Consumer(Handle):
 
     def recv(self, timeout: float | None = None) -> Message:
         """Release the previous message and return the next one, waiting up to
-        ``timeout`` seconds (None: forever); raises :class:`Timeout`."""
+        ``timeout`` seconds (None: forever); raises :class:`Timeout`.  Raises
+        :class:`CorruptRing`, without moving past it, at a record that breaks the
+        ring's rules (its size, the write position, a seq out of turn)."""
         # Each instance shadows this method with the closure built by _bind_recv.
         return self.__dict__["recv"](timeout)
 
     def recv_many(self, max_messages: int, timeout: float | None = None) -> list[Message]:
         """Release the previous batch; wait up to ``timeout`` for at least one message,
         then return every message available now, at most ``max_messages``.  Raises
-        :class:`Timeout` only if none arrived."""
+        :class:`Timeout` only if none arrived.  A batch stops before a corrupt record;
+        the next call raises :class:`CorruptRing` there."""
         return self.__dict__["recv_many"](max_messages, timeout)
 
     def _bind_recv(self) -> None:
@@ -317,8 +320,9 @@ class Consumer(Handle):
         read-only numpy array of ``dtype`` that views the ring (zero copies; valid until
         the next receive).  A batch stops at a message of another size, at a key, and
         at the end of the ring's data area.  Raises :class:`Timeout`, and ValueError
-        if the next message does not fit ``dtype`` (receive it with :meth:`recv`).
-        On ``overwrite`` rings each call returns one message, copied."""
+        if the next message does not fit ``dtype`` (receive it with :meth:`recv`),
+        :class:`CorruptRing` like :meth:`recv`.  On ``overwrite`` rings each call
+        returns one message, copied."""
         return recv_array(self, dtype, max_messages, timeout)
 
     def try_recv(self) -> Message | None:
