@@ -83,7 +83,8 @@ def take_run(consumer: Consumer, max_records: int, keys: bool = False) -> Run | 
     idx = pos & mask
     if idx > pad_limit or _head(data, idx)[2] & REC_PAD:  # padding to the end
         pos += ring.read(data, pos, cap, write, name=c.name).size
-        if pos >= write:  # unreachable: read() checks that data follows padding
+        if pos >= write:  # the record after it is not published yet
+            c._pos = pos
             return False
         idx = pos & mask
     c._wcache = min(write, (pos | mask) + 1)  # see Consumer._bind_recv

@@ -8,9 +8,8 @@ inline the common case of their hot path with the same rules from :mod:`shmbus.l
 Reading is *checked*: shared memory can be scribbled on by a bug or a foreign process,
 so nothing read from it is believed until it agrees with the ring.  A record lies
 inside the data area, is at most :func:`~shmbus.layout.max_record` bytes, and ends at
-or before the write position; padding says exactly the rest of the data area, is never
-at index 0 and is followed by published data; successive records carry successive
-seqs.  Anything else raises :class:`CorruptRing` (:func:`corrupt` words it), and every
+or before the write position; padding says exactly the rest of the data area and is
+never at index 0; successive records carry successive seqs.  Anything else raises :class:`CorruptRing` (:func:`corrupt` words it), and every
 walk is bounded by the distance it covers (a record is at least 8 bytes), never by
 what a header claims.
 
@@ -79,8 +78,8 @@ def write_padding(data: memoryview, pos: int, capacity: int) -> None:
 def read(data: memoryview, pos: int, capacity: int, end: int | None = None, *,
          name: str = "") -> Record:
     """The record (or padding) at ``pos``, its framing checked against the data area
-    and, if given, against ``end`` (the write position: a record ends at or before it,
-    padding before it).  Raises :class:`CorruptRing`."""
+    and, if given, against ``end`` (the write position: the record or padding ends at
+    or before it).  Raises :class:`CorruptRing`."""
     idx = pos & (capacity - 1)
     rest = capacity - idx
     if pos & (ALIGN - 1):
@@ -105,10 +104,9 @@ def read(data: memoryview, pos: int, capacity: int, end: int | None = None, *,
                               f"bytes inside the data area ({rest} bytes left)",
                               f"payload length {length}, key length {klen}")
             rec = Record(pos, length, klen, flags, seq, ts, size)
-    if end is not None and (pos + rec.size > end or (rec.flags & REC_PAD and
-                                                     pos + rec.size == end)):
-        what = "padding followed by" if rec.flags & REC_PAD else "a record ending at or"
-        raise corrupt(name, pos, f"{what} before the write position {end}",
+    if end is not None and pos + rec.size > end:
+        what = "padding" if rec.flags & REC_PAD else "a record"
+        raise corrupt(name, pos, f"{what} ending at or before the write position {end}",
                       f"{rec.size} bytes reaching {pos + rec.size}")
     return rec
 
