@@ -489,3 +489,26 @@ def test_a_producer_taking_over_after_a_corrupt_last_record_refuses(ns):
     finally:
         m.close()
         shmbus.unlink("c")
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize("field, value", [("seq", 1), ("length", 2000),
+                                          ("flags", layout.REC_PAD)])
+@pytest.mark.parametrize("how", ["recv_many", "recv_array", "forward"])
+def test_runs_read_with_numpy_stop_at_a_corrupt_record(ns, how, field, value):
+    """recv_many, recv_array and forwarding read runs of records of one size with one
+    numpy pass over their headers: a record of the same size with a seq out of turn,
+    or another size, or padding, ends the run, and reading it raises."""
+    pub = shmbus.Producer("c", capacity=CAP)
+    reader = Reader(how, "c")
+    m = Mapped("c")
+    try:
+        send(pub, range(60))
+        m.field(40 * STRIDE, field, value)
+        got, err = reader.read_all()
+        assert got == [(seq, body(seq)) for seq in range(40)]
+        assert err is not None and reader.sub.position == 40 * STRIDE
+    finally:
+        m.close()
+        reader.close()
+        pub.unlink()
