@@ -445,11 +445,12 @@ class Consumer(Handle):
         A record carries one more than the one before it.  Exceptions: after a jump
         the tail proved (this consumer was lapped), a higher seq is a loss, counted in
         ``lost``; a first record whose seq nobody knows (after ``start="earliest"`` or
-        resuming a cursor) must be plausible (:func:`ring.check_first_seq`); a resumed
-        cursor of an overwrite ring may find a lower seq than it stored (the process
-        died between storing its next seq and its position)."""
+        resuming a cursor) must be plausible (:func:`ring.check_first_seq`).  The
+        next seq a resumed cursor of an overwrite ring stored counts losses after a
+        lap, but is no proof otherwise (the process may have died between storing it
+        and its position)."""
         expect, seq = self._expect, rec.seq
-        if expect is None or (self._loose and seq < expect):
+        if expect is None or (self._loose and not self._lapped):
             ring.check_first_seq(self._words, self._data, self.capacity, rec,
                                  name=self.name)
         elif seq != expect:

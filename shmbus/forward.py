@@ -72,7 +72,7 @@ def take_run(consumer: Consumer, max_records: int, keys: bool = False) -> Run | 
         return None
     pos = c._pos
     if pos != c._committed:
-        c._commit_to(pos)
+        c._commit_to(pos, c._expect)
     write = c._words[H_WRITE]
     expect = c._expect
     if pos == write:
