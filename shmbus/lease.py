@@ -25,8 +25,10 @@ check tokens (:class:`Fence`): a holder that lost its lease then fails there too
 directory of ours (:mod:`shmbus.lockdir`; anything else is :class:`PermissionDenied`),
 so nobody else can forge a holder or a token.  Even then a process is killed only when
 it is verified: its start time is recorded (a record with start time 0 names no
-verifiable process), matches the live process with that pid, and that process runs as
-our user; the signal goes through a pidfd opened before the check, so a pid reused
+verifiable process), matches the live process with that pid, that process runs as
+our user, and it holds the lease file open the way only a holder does (an ``O_PATH``
+descriptor kept from acquiring to releasing: in a namespace shared with a group, any
+member can write a record naming any of our processes); the signal goes through a pidfd opened before the check, so a pid reused
 meanwhile is never hit.  Otherwise ``on_stale="kill"`` refuses like ``"refuse"``.
 
 **Timeouts hold**: the file's ``flock`` is taken by non-blocking attempts until the
@@ -45,7 +47,7 @@ import psutil
 
 from . import liveness, lockdir, naming
 from .errors import AlreadyHeld, LeaseLost, NotHeld, ShmbusError, Timeout
-from .leasefile import TOKEN_MAX, LeaseFile, LeaseState, remove
+from .leasefile import TOKEN_MAX, LeaseFile, LeaseState, holds_pin, remove, unpin
 
 __all__ = ["Lease", "LeaseState", "Fence", "list_leases"]
 
@@ -81,6 +83,7 @@ class Lease:
         self._expires_ns = 0
         self._lost = False
         self._pid = -1
+        self._pin = -1  # held from acquire to release: see leasefile.holds_pin
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -127,8 +130,10 @@ class Lease:
         while True:
             with self._file.locked(deadline) as f:
                 st = f.read()
-                wait = self._obstacle(st, me)
+                lease_file = f.identity()
+                wait = self._obstacle(st, me, lease_file)
                 if wait is None:
+                    self._repin(f)
                     now = time.monotonic_ns()
                     ttl_ns = int(self.ttl * 1e9)
                     token = self._next_token(st)
@@ -138,7 +143,7 @@ class Lease:
                     self._lost, self._pid = False, os.getpid()
                     break
             if wait == "kill":
-                self._kill(st)
+                self._kill(st, lease_file)
                 continue
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
@@ -157,7 +162,15 @@ class Lease:
                 name=self.name, token=st.token)
         return max(st.token + 1, time.time_ns())
 
-    def _obstacle(self, st: LeaseState, me) -> str | None:
+    def _repin(self, f: LeaseFile) -> None:
+        unpin(self._pin)
+        self._pin = -1
+        try:
+            self._pin = f.pin()
+        except OSError:
+            pass  # no /proc: we cannot be verified, so nobody will kill us
+
+    def _obstacle(self, st: LeaseState, me, lease_file: tuple[int, int]) -> str | None:
         """None if the lease may be taken now, "kill" if the stale holder must be
         killed first, "wait" otherwise."""
         if st.pid == 0:
@@ -174,13 +187,14 @@ class Lease:
             return None
         if not st.expired:
             return "wait"
-        return "kill" if self.on_stale == "kill" and _killable(st) else "wait"
+        return ("kill" if self.on_stale == "kill" and _killable(st, lease_file)
+                else "wait")
 
-    def _kill(self, st: LeaseState) -> None:
+    def _kill(self, st: LeaseState, lease_file: tuple[int, int]) -> None:
         """SIGKILL the stale holder, verified first (:func:`_killable`: by its pid as we
         see it, its start time and its user) through a pidfd opened before the check,
         so that a pid reused meanwhile is never signalled; then wait for its death."""
-        here = _killable(st)
+        here = _killable(st, lease_file)
         if here is None:
             return  # gone, or not the recorded process: the next round decides
         try:
@@ -190,7 +204,7 @@ class Lease:
         except OSError:  # no pidfd here (an old kernel, a seccomp filter): plain kill
             pidfd = None
         try:
-            if _killable(st) != here:
+            if _killable(st, lease_file) != here:
                 return
             if pidfd is None:
                 os.kill(here, signal.SIGKILL)
@@ -213,7 +227,8 @@ class Lease:
         if st.expired and self.on_stale == "kill":
             why = (f"it expired {(time.monotonic_ns() - st.expires_ns) / 1e9:.1f} s ago but "
                    f"its holder pid {st.pid} is {alive} and cannot be verified (the record "
-                   "has no start time, or the process runs as another user): shmbus never "
+                   "has no start time, the process runs as another user, or it does not "
+                   "hold the lease file open as a holder does): shmbus never "
                    "kills a process it cannot verify; stop it yourself, or remove the "
                    "lease file")
         elif st.expired:
@@ -289,6 +304,8 @@ class Lease:
                               f"{self._token}, file token {st.token})", name=self.name)
             f.write(LeaseState(st.token, 0, 0, 0, st.acquired_wall_ns, st.ttl_ns))
         self._expires_ns = 0
+        unpin(self._pin)
+        self._pin = -1
 
     def unlink(self) -> None:
         """Remove the lease file (tokens stay increasing: see the module doc)."""
@@ -328,6 +345,10 @@ class Lease:
                 self.release()
             except NotHeld:
                 pass
+
+    def __del__(self) -> None:
+        if getattr(self, "_pid", None) == os.getpid():  # (a failed __init__ has none)
+            unpin(self._pin)
 
     def __repr__(self) -> str:
         return f"<Lease {self.name!r} token={self._token} {'held' if self.held else 'not held'}>"
@@ -372,10 +393,12 @@ class Fence:
         remove(self.namespace, self._file.name)
 
 
-def _killable(st: LeaseState) -> int | None:
+def _killable(st: LeaseState, lease_file: tuple[int, int]) -> int | None:
     """The pid (as this process sees it) under which the holder recorded in ``st`` may
     be killed, or None: its start time must be recorded and match a live process (in
-    the recorded PID namespace: :func:`liveness.local_pid`), which runs as our user."""
+    the recorded PID namespace: :func:`liveness.local_pid`), which runs as our user and
+    holds the pin of ``lease_file`` (``(st_dev, st_ino)``: :func:`leasefile.holds_pin`),
+    so the record is its own, not one another member of a shared group wrote."""
     if st.start_time == 0:
         return None
     here = liveness.local_pid(st.pid, st.start_time, st.pid_ns)
@@ -387,7 +410,7 @@ def _killable(st: LeaseState) -> int | None:
             return None
     except psutil.Error:
         return None
-    return here
+    return here if holds_pin(here, lease_file) else None
 
 
 def list_leases(namespace: str | None = None) -> list[dict]:

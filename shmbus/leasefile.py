@@ -9,6 +9,13 @@ came last, in a 64-byte record: a 56-byte record of an older version reads as
 namespace 0, "unknown", which :mod:`shmbus.liveness` judges as one of ours.  The file
 is opened in the namespace's checked lock directory (:mod:`shmbus.lockdir`: ours, a
 regular file, never through a symlink), so no other user can forge a record.
+
+**Proof of holding.**  In a namespace shared with a group, every member can write the
+record, so a record alone cannot say that the process it names ever held the lease.
+A holder therefore keeps an ``O_PATH`` descriptor of the lease file (:meth:`LeaseFile.pin`)
+from acquiring until releasing; :func:`holds_pin` looks for it in ``/proc/PID/fd`` (a
+process of our user, so we may look), and a lease's ``on_stale="kill"`` kills only a
+process that has it.  Nobody else can give one of our processes such a descriptor.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ from typing import Iterator
 from . import liveness, lockdir, naming
 from .errors import ShmbusError, Timeout
 
-__all__ = ["LeaseState", "EMPTY", "LeaseFile", "TOKEN_MAX", "remove"]
+__all__ = ["LeaseState", "EMPTY", "LeaseFile", "TOKEN_MAX", "remove", "holds_pin", "unpin"]
 
 _RECORD = struct.Struct("<8sQQQQQQQ")
 _RECORD_V1_SIZE = 56  # the record before the PID namespace was added
@@ -135,6 +142,19 @@ class LeaseFile:
                               path=self.path)
         return LeaseState(*fields)
 
+    def identity(self) -> tuple[int, int]:
+        """``(st_dev, st_ino)`` of the open lease file (inside :meth:`locked`)."""
+        st = os.fstat(self.fd)
+        return st.st_dev, st.st_ino
+
+    def pin(self) -> int:
+        """(Inside :meth:`locked`) a new ``O_PATH`` descriptor of the open lease file, for
+        the holder to keep while it holds the lease: the proof :func:`holds_pin` asks for.
+        It holds no ``flock`` (a new open file description, not a ``dup``)."""
+        fd = os.open(f"/proc/self/fd/{self.fd}", os.O_PATH | os.O_CLOEXEC)
+        _pins.add(fd)
+        return fd
+
     def write(self, st: LeaseState) -> None:
         os.pwrite(self.fd, _RECORD.pack(_MAGIC, st.token, st.pid, st.start_time,
                                         st.expires_ns, st.acquired_wall_ns, st.ttl_ns,
@@ -144,6 +164,54 @@ class LeaseFile:
 def _seconds_left(deadline: float | None, unlimited: float) -> float:
     """Seconds left until ``deadline``, or ``unlimited`` when there is none."""
     return unlimited if deadline is None else max(0.0, deadline - time.monotonic())
+
+
+_pins: set[int] = set()  # this process's pins, which a forked child must not keep
+
+
+def unpin(fd: int) -> None:
+    """Close a descriptor :meth:`LeaseFile.pin` gave (-1: none)."""
+    if fd in _pins:
+        _pins.discard(fd)
+        os.close(fd)
+
+
+def _after_fork_in_child() -> None:
+    # A forked child never holds its parent's leases, so it must not look as if it did.
+    for fd in list(_pins):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _pins.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def holds_pin(pid: int, identity: tuple[int, int]) -> bool:
+    """Whether process ``pid`` (as we see it) holds an ``O_PATH`` descriptor of the
+    lease file ``identity`` (``(st_dev, st_ino)``): one :meth:`LeaseFile.pin` gave it,
+    so it acquired that lease and has not released it.  False when ``/proc`` does not
+    let us look."""
+    base = f"/proc/{pid}/fd"
+    try:
+        fds = os.listdir(base)
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            st = os.stat(f"{base}/{fd}")
+            if (st.st_dev, st.st_ino) != identity:
+                continue
+            with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+                flags = next((int(line.split()[1], 8) for line in f
+                              if line.startswith("flags:")), 0)
+        except (OSError, ValueError):
+            continue
+        if flags & os.O_PATH:
+            return True
+    return False
 
 
 def remove(namespace: str, name: str) -> None:

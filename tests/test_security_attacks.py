@@ -1,0 +1,110 @@
+"""A hostile second user against the security model (README "Security model"), after
+issue 12: each attack runs as another uid (:func:`tests.security.run_as`) against this
+(root, as in CI) process.  Attacks that the defences already stopped, and that no other
+test guards, are kept here too.
+
+* A member of a shared group forges a lease record naming another process of ours:
+  ``on_stale="kill"`` must not kill it (it never held the lease).
+* A hard link to one of our files under another of our names (a ring's segment as
+  another ring's, a segment as a semaphore): refused, whether or not
+  ``fs.protected_hardlinks`` stops the attacker making it.
+* A member writes a stats file nested deeper than the JSON parser recurses.
+* A FIFO in place of a ring's segment: refused at once, never a hang.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import select
+import shutil
+import struct
+
+import pytest
+
+import shmbus
+from balancer import stats
+from shmbus import liveness, lockdir, naming
+
+from .security import (OTHER_GID, OTHER_UID, THIRD_UID, needs_root, run_as)
+
+pytestmark = [needs_root, pytest.mark.timeout(30)]
+
+SHARED_GID = 1500  # the group a namespace is shared with; THIRD_UID is a member
+CAP = 1 << 16
+
+
+class _Victim:
+    """A process of ours (this uid) that takes no part in shmbus: what an attacker
+    would like us to kill.  Ends when the test ends it."""
+
+    def __init__(self) -> None:
+        self._r, self._w = os.pipe()
+        ready_r, ready_w = os.pipe()
+        self.pid = os.fork()
+        if self.pid == 0:  # pragma: no cover - the child
+            try:
+                os.close(self._w)
+                os.write(ready_w, b"r")
+                select.select([self._r], [], [], 30)
+            finally:
+                os._exit(0)
+        os.close(self._r)
+        os.close(ready_w)
+        assert select.select([ready_r], [], [], 10)[0], "victim did not start"
+        os.close(ready_r)
+        self.start_time = liveness.start_time_of(self.pid)
+
+    def alive(self) -> bool:
+        return os.waitpid(self.pid, os.WNOHANG) == (0, 0)
+
+    def end(self) -> None:
+        os.close(self._w)
+        os.waitpid(self.pid, 0)
+
+
+def _purge(namespace: str) -> None:
+    """Remove everything of ``namespace`` from /dev/shm, whoever made it (as root)."""
+    for entry in naming.owned_entries(namespace, os.listdir(naming.SHM_DIR)):
+        path = f"{naming.SHM_DIR}/{entry}"
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        else:
+            os.unlink(path)
+
+
+# -- a forged lease record in a namespace shared with a group ---------------------------
+
+_LEASE = struct.Struct("<8sQQQQQQQ")  # magic, token, pid, start, expiry, wall, ttl, pid_ns
+
+
+def _forge_lease(namespace: str, pid: int, start_time: int) -> None:
+    """(As a member of the share group) make the lease file the ordinary way, then
+    write into it a stale record naming ``pid``: a process the member does not own."""
+    lease = shmbus.Lease("leader", ttl=2, namespace=namespace)
+    lease.acquire(timeout=5)
+    lease.release()
+    fd = os.open(lease.path, os.O_WRONLY | os.O_NOFOLLOW)
+    try:
+        os.pwrite(fd, _LEASE.pack(b"SHMBLEAS", 7, pid, start_time, 1, 0, 2 * 10**9,
+                                  liveness.pid_namespace()), 0)
+    finally:
+        os.close(fd)
+
+
+def test_a_member_cannot_make_us_kill_a_process_that_never_held_the_lease(ns, monkeypatch):
+    """A member of the share group can write every lease record of the namespace, and
+    can read the pid and start time of any of our processes in /proc.  A stale record
+    naming one of them must not make our ``on_stale="kill"`` kill it: only a process
+    that holds the lease (it keeps the lease file open while it does) is killed."""
+    monkeypatch.setenv("SHMBUS_GROUP", str(SHARED_GID))
+    victim = _Victim()
+    try:
+        run_as(THIRD_UID, SHARED_GID, _forge_lease, ns, victim.pid, victim.start_time)
+        lease = shmbus.Lease("leader", ttl=2, on_stale="kill")
+        with pytest.raises(shmbus.Timeout, match="cannot be verified"):
+            lease.acquire(timeout=0.3)
+        assert victim.alive()
+    finally:
+        victim.end()
+        _purge(ns)
