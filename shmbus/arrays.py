@@ -103,6 +103,16 @@ def recv_array(c: Consumer, dtype, max_messages: int, timeout: float | None) -> 
     if max_messages < 1:
         raise ValueError(f"max_messages must be >= 1, got {max_messages!r}")
     c.release()  # the previous batch
+    try:
+        return _recv_array(c, dtype, max_messages, timeout)
+    except (ValueError, AttributeError):
+        if c._closed:  # closed by another thread while we read: its views are gone
+            raise c._closed_error() from None
+        raise
+
+
+def _recv_array(c: Consumer, dtype: np.dtype, max_messages: int,
+                timeout: float | None) -> np.ndarray:
     size = dtype.itemsize
     stride = layout.record_size(0, size)
     deadline = None if timeout is None else time.monotonic() + timeout
