@@ -14,8 +14,9 @@ forge lease records.  So:
 * Its files are opened *relative to that checked descriptor* (``openat``), with
   ``O_NOFOLLOW`` and ``O_NONBLOCK`` (a FIFO never hangs the opener), created ``0600``
   (``0660`` shared), and checked the same way: a regular file, ours, no unexpected
-  permission bits.  A directory removed and re-made by someone else between the check
-  and the open cannot catch us: ``openat`` in a removed directory fails and we retry.
+  permission bits, one name (a hard link would make it another file too).  A
+  directory removed and re-made by someone else between the check and the open
+  cannot catch us: ``openat`` in a removed directory fails and we retry.
 * Anything else is refused with :class:`PermissionDenied` naming the path, its owner
   and what to do.
 
@@ -139,6 +140,9 @@ def check(st: os.stat_result, path: str, kind: str, group: int | None = None) ->
         found = _type_name(st.st_mode)
     elif mode & 0o007:
         found = f"a {kind} open to every user (mode {mode:04o})"
+    elif kind != "directory" and st.st_nlink != 1:
+        found = (f"a {kind} with {st.st_nlink} names (hard links: it is also another "
+                 "file, whose content shmbus would overwrite)")
     elif st.st_uid == me and (not mode & 0o070 or st.st_gid == group):
         return
     elif group is not None and st.st_gid == group:

@@ -7,7 +7,9 @@ file of ours, a semaphore whose waits and posts another user controls, or whose 
 they can truncate under our mapping (a SIGBUS).  Every object is therefore checked
 once, right after it is opened (never per message), by :func:`check`:
 
-* it is a regular file, reached without following a symbolic link;
+* it is a regular file, reached without following a symbolic link, with one name (a
+  hard link would make it another ring's segment or semaphore too: ``/dev/shm`` is one
+  filesystem, and ``fs.protected_hardlinks`` may be off);
 * it has no permission bits for *other* users;
 * it is ours (owner = our effective uid) without group permission bits, or, when the
   namespace is shared with a group (``$SHMBUS_GROUP``, see :func:`naming.share_group`),
@@ -36,6 +38,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import time
 
 import posix_ipc
 
@@ -73,6 +76,13 @@ def check(st: os.stat_result, path: str, what: str, group: int | None = None) ->
             f"{what} {path} is a {_kind(st.st_mode)} (owner uid {owner}), not a regular "
             "file: shmbus never opens it; remove it (as its owner or root) if you trust "
             "its owner, or use another namespace", **dict(fields, found=_kind(st.st_mode)))
+    if st.st_nlink != 1:
+        raise PermissionDenied(
+            f"{what} {path} (owner uid {owner}) has {st.st_nlink} names (hard links): it "
+            "is also some other file, perhaps another ring's segment or semaphore, and "
+            "what shmbus wrote to it would reach that one; remove this name (as its "
+            "owner or root) if you did not make it, or use another namespace",
+            **dict(fields, found=f"{st.st_nlink} hard links"))
     if bits & 0o007:
         raise PermissionDenied(
             f"{what} {path} (owner uid {owner}) has permissions {bits:#o}: every user "
@@ -178,11 +188,22 @@ def semaphore_path(name: str) -> str:
     return f"{SHM_DIR}/sem.{name.lstrip('/')}"
 
 
+_LINK_SETTLE = 0.05  # seconds a semaphore file may keep a second name (see _lstat)
+
+
 def _lstat(path: str) -> os.stat_result | None:
-    try:
-        return os.lstat(path)
-    except FileNotFoundError:
-        return None
+    """``lstat(path)``, or None if absent.  A semaphore being created by another
+    process has two names for a moment (glibc links its temporary file to the name,
+    then unlinks the temporary): wait a little for that to settle."""
+    deadline = time.monotonic() + _LINK_SETTLE
+    while True:
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return None
+        if st.st_nlink == 1 or not stat.S_ISREG(st.st_mode) or time.monotonic() > deadline:
+            return st
+        time.sleep(0.001)
 
 
 def open_semaphore(name: str, *, create: bool) -> posix_ipc.Semaphore | None:

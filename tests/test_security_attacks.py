@@ -108,3 +108,45 @@ def test_a_member_cannot_make_us_kill_a_process_that_never_held_the_lease(ns, mo
     finally:
         victim.end()
         _purge(ns)
+
+
+# -- hard links: another name for one of our files ------------------------------------
+
+
+def _link(source: str, name: str) -> None:
+    """Make ``name`` a hard link to ``source``: as the attacker if the kernel lets him
+    (``fs.protected_hardlinks=0``), else as root, standing in for him on such a host
+    (``/dev/shm`` is one tmpfs: any file of ours in it can be linked there)."""
+    try:
+        run_as(OTHER_UID, OTHER_GID, os.link, source, name)
+    except PermissionError:
+        with open("/proc/sys/fs/protected_hardlinks") as f:
+            assert f.read().strip() != "0", "the attacker could not link at all"
+        os.link(source, name)
+
+
+@pytest.mark.parametrize("as_what", ["segment", "semaphore"])
+def test_a_hard_link_to_another_of_our_rings_is_refused(ns, as_what):
+    """Our ring ``payments``'s segment linked under ring ``orders``'s name (or under
+    its producer's semaphore's): owner, mode and type are all ours, but opening it
+    would send orders to the payments consumers (or post a semaphore over the payments
+    ring's header).  A second name is refused."""
+    payments = naming.segment_path(ns, "payments")
+    name = (naming.segment_path(ns, "orders") if as_what == "segment" else
+            f"{naming.SHM_DIR}/sem.{naming.producer_semaphore_name(ns, 'orders')[1:]}")
+    try:
+        with shmbus.Producer("payments", capacity=CAP, namespace=ns):
+            pass
+        _link(payments, name)
+        with pytest.raises(shmbus.PermissionDenied, match="hard link") as caught:
+            with shmbus.Producer("orders", capacity=CAP, namespace=ns) as pub:
+                pub.send(b"an order")
+        assert caught.value.path == name
+        os.unlink(name)
+        with shmbus.Consumer("payments", namespace=ns, start="earliest") as sub:
+            assert sub.try_recv() is None
+    finally:
+        if os.path.lexists(name):
+            os.unlink(name)
+        shmbus.unlink("payments", namespace=ns)
+        shmbus.unlink("orders", namespace=ns)
