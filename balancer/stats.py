@@ -59,7 +59,8 @@ def _write_new(dir_fd: int, name: str, path: str, body: bytes) -> None:
 
 def read(namespace: str | None, group: str) -> dict | None:
     """The group's last published stats, or None if there are none or they are not a
-    JSON object.  Raises :class:`shmbus.PermissionDenied` if the file or its directory
+    JSON object (whatever the file holds: in a namespace shared with a group, any
+    member can write it).  Raises :class:`shmbus.PermissionDenied` if the file or its directory
     is not ours."""
     ns = naming.resolve_namespace(namespace)
     path = membership.stats_path(ns, group)
@@ -80,7 +81,7 @@ def read(namespace: str | None, group: str) -> dict | None:
         os.close(fd)
     try:
         data = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # (nested deeper than the parser recurses)
         return None
     return data if isinstance(data, dict) else None
 

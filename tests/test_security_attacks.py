@@ -150,3 +150,31 @@ def test_a_hard_link_to_another_of_our_rings_is_refused(ns, as_what):
             os.unlink(name)
         shmbus.unlink("payments", namespace=ns)
         shmbus.unlink("orders", namespace=ns)
+
+
+# -- a stats file written by a member of the share group ------------------------------
+
+
+def _forge_stats(namespace: str, body: bytes) -> None:
+    """(As a member) publish the group's stats the ordinary way, then overwrite them."""
+    stats.write(namespace, "g", {"dispatched": 1})
+    path = f"{naming.lock_dir(namespace)}/g@stats"
+    fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW)
+    try:
+        os.write(fd, body)
+    finally:
+        os.close(fd)
+
+
+def test_stats_nested_deeper_than_the_parser_recurses_are_no_stats(ns, monkeypatch):
+    """A member can write the stats file: JSON nested 100,000 deep (within the 1 MiB
+    read) makes the parser raise RecursionError, which must read as "no stats" (None),
+    like any other malformed file, not escape ``shmbus top``/``inspect``."""
+    monkeypatch.setenv("SHMBUS_GROUP", str(SHARED_GID))
+    try:
+        run_as(THIRD_UID, SHARED_GID, _forge_stats, ns, b"[" * 100_000)
+        assert stats.read(ns, "g") is None
+        run_as(THIRD_UID, SHARED_GID, _forge_stats, ns, b'{"dispatched": 2}')
+        assert stats.read(ns, "g") == {"dispatched": 2}
+    finally:
+        _purge(ns)
