@@ -9,6 +9,7 @@ from .consumer import Consumer, Message
 from .errors import (AlreadyHeld, Closed, CorruptRing, DurableBusy, InvalidName, LayoutMismatch, LeaseLost,
                      MessageTooLarge, NotHeld, PermissionDenied, RingBusy, RingNotFound, ShmbusError,
                      ShmFull, Timeout)
+from .hotpath import compiled
 from .introspect import inspect, list_locks, list_rings
 from .lease import Fence, Lease, list_leases
 from .layout import LAYOUT_VERSION
@@ -24,5 +25,5 @@ __all__ = [
     "list_rings", "inspect", "list_locks", "list_leases", "unlink", "LAYOUT_VERSION",
     "ShmbusError", "RingNotFound", "RingBusy", "DurableBusy", "LayoutMismatch",
     "CorruptRing", "MessageTooLarge", "InvalidName", "Timeout", "LeaseLost", "NotHeld",
-    "ShmFull", "Closed", "PermissionDenied", "AlreadyHeld",
+    "ShmFull", "Closed", "PermissionDenied", "AlreadyHeld", "compiled",
 ]

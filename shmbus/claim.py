@@ -21,7 +21,8 @@ class Claim:
         start = idx + RECORD_HEADER + len(key)
         self.view = producer._data[start:start + size]
         self.seq: int | None = None
-        producer._claim_open = producer._unusable = True
+        producer._claim_open = True
+        producer._set_unusable(True)
 
     def __enter__(self) -> memoryview:
         return self.view
@@ -29,7 +30,7 @@ class Claim:
     def __exit__(self, exc_type, exc, tb) -> None:
         p = self.producer
         p._claim_open = False
-        p._unusable = p._closed  # closed meanwhile (another thread): stays unusable
+        p._set_unusable(p._closed)  # closed meanwhile (another thread): stays so
         try:
             self.view.release()
         except BufferError:

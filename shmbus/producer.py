@@ -16,9 +16,10 @@ only when the cache says the ring is full (the Disruptor's gating-sequence cache
 from __future__ import annotations
 
 import time
+from operator import attrgetter
 from typing import Iterable
 
-from . import layout, liveness, naming, ring
+from . import hotpath, layout, liveness, naming, ring
 from .arrays import send_array, send_uniform
 from .claim import Claim
 from .errors import LayoutMismatch, MessageTooLarge, RingBusy, ShmbusError
@@ -29,6 +30,7 @@ from .layout import (H_COUNT, H_GENERATION, H_LAST, H_PRODUCER_EPOCH, H_PRODUCER
                      slot_word)
 from .lock import FileLock
 from .room import Room
+from .sequencer import Sequencer
 from .segment import Segment
 from .segment import unlink as _unlink_segment
 from .slots import SlotTable
@@ -170,10 +172,11 @@ class Producer(Room, Handle):
         self._overwrite = seg.overwrite
         self._slots = SlotTable(seg)
         write, tail = w[H_WRITE], w[H_TAIL]
-        self._write, self._tail = write, tail
-        self._seq = ring.next_seq_after(seg.data, cap, write, w[H_LAST], tail, w[H_COUNT])
-        w[H_COUNT] = self._seq
+        self._tail = tail
+        seq = ring.next_seq_after(seg.data, cap, write, w[H_LAST], tail, w[H_COUNT])
+        w[H_COUNT] = seq
         self._cp_next = ring.first_unwritten_checkpoint(w, self._shift, write)
+        self._cur, self._pure_send = self._bind_send(write, seq)
         if w[H_SCAN] & 1:  # the previous producer died while scanning
             w[H_SCAN] += 1
         me = liveness.current()
@@ -195,8 +198,23 @@ class Producer(Room, Handle):
         self._rescan()
         self._room = tail + cap
         self._limit = min(self._room, self._cp_next)
+        self._fast_send = self._cur.send if hotpath.compiled else self._pure_send
         self._unusable = False
-        self.send = self._bind_send()
+        self.send = self._fast_send
+
+    # The cursor's fields, for the slow paths (room, claim, arrays, forward).
+    _write = property(attrgetter("_cur.write"),
+                      lambda self, v: setattr(self._cur, "write", v))
+    _seq = property(attrgetter("_cur.seq"), lambda self, v: setattr(self._cur, "seq", v))
+    _limit = property(attrgetter("_cur.limit"),
+                      lambda self, v: setattr(self._cur, "limit", v))
+
+    def _set_unusable(self, unusable: bool) -> None:
+        """While a claim is open (or once closed), sends go to the pure-Python path,
+        which refuses them with a clear error; the fast path never checks."""
+        self._unusable = unusable
+        if not self._closed:
+            self.send = self._pure_send if unusable else self._fast_send
 
     # -- sending ----------------------------------------------------------------------
 
@@ -208,10 +226,12 @@ class Producer(Room, Handle):
         # Each instance shadows this method with the closure built by _bind_send.
         return self.__dict__["send"](data, key, timeout=timeout)
 
-    def _bind_send(self):
-        """Build this producer's ``send``: the hot path keeps what does not change in
-        closure cells (each saves an attribute lookup per message) and leaves waiting,
-        wrapping and wake-ups to methods."""
+    def _bind_send(self, write: int, seq: int):
+        """Build this producer's cursor and pure-Python ``send``: the hot path keeps
+        what does not change in closure cells (each saves an attribute lookup per
+        message) and leaves waiting, wrapping and wake-ups to methods.  With the
+        compiled hot path the cursor is a ``shmbus._hotpath.Sequencer``, whose
+        ``send`` hands every case it does not take to this one."""
         me = self
         data_area, words = self._data, self._words
         mask, cap, max_record = self._mask, self.capacity, self._max_record
@@ -229,28 +249,37 @@ class Producer(Room, Handle):
                 klen = len(kb)
             n = len(data)
             size = (RECORD_HEADER + 7 + klen + n) & -8
-            pos = me._write
+            pos = cur.write
             idx = pos & mask
-            # One test covers wrapping, a full ring and a checkpoint due (_limit).
-            if idx + size > cap or pos + size > me._limit or size > max_record:
+            # One test covers wrapping, a full ring and a checkpoint due (limit).
+            if idx + size > cap or pos + size > cur.limit or size > max_record:
                 pos = me._reserve(size, klen, n, timeout, None)
                 idx = pos & mask
-            seq = me._seq
+            seq = cur.seq
             pack(data_area, idx, n, klen, 0, seq, now())
             start = idx + RECORD_HEADER
             if klen:
                 data_area[start:start + klen] = kb
                 start += klen
             data_area[start:start + n] = data
-            me._seq = seq + 1
-            end = me._write = pos + size
+            cur.seq = seq + 1
+            end = cur.write = pos + size
             words[H_WRITE] = end
             words[H_LAST] = pos
             if words[H_SLEEPERS]:
                 me._wake_sleepers()
             return seq
 
-        return send
+        limit = min(self._tail + cap, self._cp_next)
+        if hotpath.compiled:
+            cur = hotpath.native.Sequencer(
+                segment=self._seg.buf, data_offset=self._seg.data_offset, capacity=cap,
+                max_record=max_record, write_word=H_WRITE, last_word=H_LAST,
+                sleepers_word=H_SLEEPERS, write=write, seq=seq, limit=limit,
+                fallback=send, wake=self._wake_sleepers)
+        else:
+            cur = Sequencer(write, seq, limit)
+        return cur, send
 
     def send_many(self, messages: Iterable, *, keys: Iterable | None = None,
                   timeout: float | None = None, _flags: int = 0,
@@ -417,6 +446,7 @@ class Producer(Room, Handle):
         self._words[H_PRODUCER_PID] = 0
         for waker in self._wakers.values():
             waker.close()
+        self._cur.release()
         del self._words, self._data
         self._seg.close()
         self._lock.release()

@@ -38,6 +38,13 @@ def checks(namespace: str | None) -> list[dict]:
             add("ok", "/dev/shm permissions", stat.filemode(mode))
     except OSError as e:
         add("fail", "/dev/shm", str(e), "shmbus needs a tmpfs at /dev/shm")
+    from shmbus import hotpath
+    if hotpath.compiled:
+        add("ok", "hot path", f"compiled ({hotpath.reason})")
+    else:
+        add("warn", "hot path", f"pure Python: {hotpath.reason}",
+            "single messages are several times faster compiled: install a C compiler "
+            "and the Python headers, then reinstall shmbus")
     machine = platform.machine()
     if machine in ("x86_64", "AMD64"):
         add("ok", "CPU architecture", f"{machine}: total store order, as shmbus assumes")

@@ -1,0 +1,376 @@
+/* shmbus._hotpath: the compiled hot path of shmbus (see shmbus/hotpath.py).
+ *
+ * One small type per concept, like CPython's own _struct or _queue:
+ *
+ *   Sequencer   the producer's cursor (write position, next seq, limit) and its
+ *               send(): one record written and published in C.
+ *
+ * Every case this code does not take (a record that would wrap or needs room, a
+ * checkpoint due, an unusual argument, a closed or claimed producer) is handed, with
+ * the very same arguments, to the pure-Python send it stands in front of, which
+ * shares this cursor: both paths write the same bytes (layout: shmbus/layout.py,
+ * which passes every offset in; nothing here hard-codes the header).
+ *
+ * Memory ordering: the write position is published with a release store after the
+ * record is written, so a consumer that loads it with acquire sees the whole record,
+ * on weakly ordered CPUs too.  Memory safety: the segment is held as a buffer export
+ * (it cannot be unmapped while this object holds it) and every write is bounds
+ * checked against the data area before it happens.
+ */
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <string.h>
+#include <time.h>
+
+#if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "shmbus rings are little-endian; this CPU is not"
+#endif
+
+#define RECORD_HEADER 24 /* u32 length, u16 key length, u16 flags, u64 seq, u64 time */
+#define KEY_MAX 0xFFFF
+
+typedef _Atomic uint64_t atomic_u64;
+
+static inline void
+store_release(unsigned char *at, uint64_t value)
+{
+    atomic_store_explicit((atomic_u64 *)at, value, memory_order_release);
+}
+
+static inline uint64_t
+load_relaxed(const unsigned char *at)
+{
+    return atomic_load_explicit((const atomic_u64 *)at, memory_order_relaxed);
+}
+
+static inline uint64_t
+monotonic_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);  /* what time.monotonic_ns() reads on Linux */
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* ------------------------------------------------------------------------------- */
+/* Sequencer                                                                        */
+
+typedef struct {
+    PyObject_HEAD
+    Py_buffer segment;        /* export of the whole mapped segment */
+    int held;                 /* segment is held (0 after release()) */
+    unsigned char *data;      /* the data area */
+    unsigned char *write_at;  /* header word: WRITE */
+    unsigned char *last_at;   /* header word: LAST */
+    unsigned char *sleepers_at; /* header word: SLEEPERS (8 flag bytes) */
+    uint64_t capacity, mask, max_record;
+    uint64_t write, seq, limit;
+    PyObject *fallback;       /* the pure-Python send (same arguments) */
+    PyObject *wake;           /* called after a publish when a sleeper is flagged */
+} Sequencer;
+
+static int
+Sequencer_init(Sequencer *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"segment", "data_offset", "capacity", "max_record",
+                             "write_word", "last_word", "sleepers_word",
+                             "write", "seq", "limit", "fallback", "wake", NULL};
+    PyObject *segment, *fallback, *wake;
+    Py_ssize_t data_offset, write_word, last_word, sleepers_word;
+    unsigned long long capacity, max_record, write, seq, limit;
+    if (!PyArg_ParseTupleAndKeywords(
+            args, kwds, "OnKKnnnKKKOO:Sequencer", kwlist, &segment, &data_offset,
+            &capacity, &max_record, &write_word, &last_word, &sleepers_word, &write,
+            &seq, &limit, &fallback, &wake))
+        return -1;
+    if (self->held) {
+        PyErr_SetString(PyExc_RuntimeError, "Sequencer is already initialised");
+        return -1;
+    }
+    if (!PyCallable_Check(fallback) || !PyCallable_Check(wake)) {
+        PyErr_SetString(PyExc_TypeError, "fallback and wake must be callable");
+        return -1;
+    }
+    if (capacity < 4096 || (capacity & (capacity - 1)) || max_record > capacity / 2 ||
+            max_record < RECORD_HEADER) {
+        PyErr_Format(PyExc_ValueError, "capacity %llu / max_record %llu are not a "
+                     "shmbus ring's", capacity, max_record);
+        return -1;
+    }
+    if (PyObject_GetBuffer(segment, &self->segment, PyBUF_WRITABLE) < 0)
+        return -1;
+    Py_ssize_t words_end = 8 * (Py_MAX(write_word, Py_MAX(last_word, sleepers_word)) + 1);
+    if (data_offset < words_end || write_word < 0 || last_word < 0 || sleepers_word < 0 ||
+            (uint64_t)(self->segment.len - data_offset) < capacity ||
+            ((uintptr_t)self->segment.buf & 7)) {
+        PyBuffer_Release(&self->segment);
+        PyErr_SetString(PyExc_ValueError, "segment too small for its header and data "
+                        "area, or not 8-byte aligned");
+        return -1;
+    }
+    unsigned char *base = self->segment.buf;
+    self->held = 1;
+    self->data = base + data_offset;
+    self->write_at = base + 8 * write_word;
+    self->last_at = base + 8 * last_word;
+    self->sleepers_at = base + 8 * sleepers_word;
+    self->capacity = capacity;
+    self->mask = capacity - 1;
+    self->max_record = max_record;
+    self->write = write;
+    self->seq = seq;
+    self->limit = limit;
+    Py_INCREF(fallback);
+    Py_XSETREF(self->fallback, fallback);
+    Py_INCREF(wake);
+    Py_XSETREF(self->wake, wake);
+    return 0;
+}
+
+static void
+Sequencer_release_segment(Sequencer *self)
+{
+    if (self->held) {
+        self->held = 0;
+        PyBuffer_Release(&self->segment);
+    }
+}
+
+static int
+Sequencer_traverse(Sequencer *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->fallback);
+    Py_VISIT(self->wake);
+    return 0;
+}
+
+static int
+Sequencer_clear(Sequencer *self)
+{
+    Py_CLEAR(self->fallback);
+    Py_CLEAR(self->wake);
+    return 0;
+}
+
+static void
+Sequencer_dealloc(Sequencer *self)
+{
+    PyObject_GC_UnTrack(self);
+    Sequencer_release_segment(self);
+    Sequencer_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* The payload as (pointer, length), for bytes and C-contiguous buffers; 0 if this
+ * path does not take it (the fallback then says what is wrong). */
+static int
+payload_of(PyObject *data, Py_buffer *view, const char **p, Py_ssize_t *n)
+{
+    if (PyBytes_CheckExact(data)) {
+        *p = PyBytes_AS_STRING(data);
+        *n = PyBytes_GET_SIZE(data);
+        view->obj = NULL;
+        return 1;
+    }
+    if (PyObject_GetBuffer(data, view, PyBUF_C_CONTIGUOUS) < 0) {
+        PyErr_Clear();
+        return 0;
+    }
+    *p = view->buf;
+    *n = view->len;
+    return 1;
+}
+
+static int
+key_of(PyObject *key, const char **p, Py_ssize_t *n)
+{
+    if (key == Py_None) {
+        *p = NULL;
+        *n = 0;
+        return 1;
+    }
+    if (PyBytes_CheckExact(key)) {
+        *p = PyBytes_AS_STRING(key);
+        *n = PyBytes_GET_SIZE(key);
+    }
+    else if (PyUnicode_CheckExact(key)) {
+        *p = PyUnicode_AsUTF8AndSize(key, n);
+        if (*p == NULL) {
+            PyErr_Clear();
+            return 0;
+        }
+    }
+    else
+        return 0;
+    return *n <= KEY_MAX;
+}
+
+PyDoc_STRVAR(Sequencer_send__doc__,
+"send($self, data, /, key=None, *, timeout=None)\n--\n\n"
+"Publish one message; return its seq.  Producer.send's compiled fast path: any case\n"
+"it does not take goes to the pure-Python send with the same arguments.");
+
+static PyObject *
+Sequencer_send(Sequencer *self, PyObject *const *args, Py_ssize_t nargs,
+               PyObject *kwnames)
+{
+    PyObject *key = Py_None;
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    if (nargs < 1 || nargs > 2 || !self->held)
+        goto slow;
+    if (nargs == 2)
+        key = args[1];
+    for (Py_ssize_t i = 0; i < nkw; i++) {
+        PyObject *name = PyTuple_GET_ITEM(kwnames, i);
+        if (PyUnicode_CompareWithASCIIString(name, "key") == 0 && nargs == 1)
+            key = args[nargs + i];
+        else if (PyUnicode_CompareWithASCIIString(name, "timeout") != 0)
+            goto slow;  /* the fallback raises the TypeError */
+    }
+    const char *kp, *dp;
+    Py_ssize_t klen, n;
+    if (!key_of(key, &kp, &klen))
+        goto slow;
+    Py_buffer view;
+    if (!payload_of(args[0], &view, &dp, &n))
+        goto slow;
+    uint64_t size = ((uint64_t)RECORD_HEADER + 7 + (uint64_t)klen + (uint64_t)n) & ~(uint64_t)7;
+    uint64_t pos = self->write, idx = pos & self->mask;
+    /* One test covers wrapping, a full ring, a checkpoint due and an oversized one. */
+    if (n > UINT32_MAX || idx + size > self->capacity || pos + size > self->limit ||
+            size > self->max_record) {
+        if (view.obj)
+            PyBuffer_Release(&view);
+        goto slow;
+    }
+    unsigned char *rec = self->data + idx;
+    uint32_t length = (uint32_t)n;
+    uint16_t k16 = (uint16_t)klen, flags = 0;
+    uint64_t seq = self->seq, now = monotonic_ns();
+    memcpy(rec, &length, 4);
+    memcpy(rec + 4, &k16, 2);
+    memcpy(rec + 6, &flags, 2);
+    memcpy(rec + 8, &seq, 8);
+    memcpy(rec + 16, &now, 8);
+    if (klen)
+        memcpy(rec + RECORD_HEADER, kp, (size_t)klen);
+    memcpy(rec + RECORD_HEADER + klen, dp, (size_t)n);
+    if (view.obj)
+        PyBuffer_Release(&view);
+    self->seq = seq + 1;
+    self->write = pos + size;
+    store_release(self->write_at, pos + size);  /* publishes the record */
+    store_release(self->last_at, pos);
+    if (load_relaxed(self->sleepers_at)) {
+        PyObject *r = PyObject_CallNoArgs(self->wake);
+        if (r == NULL)
+            return NULL;
+        Py_DECREF(r);
+    }
+    return PyLong_FromUnsignedLongLong(seq);
+slow:
+    return PyObject_Vectorcall(self->fallback, args, nargs, kwnames);
+}
+
+PyDoc_STRVAR(Sequencer_release__doc__,
+"release($self, /)\n--\n\n"
+"Let go of the segment (idempotent); later sends go to the fallback.");
+
+static PyObject *
+Sequencer_release(Sequencer *self, PyObject *Py_UNUSED(ignored))
+{
+    Sequencer_release_segment(self);
+    Py_RETURN_NONE;
+}
+
+#define U64_FIELD(field, doc)                                                        \
+    static PyObject *Sequencer_get_##field(Sequencer *self, void *c)                \
+    {                                                                                \
+        return PyLong_FromUnsignedLongLong(self->field);                             \
+    }                                                                                \
+    static int Sequencer_set_##field(Sequencer *self, PyObject *v, void *c)         \
+    {                                                                                \
+        if (v == NULL) {                                                             \
+            PyErr_SetString(PyExc_AttributeError, "cannot delete " #field);         \
+            return -1;                                                               \
+        }                                                                            \
+        unsigned long long x = PyLong_AsUnsignedLongLong(v);                         \
+        if (x == (unsigned long long)-1 && PyErr_Occurred())                         \
+            return -1;                                                               \
+        self->field = x;                                                             \
+        return 0;                                                                    \
+    }
+
+U64_FIELD(write, "write position")
+U64_FIELD(seq, "next seq")
+U64_FIELD(limit, "limit")
+
+static PyGetSetDef Sequencer_getset[] = {
+    {"write", (getter)Sequencer_get_write, (setter)Sequencer_set_write,
+     "Byte position where the next record goes (end of the last one published).", NULL},
+    {"seq", (getter)Sequencer_get_seq, (setter)Sequencer_set_seq,
+     "The seq the next message will carry.", NULL},
+    {"limit", (getter)Sequencer_get_limit, (setter)Sequencer_set_limit,
+     "Records may be written below it without making room or checkpointing.", NULL},
+    {NULL}
+};
+
+static PyMethodDef Sequencer_methods[] = {
+    {"send", (PyCFunction)(void (*)(void))Sequencer_send, METH_FASTCALL | METH_KEYWORDS,
+     Sequencer_send__doc__},
+    {"release", (PyCFunction)Sequencer_release, METH_NOARGS, Sequencer_release__doc__},
+    {NULL}
+};
+
+PyDoc_STRVAR(Sequencer__doc__,
+"Sequencer(segment, data_offset, capacity, max_record, write_word, last_word,\n"
+"          sleepers_word, write, seq, limit, fallback, wake)\n--\n\n"
+"The producer's cursor over a mapped ring segment, with a compiled send().");
+
+static PyTypeObject SequencerType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "shmbus._hotpath.Sequencer",
+    .tp_basicsize = sizeof(Sequencer),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = Sequencer__doc__,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Sequencer_init,
+    .tp_dealloc = (destructor)Sequencer_dealloc,
+    .tp_traverse = (traverseproc)Sequencer_traverse,
+    .tp_clear = (inquiry)Sequencer_clear,
+    .tp_methods = Sequencer_methods,
+    .tp_getset = Sequencer_getset,
+};
+
+/* ------------------------------------------------------------------------------- */
+
+#ifndef SHMBUS_SOURCE_HASH
+#define SHMBUS_SOURCE_HASH "unknown"
+#endif
+
+static struct PyModuleDef hotpath_module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "shmbus._hotpath",
+    .m_doc = "shmbus's compiled hot path (see shmbus/hotpath.py).",
+    .m_size = -1,
+};
+
+PyMODINIT_FUNC
+PyInit__hotpath(void)
+{
+    if (PyType_Ready(&SequencerType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&hotpath_module);
+    if (m == NULL)
+        return NULL;
+    Py_INCREF(&SequencerType);
+    if (PyModule_AddObject(m, "Sequencer", (PyObject *)&SequencerType) < 0 ||
+            PyModule_AddStringConstant(m, "SOURCE_HASH", SHMBUS_SOURCE_HASH) < 0) {
+        Py_DECREF(&SequencerType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

@@ -1,0 +1,147 @@
+"""The compiled hot path and the pure-Python one write the same bytes, share their
+state, and interoperate across processes; which one runs is what the environment
+asks for (issue 13)."""
+
+from __future__ import annotations
+
+import os
+import struct
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import shmbus
+from shmbus import hotpath, layout
+
+from .support import start
+
+native, why = hotpath.load_native()
+needs_build = pytest.mark.skipif(native is None, reason=f"no compiled build: {why}")
+
+
+def test_the_environment_chooses_the_path():
+    if os.environ.get("SHMBUS_REQUIRE_COMPILED") == "1":
+        assert shmbus.compiled is True
+    if os.environ.get("SHMBUS_PURE_PYTHON") == "1":
+        assert shmbus.compiled is False
+    assert shmbus.compiled == (hotpath.native is not None)
+
+
+def _records(pub: shmbus.Producer) -> bytes:
+    """The data area with every timestamp zeroed (the only field that differs)."""
+    data = bytearray(pub._data)
+    pos, end, cap = 0, pub.position, pub.capacity
+    while pos < end:
+        idx = pos & (cap - 1)
+        if cap - idx < layout.RECORD_HEADER:
+            pos += cap - idx
+            continue
+        length, klen, flags, seq, ts = layout.RECORD.unpack_from(data, idx)
+        size = cap - idx if flags & layout.REC_PAD else layout.record_size(klen, length)
+        if not flags & layout.REC_PAD:
+            struct.pack_into("<Q", data, idx + 16, 0)
+        pos += size
+    return bytes(data)
+
+
+messages = st.lists(st.tuples(st.binary(max_size=300),
+                              st.one_of(st.none(), st.binary(max_size=20),
+                                        st.text(max_size=8))), max_size=120)
+
+
+def _producer(name: str, compiled: bool, **kw) -> shmbus.Producer:
+    """A producer of the path asked for, whichever this process runs."""
+    saved = hotpath.compiled, hotpath.native
+    hotpath.compiled, hotpath.native = compiled, native if compiled else None
+    try:
+        return shmbus.Producer(name, **kw)
+    finally:
+        hotpath.compiled, hotpath.native = saved
+
+
+@needs_build
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(batch=messages)
+def test_compiled_and_pure_send_write_the_same_bytes(ns, batch):
+    fast = _producer("c", True, capacity=4096, on_full="overwrite")
+    slow = _producer("p", False, capacity=4096, on_full="overwrite")
+    try:
+        assert type(fast._cur) is native.Sequencer and type(slow._cur) is not native.Sequencer
+        for data, key in batch:
+            assert fast.send(data, key) == slow.send(data, key)
+            assert (fast.position, fast.seq) == (slow.position, slow.seq)
+        assert _records(fast) == _records(slow)
+    finally:
+        fast.unlink()
+        slow.unlink()
+
+
+@needs_build
+def test_compiled_send_takes_buffers_and_hands_the_rest_over(ns):
+    pub = _producer("c", True, capacity=4096)
+    got: list[bytes] = []
+    with shmbus.Consumer("c") as sub:
+        sent = [(b"bytes", None), (bytearray(b"array"), b"k"), (memoryview(b"view"), "s"),
+                (np.arange(3, dtype=np.uint16), None)]
+        for data, key in sent:
+            pub.send(data, key=key)
+            got.append(bytes(sub.recv(timeout=1)))
+        with pytest.raises(TypeError, match="bytes-like"):
+            pub.send("text")  # handed over: the pure path explains
+        with pytest.raises(TypeError, match="key must be"):
+            pub.send(b"x", 5)
+        with pytest.raises(TypeError):
+            pub.send(b"x", b"k", key=b"k")
+        with pytest.raises(shmbus.MessageTooLarge):
+            pub.send(b"x" * 4096)
+        for _ in range(100):  # wraps and checkpoints: the slow path, same cursor
+            pub.send(b"y" * 100, timeout=1)
+            got.append(bytes(sub.recv(timeout=1)))
+        with pub.claim(3) as buf:  # a claim open: sends refused by the pure path
+            buf[:] = b"abc"
+            with pytest.raises(shmbus.ShmbusError, match="claim"):
+                pub.send(b"z")
+        pub.send(b"after")
+        got += [bytes(m) for m in sub.recv_many(2, timeout=1)]
+    pub.close()
+    with pytest.raises(shmbus.Closed):
+        pub.send(b"closed")
+    assert got[:4] == [b"bytes", b"array", b"view", np.arange(3, dtype=np.uint16).tobytes()]
+    assert got[4:] == [b"y" * 100] * 100 + [b"abc", b"after"]
+    pub.unlink()
+
+
+def _produce(ns: str, pure: bool, count: int) -> None:
+    os.environ["SHMBUS_NAMESPACE"] = ns
+    import shmbus as bus
+    assert bus.compiled is (not pure)
+    with bus.Producer("x", capacity=8192) as pub:
+        for i in range(count):
+            pub.send(b"%d" % i * (i % 7), key=b"k%d" % (i % 5) if i % 3 else None)
+
+
+@needs_build
+@pytest.mark.timeout(60)
+def test_a_producer_of_the_other_path_in_another_process_interoperates(ns, procs,
+                                                                         monkeypatch):
+    """A ring of 8 KiB and 3,000 messages: wraps, padding and checkpoints many times
+    over, written by the other path than this process's."""
+    other_is_pure = shmbus.compiled
+    if other_is_pure:
+        monkeypatch.setenv("SHMBUS_PURE_PYTHON", "1")
+    else:
+        monkeypatch.delenv("SHMBUS_PURE_PYTHON", raising=False)
+    with shmbus.Producer("x", capacity=8192):
+        pass  # created here, produced there
+    with shmbus.Consumer("x", start="earliest") as sub:
+        procs.append(start(_produce, ns, other_is_pure, 3000))
+        for i in range(3000):
+            msg = sub.recv(timeout=20)
+            assert (msg.seq, bytes(msg), msg.key) == (
+                i, b"%d" % i * (i % 7), b"k%d" % (i % 5) if i % 3 else None)
+    procs[0].join(20)
+    assert procs[0].exitcode == 0
+    shmbus.unlink("x")
