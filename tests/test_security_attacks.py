@@ -9,7 +9,8 @@ test guards, are kept here too.
   another ring's, a segment as a semaphore): refused, whether or not
   ``fs.protected_hardlinks`` stops the attacker making it.
 * A member writes a stats file nested deeper than the JSON parser recurses.
-* A FIFO in place of a ring's segment: refused at once, never a hang.
+* A FIFO, a directory or a socket in place of a ring's segment: refused at once,
+  never a hang (the defence held).
 """
 
 from __future__ import annotations
@@ -178,3 +179,48 @@ def test_stats_nested_deeper_than_the_parser_recurses_are_no_stats(ns, monkeypat
         assert stats.read(ns, "g") == {"dispatched": 2}
     finally:
         _purge(ns)
+
+
+# -- something else than a regular file under a ring's name ----------------------------
+
+
+def _plant(path: str, kind: str) -> None:
+    """(As the attacker) put a ``kind`` at ``path``."""
+    if kind == "fifo":
+        os.mkfifo(path, 0o600)
+    elif kind == "directory":
+        os.mkdir(path, 0o700)
+    else:
+        import socket
+        with socket.socket(socket.AF_UNIX) as s:
+            s.bind(path)
+
+
+def _open_all(namespace: str) -> list[str]:
+    """Open the ring as a producer and as a consumer; what each raised."""
+    out = []
+    for opener in (lambda: shmbus.Producer("orders", capacity=CAP, namespace=namespace),
+                   lambda: shmbus.Consumer("orders", namespace=namespace)):
+        try:
+            opener().close()
+            out.append("opened")
+        except shmbus.ShmbusError as e:
+            out.append(type(e).__name__)
+    return out
+
+
+@pytest.mark.parametrize("kind", ["fifo", "directory", "socket"])
+def test_a_special_file_under_a_rings_name_is_refused_at_once(ns, kind):
+    """A FIFO (which an ``O_RDONLY`` open would wait on forever), a directory or a
+    socket where a ring's segment should be: producer and consumer refuse it with
+    PermissionDenied at once; the opening runs in a child so that a hang is a failure,
+    not a stuck test.  (The defence held before this test was written.)"""
+    path = naming.segment_path(ns, "orders")
+    run_as(OTHER_UID, OTHER_GID, _plant, path, kind)
+    try:
+        assert run_as(0, 0, _open_all, ns, timeout=5) == ["PermissionDenied"] * 2
+    finally:
+        if kind == "directory":
+            os.rmdir(path)
+        else:
+            os.unlink(path)
