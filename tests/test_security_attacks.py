@@ -224,3 +224,43 @@ def test_a_special_file_under_a_rings_name_is_refused_at_once(ns, kind):
             os.rmdir(path)
         else:
             os.unlink(path)
+
+
+# -- a symlink planted under a semaphore's name ---------------------------------------
+
+
+@pytest.mark.parametrize("when", ["before opening", "between the check and sem_open"])
+def test_a_symlink_under_a_semaphores_name_is_never_followed(ns, tmp_path, monkeypatch,
+                                                             when):
+    """``sem_open`` gives no descriptor to check, so the semaphore's file is checked by
+    name before and after.  A symlink planted before is refused by the first check; one
+    planted in the window between that check and ``sem_open`` is not followed either
+    (glibc opens with ``O_NOFOLLOW``, and creates by ``link``, which never follows the
+    name): neither our file it points to nor a file at a dangling target is touched.
+    (The defence held.)"""
+    from shmbus import ownership
+    victim, dangling = tmp_path / "victim", tmp_path / "created-by-root"
+    victim.write_bytes(b"\x05" * 64)
+    os.chmod(tmp_path, 0o755)
+    sem = f"{naming.SHM_DIR}/sem.{naming.producer_semaphore_name(ns, 'orders')[1:]}"
+    if when == "before opening":
+        run_as(OTHER_UID, OTHER_GID, os.symlink, str(victim), sem)
+    else:
+        real_lstat = ownership._lstat
+
+        def lstat_then_plant(path):
+            st = real_lstat(path)
+            if path == sem and not os.path.lexists(sem):
+                run_as(OTHER_UID, OTHER_GID, os.symlink, str(dangling), sem)
+            return st
+        monkeypatch.setattr(ownership, "_lstat", lstat_then_plant)
+    try:
+        with pytest.raises(shmbus.PermissionDenied, match="symbolic link") as caught:
+            shmbus.Producer("orders", capacity=CAP, namespace=ns)
+        assert caught.value.path == sem
+        assert victim.read_bytes() == b"\x05" * 64
+        assert not dangling.exists()
+    finally:
+        monkeypatch.undo()
+        os.unlink(sem)
+        shmbus.unlink("orders", namespace=ns)
