@@ -30,7 +30,10 @@ Semaphores.  ``posix_ipc`` (``sem_open``) gives no descriptor, so the file
 ``/dev/shm/sem.NAME`` is checked with ``lstat`` before and after opening: it must be
 the same inode both times (or absent before, when we create it), and pass the check.
 Another user cannot replace a file of ours (``/dev/shm`` is sticky), so what we find
-after opening is what we use.
+after opening is what we use.  glibc creates a semaphore under a temporary name and
+links it to the real one, so for a moment it has two names; no waiting is needed for
+that: a semaphore is created by its waiter alone, and the other side opens it only once
+the waiter sleeps (a refused post costs a bounded wake-up, never a hang).
 """
 
 from __future__ import annotations
@@ -38,7 +41,6 @@ from __future__ import annotations
 import errno
 import os
 import stat
-import time
 
 import posix_ipc
 
@@ -188,22 +190,11 @@ def semaphore_path(name: str) -> str:
     return f"{SHM_DIR}/sem.{name.lstrip('/')}"
 
 
-_LINK_SETTLE = 0.05  # seconds a semaphore file may keep a second name (see _lstat)
-
-
 def _lstat(path: str) -> os.stat_result | None:
-    """``lstat(path)``, or None if absent.  A semaphore being created by another
-    process has two names for a moment (glibc links its temporary file to the name,
-    then unlinks the temporary): wait a little for that to settle."""
-    deadline = time.monotonic() + _LINK_SETTLE
-    while True:
-        try:
-            st = os.lstat(path)
-        except FileNotFoundError:
-            return None
-        if st.st_nlink == 1 or not stat.S_ISREG(st.st_mode) or time.monotonic() > deadline:
-            return st
-        time.sleep(0.001)
+    try:
+        return os.lstat(path)
+    except FileNotFoundError:
+        return None
 
 
 def open_semaphore(name: str, *, create: bool) -> posix_ipc.Semaphore | None:
