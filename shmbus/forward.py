@@ -67,7 +67,15 @@ def take_run(consumer: Consumer, max_records: int, keys: bool = False) -> Run | 
     consumer does not know the seq to expect yet (its first record after joining):
     use ``recv_many`` for those.  Raises :class:`CorruptRing` on an impossible record
     (framing, or a seq that is not one more than the record before it)."""
-    c = consumer
+    try:
+        return _take_run(consumer, max_records, keys)
+    except (ValueError, AttributeError):
+        if consumer._closed:  # closed by another thread while we read
+            return None       # (recv_many, the way for None, raises Closed)
+        raise
+
+
+def _take_run(c: Consumer, max_records: int, keys: bool) -> Run | None | bool:
     if c._closed:
         return None
     pos = c._pos
