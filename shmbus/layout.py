@@ -368,9 +368,17 @@ def uniform_prefix(data: memoryview, idx: int, count: int, stride: int,
     is given) the seqs ``first_seq``, ``first_seq + 1``, ..., counting from the first;
     and their headers."""
     headers = record_headers(data, idx, count, stride)
-    sizes = (RECORD_HEADER + ALIGN - 1 + headers["key_length"].astype(np.int64)
-             + headers["length"]) & ~(ALIGN - 1)
-    fits = (sizes == stride) & (headers["flags"] & flag_mask == 0)
+    # length, key length and flags as one word: usually every record repeats the first
+    heads = np.ndarray((count,), "<u8", buffer=data, offset=idx, strides=(stride,))
+    first = int(heads[0])
+    fits = None
+    if record_size(first >> 32 & 0xFFFF, first & 0xFFFFFFFF) == stride and \
+            not first >> 48 & flag_mask:
+        fits = heads == first
+    if fits is None or not fits.all():  # another split of the same size fits too
+        sizes = (RECORD_HEADER + ALIGN - 1 + headers["key_length"].astype(np.int64)
+                 + headers["length"]) & ~(ALIGN - 1)
+        fits = (sizes == stride) & (headers["flags"] & flag_mask == 0)
     if first_seq is not None:
         fits &= headers["seq"] == np.arange(first_seq, first_seq + count, dtype=np.uint64)
     n = count if fits.all() else int(fits.argmin())
