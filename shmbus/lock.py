@@ -346,8 +346,10 @@ class Acquired:
         self.lock.release()
 
 
-def _proc_locks() -> list[tuple[int, str, int, bool]]:
-    """(inode, mode, pid, waiting) of every FLOCK lock in /proc/locks."""
+def _proc_locks() -> list[tuple[tuple[int, int, int], str, int, bool]]:
+    """((major, minor, inode), mode, pid, waiting) of every FLOCK lock in /proc/locks.
+    The device counts: another user can lock a file of another filesystem (a tmpfs of
+    his, a pipe) that has our lock file's inode number."""
     out = []
     try:
         with open("/proc/locks") as f:
@@ -362,8 +364,8 @@ def _proc_locks() -> list[tuple[int, str, int, bool]]:
         if len(parts) < 6 or parts[1] != "FLOCK":
             continue
         try:
-            inode = int(parts[5].rsplit(":", 1)[1])
-            out.append((inode, "exclusive" if parts[3] == "WRITE" else "shared",
+            major, minor, inode = parts[5].split(":")
+            out.append(((int(major, 16), int(minor, 16), int(inode)), "exclusive" if parts[3] == "WRITE" else "shared",
                         int(parts[4]), waiting))
         except (ValueError, IndexError):
             continue
@@ -380,7 +382,7 @@ def lock_holders(path: str) -> list[LockHolder]:
     try:
         st = os.fstat(fd)
         lockdir.check(st, path, "regular file", naming.share_group())
-        inode = st.st_ino
+        file_id = (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino)
         recorded = os.read(fd, 1 << 16).decode(errors="replace").splitlines()
     except (OSError, PermissionDenied):
         return []
@@ -395,8 +397,8 @@ def lock_holders(path: str) -> list[LockHolder]:
             except ValueError:
                 continue
     holders = []
-    for ino, mode, pid, waiting in _proc_locks():
-        if ino != inode:
+    for lock_file, mode, pid, waiting in _proc_locks():
+        if lock_file != file_id:
             continue
         start, since = info.get(pid, (None, None))
         holders.append(LockHolder(pid=pid, mode=mode, since=None if waiting else since,

@@ -264,3 +264,74 @@ def test_a_symlink_under_a_semaphores_name_is_never_followed(ns, tmp_path, monke
         monkeypatch.undo()
         os.unlink(sem)
         shmbus.unlink("orders", namespace=ns)
+
+
+# -- a flock on a file of another filesystem with our lock file's inode number ---------
+
+
+def _private_tmpfs(*mount_points: str) -> None:
+    """(In a forked child, as root) enter a mount namespace of its own and mount a
+    fresh tmpfs, world-writable and sticky, on each of ``mount_points``: inode numbers
+    on a fresh tmpfs are 2, 3, 4... in order of creation."""
+    import ctypes
+    import subprocess
+    if ctypes.CDLL(None, use_errno=True).unshare(0x00020000) != 0:  # CLONE_NEWNS
+        raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNS)")
+    subprocess.run(["mount", "--make-rprivate", "/"], check=True)
+    for point in mount_points:
+        os.makedirs(point, exist_ok=True)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=1777,size=1m", "tmpfs",
+                        point], check=True)
+
+
+def _flock_same_inode(directory: str, inode: int, ready_w: int, release_r: int) -> None:
+    """(As the attacker) create files in ``directory`` until one has inode number
+    ``inode``, lock it, say so, and hold it until told."""
+    import fcntl
+    for i in range(inode + 2):
+        fd = os.open(f"{directory}/f{i}", os.O_CREAT | os.O_RDWR, 0o600)
+        if os.fstat(fd).st_ino == inode:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            os.write(ready_w, b"r")
+            select.select([release_r], [], [], 10)
+            return
+        os.close(fd)
+    raise AssertionError(f"no file with inode {inode} in {directory}")
+
+
+def _holders_with_a_spoofer(namespace: str) -> tuple[list[int], int]:
+    """(In a forked root child) a lock file of ours that nobody holds, and an attacker
+    holding a flock on a file of another tmpfs with the same inode number: who does
+    ``FileLock.holders()`` say holds our lock?  Returns (holders, attacker pid)."""
+    import threading
+    other = f"{naming.SHM_DIR}/elsewhere"
+    _private_tmpfs(naming.SHM_DIR, other)  # (/dev/shm here is a fresh tmpfs too)
+    directory = naming.lock_dir(namespace)
+    os.mkdir(directory, 0o700)
+    os.close(os.open(f"{directory}/x", os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600))
+    inode = os.stat(f"{directory}/x").st_ino
+    ready_r, ready_w = os.pipe()
+    release_r, release_w = os.pipe()
+    attacker = threading.Thread(target=run_as, daemon=True, args=(
+        OTHER_UID, OTHER_GID, _flock_same_inode, other, inode, ready_w, release_r))
+    attacker.start()
+    try:
+        assert select.select([ready_r], [], [], 10)[0], "the attacker did not lock"
+        spoofer = next(int(line.split()[4]) for line in open("/proc/locks")
+                       if line.split()[5].endswith(f":{inode}"))
+        holders = [h.pid for h in shmbus.FileLock("x", namespace=namespace).holders()]
+    finally:
+        os.write(release_w, b"x")
+        attacker.join(10)
+    return holders, spoofer
+
+
+def test_a_flock_on_another_filesystem_never_passes_for_a_holder_of_our_lock(ns):
+    """/proc/locks names each lock's file by device and inode.  Another user can lock a
+    file of another filesystem (a tmpfs of his own, a pipe...) whose inode number is
+    our lock file's: it must not pass for a holder of our lock (gc would keep what it
+    guards, a balancer would take a gone worker for registered)."""
+    from .security import run_forked
+    holders, spoofer = run_forked(_holders_with_a_spoofer, ns, timeout=20)
+    assert spoofer > 0
+    assert spoofer not in holders and holders == []
