@@ -261,7 +261,12 @@ class FileLock:
             except BaseException:
                 os.close(fd)
                 raise
-            if not self._still_linked(fd):
+            try:
+                linked = self._still_linked(fd)
+            except BaseException:
+                os.close(fd)
+                raise
+            if not linked:
                 os.close(fd)  # locked a file that was deleted meanwhile: try the new one
                 continue
             try:
@@ -282,11 +287,16 @@ class FileLock:
                 os.close(dir_fd)
 
     def _still_linked(self, fd: int) -> bool:
-        # The directory was checked to be ours, so nobody else can swap entries in it.
+        """Whether the lock's name, in the checked lock directory, is the file ``fd``.
+        Raises :class:`PermissionDenied` if the directory is no longer ours."""
         try:
-            return os.lstat(self.path).st_ino == os.fstat(fd).st_ino
+            dir_fd = lockdir.open_dir(self.namespace, create=False)
         except FileNotFoundError:
             return False
+        try:
+            return _names(dir_fd, self.name, fd)
+        finally:
+            os.close(dir_fd)
 
     def _record_holder(self, fd: int) -> None:
         me = liveness.current()
@@ -311,17 +321,31 @@ class FileLock:
         except BlockingIOError:
             pass
         else:
-            if self._still_linked(fd):
-                try:
-                    os.unlink(self.path)
-                except OSError:
-                    pass  # gone, or (shared namespace) not ours to remove: both fine
-                try:
-                    os.rmdir(self.directory)
-                except OSError:
-                    pass  # not empty, or gone: either is fine
+            self._remove_file(fd)
         finally:
             os.close(fd)
+
+    def _remove_file(self, fd: int) -> None:
+        """Delete the lock file ``fd`` (which we hold exclusively) from the checked lock
+        directory, never through its path (a shared directory's owner may have swapped
+        it for a symlink), then the directory if that left it empty."""
+        try:
+            dir_fd = lockdir.open_dir(self.namespace, create=False)
+        except (OSError, ShmbusError):
+            return  # gone, or no longer ours: nothing of ours to remove there
+        try:
+            if not _names(dir_fd, self.name, fd):
+                return
+            try:
+                os.unlink(self.name, dir_fd=dir_fd)
+            except OSError:
+                pass  # gone, or (shared namespace) not ours to remove: both fine
+        finally:
+            os.close(dir_fd)
+        try:
+            os.rmdir(self.directory)  # never follows a symlink; only an empty directory
+        except OSError:
+            pass  # not empty, or gone: either is fine
 
     def _timeout_error(self, timeout: object) -> Timeout:
         held = ", ".join(f"pid {h.pid} ({h.mode})" for h in self.holders() if not h.waiting)
@@ -329,6 +353,16 @@ class FileLock:
             f"lock {self.name!r} not acquired within {timeout} s: held by "
             f"{held or 'another process'}; wait longer or stop the holder",
             name=self.name, timeout=timeout)
+
+
+def _names(dir_fd: int, name: str, fd: int) -> bool:
+    """Whether ``name`` in directory ``dir_fd`` is the file open as ``fd``."""
+    try:
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    mine = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino)
 
 
 class Acquired:
@@ -374,11 +408,21 @@ def _proc_locks() -> list[tuple[tuple[int, int, int], str, int, bool]]:
 
 def lock_holders(path: str) -> list[LockHolder]:
     """Who holds or waits for the lock file at ``path`` (empty if nobody, no file, or
-    not a lock file of ours: a symlink, a FIFO or another user's file is not read)."""
+    not a lock file of ours: a symlink, a FIFO or another user's file is not read).
+    The file is opened in its checked lock directory (:func:`lockdir.open_path`),
+    never through a directory someone could have swapped for a symlink."""
+    directory, name = os.path.split(path)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        dir_fd = lockdir.open_path(directory)
+    except (OSError, PermissionDenied):
+        return []
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                     dir_fd=dir_fd)
     except OSError:
         return []
+    finally:
+        os.close(dir_fd)
     try:
         st = os.fstat(fd)
         lockdir.check(st, path, "regular file", naming.share_group())

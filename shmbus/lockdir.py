@@ -14,7 +14,7 @@ forge lease records.  So:
 * Its files are opened *relative to that checked descriptor* (``openat``), with
   ``O_NOFOLLOW`` and ``O_NONBLOCK`` (a FIFO never hangs the opener), created ``0600``
   (``0660`` shared), and checked the same way: a regular file, ours, no unexpected
-  permission bits, one name (a hard link would make it another file too).  A
+  permission bits, no second name (a hard link would make it another file too).  A
   directory removed and re-made by someone else between the check and the open
   cannot catch us: ``openat`` in a removed directory fails and we retry.
 * Anything else is refused with :class:`PermissionDenied` naming the path, its owner
@@ -40,7 +40,7 @@ import stat
 from . import naming
 from .errors import PermissionDenied, ShmFull
 
-__all__ = ["open_dir", "open_file", "check", "describe_owner", "full_error"]
+__all__ = ["open_dir", "open_path", "open_file", "check", "describe_owner", "full_error"]
 
 _OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _OPEN_FILE = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
@@ -56,20 +56,31 @@ def open_dir(ns: str, *, create: bool = True) -> int:
     group = naming.share_group()
     while True:
         try:
-            fd = os.open(path, _OPEN_DIR)
+            return open_path(path)
         except FileNotFoundError:
             if not create:
                 raise
             _make_dir(path, group)
-            continue
-        except OSError as e:
-            raise _refusal_of_path(path, "directory", e) from None
-        try:
-            check(os.fstat(fd), path, "directory", group)
-        except BaseException:
-            os.close(fd)
-            raise
-        return fd
+
+
+def open_path(path: str) -> int:
+    """A descriptor of the existing lock directory ``path`` (``/dev/shm/{ns}@locks``),
+    checked like :func:`open_dir`'s.  Work in it through this descriptor, never through
+    the path: in a namespace shared with a group, the member who made the directory may
+    rename it and put a symbolic link in its place at any moment.  Raises
+    ``FileNotFoundError`` or :class:`PermissionDenied`."""
+    try:
+        fd = os.open(path, _OPEN_DIR)
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        raise _refusal_of_path(path, "directory", e) from None
+    try:
+        check(os.fstat(fd), path, "directory", naming.share_group())
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _make_dir(path: str, group: int | None) -> None:
@@ -140,7 +151,7 @@ def check(st: os.stat_result, path: str, kind: str, group: int | None = None) ->
         found = _type_name(st.st_mode)
     elif mode & 0o007:
         found = f"a {kind} open to every user (mode {mode:04o})"
-    elif kind != "directory" and st.st_nlink != 1:
+    elif kind != "directory" and st.st_nlink > 1:  # (0: removed since opened)
         found = (f"a {kind} with {st.st_nlink} names (hard links: it is also another "
                  "file, whose content shmbus would overwrite)")
     elif st.st_uid == me and (not mode & 0o070 or st.st_gid == group):

@@ -7,9 +7,9 @@ file of ours, a semaphore whose waits and posts another user controls, or whose 
 they can truncate under our mapping (a SIGBUS).  Every object is therefore checked
 once, right after it is opened (never per message), by :func:`check`:
 
-* it is a regular file, reached without following a symbolic link, with one name (a
-  hard link would make it another ring's segment or semaphore too: ``/dev/shm`` is one
-  filesystem, and ``fs.protected_hardlinks`` may be off);
+* it is a regular file, reached without following a symbolic link, with no second
+  name (a hard link would make it another ring's segment or semaphore too:
+  ``/dev/shm`` is one filesystem, and ``fs.protected_hardlinks`` may be off);
 * it has no permission bits for *other* users;
 * it is ours (owner = our effective uid) without group permission bits, or, when the
   namespace is shared with a group (``$SHMBUS_GROUP``, see :func:`naming.share_group`),
@@ -78,7 +78,7 @@ def check(st: os.stat_result, path: str, what: str, group: int | None = None) ->
             f"{what} {path} is a {_kind(st.st_mode)} (owner uid {owner}), not a regular "
             "file: shmbus never opens it; remove it (as its owner or root) if you trust "
             "its owner, or use another namespace", **dict(fields, found=_kind(st.st_mode)))
-    if st.st_nlink != 1:
+    if st.st_nlink > 1:  # (0: removed since it was opened, which callers handle)
         raise PermissionDenied(
             f"{what} {path} (owner uid {owner}) has {st.st_nlink} names (hard links): it "
             "is also some other file, perhaps another ring's segment or semaphore, and "

@@ -335,3 +335,85 @@ def test_a_flock_on_another_filesystem_never_passes_for_a_holder_of_our_lock(ns)
     holders, spoofer = run_forked(_holders_with_a_spoofer, ns, timeout=20)
     assert spoofer > 0
     assert spoofer not in holders and holders == []
+
+
+# -- the owner of a shared lock directory swaps it for a symbolic link -----------------
+
+
+def _make_shared_lock_dir(namespace: str) -> None:
+    """(As a member) make the namespace's lock directory: the member owns it."""
+    os.close(lockdir.open_dir(namespace))
+
+
+def _swap_for_symlink(namespace: str, target: str) -> None:
+    """(As the member who owns the lock directory) move it aside and put a symbolic
+    link to ``target`` in its place: /dev/shm is sticky, but the directory is his."""
+    directory = naming.lock_dir(namespace)
+    os.rename(directory, directory + "-moved")
+    os.symlink(target, directory)
+
+
+def _undo_swap(namespace: str) -> None:
+    directory = naming.lock_dir(namespace)
+    if os.path.islink(directory):
+        os.unlink(directory)
+    if os.path.isdir(directory + "-moved"):
+        shutil.rmtree(directory + "-moved")
+
+
+def test_releasing_a_lock_never_removes_a_file_through_a_swapped_directory(
+        ns, tmp_path, monkeypatch):
+    """In a namespace shared with a group, the member who made the lock directory may
+    rename it and put a symlink in its place.  Releasing a lock removes its file: that
+    must happen in the directory that was checked, never through the path, or the
+    member could have us remove a file of that name anywhere (here: just before our
+    unlink, as a winning race would)."""
+    monkeypatch.setenv("SHMBUS_GROUP", str(SHARED_GID))
+    elsewhere = tmp_path / "etc"
+    elsewhere.mkdir()
+    (elsewhere / "target").write_text("precious")
+    run_as(THIRD_UID, SHARED_GID, _make_shared_lock_dir, ns)
+    real_unlink = os.unlink
+    swapped = []
+
+    def unlink_after_the_swap(path, *args, **kwargs):
+        if str(path).endswith("target") and not swapped:
+            run_as(THIRD_UID, SHARED_GID, _swap_for_symlink, ns, str(elsewhere))
+            swapped.append(True)
+        return real_unlink(path, *args, **kwargs)
+    try:
+        lock = shmbus.FileLock("target")
+        lock.acquire(timeout=1)
+        monkeypatch.setattr(os, "unlink", unlink_after_the_swap)
+        lock.release()
+        monkeypatch.setattr(os, "unlink", real_unlink)
+        assert swapped, "the release removed nothing"
+        assert (elsewhere / "target").read_text() == "precious"
+    finally:
+        monkeypatch.setattr(os, "unlink", real_unlink)
+        _undo_swap(ns)
+        _purge(ns)
+
+
+def test_who_holds_a_lock_is_never_read_through_a_swapped_directory(ns, tmp_path,
+                                                                    monkeypatch):
+    """The same swap, then ``holders()``: the lock file must be opened in a checked
+    directory, never through the symlink (which could lead to any file of ours with
+    that name, or to a device whose opening does something)."""
+    import fcntl
+    monkeypatch.setenv("SHMBUS_GROUP", str(SHARED_GID))
+    elsewhere = tmp_path / "etc"
+    elsewhere.mkdir()
+    outside = elsewhere / "x"
+    outside.write_text("")
+    os.chmod(outside, 0o600)
+    run_as(THIRD_UID, SHARED_GID, _make_shared_lock_dir, ns)
+    fd = os.open(outside, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)  # somebody of ours holds that other file
+        run_as(THIRD_UID, SHARED_GID, _swap_for_symlink, ns, str(elsewhere))
+        assert shmbus.FileLock("x").holders() == []
+    finally:
+        os.close(fd)
+        _undo_swap(ns)
+        _purge(ns)
