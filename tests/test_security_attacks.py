@@ -1,7 +1,7 @@
 """A hostile second user against the security model (README "Security model"), after
 issue 12: each attack runs as another uid (:func:`tests.security.run_as`) against this
 (root, as in CI) process.  Attacks that the defences already stopped, and that no other
-test guards, are kept here too.
+test guards, are kept here too (marked "the defence held").
 
 * A member of a shared group forges a lease record naming another process of ours:
   ``on_stale="kill"`` must not kill it (it never held the lease).
@@ -11,6 +11,14 @@ test guards, are kept here too.
 * A member writes a stats file nested deeper than the JSON parser recurses.
 * A FIFO, a directory or a socket in place of a ring's segment: refused at once,
   never a hang (the defence held).
+* A symlink under a semaphore's name, before opening or in the window between the
+  check and ``sem_open`` (the defence held).
+* A flock on a file of another filesystem with our lock file's inode number: not a
+  holder of our lock.
+* The member who made a shared lock directory swaps it for a symlink: releasing a lock
+  and listing its holders never go through the link.
+* A member forges a consumer slot naming a process of ours: the producer signals
+  nobody and waits no longer than its timeout (the defence held).
 """
 
 from __future__ import annotations
@@ -416,4 +424,49 @@ def test_who_holds_a_lock_is_never_read_through_a_swapped_directory(ns, tmp_path
     finally:
         os.close(fd)
         _undo_swap(ns)
+        _purge(ns)
+
+
+# -- a forged consumer slot in a ring shared with a group -----------------------------
+
+
+def _forge_slot(namespace: str, pid: int, start_time: int) -> None:
+    """(As a member) claim a consumer slot of ring ``r`` the ordinary way, then make it
+    name process ``pid`` (one of the ring owner's, not ours) as its consumer."""
+    from shmbus.layout import S_PID, S_START, slot_word
+    from shmbus.segment import Segment
+    from shmbus.slots import SlotTable
+    seg = Segment.open(namespace, "r")
+    try:
+        table = SlotTable(seg)
+        with table.lock():
+            i = table.claim(0, None)
+            seg.words[slot_word(i) + S_PID] = pid
+            seg.words[slot_word(i) + S_START] = start_time
+            table.bump()
+    finally:
+        seg.close()
+
+
+def test_a_forged_consumer_slot_makes_the_producer_neither_kill_nor_wait_past_its_timeout(
+        ns, monkeypatch):
+    """A member can write a shared ring's slot table: a slot naming a live process of
+    the producer's user (whose pid and start time anyone can read) holds a ``block``
+    producer back like a slow consumer, no more: ``send`` raises Timeout when its
+    timeout passes, and the process named is never signalled.  (The defence held: the
+    producer signals nobody, and its waits are bounded by the caller's timeout.)"""
+    import time
+    monkeypatch.setenv("SHMBUS_GROUP", str(SHARED_GID))
+    victim = _Victim()
+    try:
+        with shmbus.Producer("r", capacity=4096, namespace=ns) as pub:
+            run_as(THIRD_UID, SHARED_GID, _forge_slot, ns, victim.pid, victim.start_time)
+            begun = time.monotonic()
+            with pytest.raises(shmbus.Timeout):
+                for _ in range(8):  # the ring holds 4 such messages
+                    pub.send(b"x" * 1000, timeout=0.3)
+            assert time.monotonic() - begun < 5
+        assert victim.alive()
+    finally:
+        victim.end()
         _purge(ns)
