@@ -347,8 +347,11 @@ class Lease:
                 pass
 
     def __del__(self) -> None:
-        if getattr(self, "_pid", None) == os.getpid():  # (a failed __init__ has none)
-            unpin(self._pin)
+        try:
+            if getattr(self, "_pid", None) == os.getpid():  # (a failed __init__ has none)
+                unpin(self._pin)
+        except Exception:
+            pass
 
     def __repr__(self) -> str:
         return f"<Lease {self.name!r} token={self._token} {'held' if self.held else 'not held'}>"
