@@ -26,9 +26,11 @@ directory of ours (:mod:`shmbus.lockdir`; anything else is :class:`PermissionDen
 so nobody else can forge a holder or a token.  Even then a process is killed only when
 it is verified: its start time is recorded (a record with start time 0 names no
 verifiable process), matches the live process with that pid, that process runs as
-our user, and it holds the lease file open the way only a holder does (an ``O_PATH``
-descriptor kept from acquiring to releasing: in a namespace shared with a group, any
-member can write a record naming any of our processes); the signal goes through a pidfd opened before the check, so a pid reused
+our user, and its own word says it holds the lease and is stale: a holder keeps a
+descriptor of the lease file from acquiring to releasing, with its expiry as the
+descriptor's position (:mod:`shmbus.leasefile`), because in a namespace shared with a
+group any member can write a record naming any of our processes, or saying that our
+live holder expired; the signal goes through a pidfd opened before the check, so a pid reused
 meanwhile is never hit.  Otherwise ``on_stale="kill"`` refuses like ``"refuse"``.
 
 **Timeouts hold**: the file's ``flock`` is taken by non-blocking attempts until the
@@ -47,7 +49,8 @@ import psutil
 
 from . import liveness, lockdir, naming
 from .errors import AlreadyHeld, LeaseLost, NotHeld, ShmbusError, Timeout
-from .leasefile import TOKEN_MAX, LeaseFile, LeaseState, holds_pin, remove, unpin
+from .leasefile import (TOKEN_MAX, LeaseFile, LeaseState, pinned_expiry, remove, set_pin,
+                        unpin)
 
 __all__ = ["Lease", "LeaseState", "Fence", "list_leases"]
 
@@ -83,7 +86,7 @@ class Lease:
         self._expires_ns = 0
         self._lost = False
         self._pid = -1
-        self._pin = -1  # held from acquire to release: see leasefile.holds_pin
+        self._pin = -1  # held from acquire to release: see leasefile.pinned_expiry
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -133,9 +136,9 @@ class Lease:
                 lease_file = f.identity()
                 wait = self._obstacle(st, me, lease_file)
                 if wait is None:
-                    self._repin(f)
                     now = time.monotonic_ns()
                     ttl_ns = int(self.ttl * 1e9)
+                    self._repin(f, now + ttl_ns)
                     token = self._next_token(st)
                     f.write(LeaseState(token, me.pid, me.start_time, now + ttl_ns,
                                        time.time_ns(), ttl_ns, liveness.pid_namespace()))
@@ -162,11 +165,15 @@ class Lease:
                 name=self.name, token=st.token)
         return max(st.token + 1, time.time_ns())
 
-    def _repin(self, f: LeaseFile) -> None:
+    def _unpin(self) -> None:
+        """Close our pin: this object holds the lease no more."""
         unpin(self._pin)
         self._pin = -1
+
+    def _repin(self, f: LeaseFile, expires_ns: int) -> None:
+        self._unpin()
         try:
-            self._pin = f.pin()
+            self._pin = f.pin(expires_ns)
         except OSError:
             pass  # no /proc: we cannot be verified, so nobody will kill us
 
@@ -228,7 +235,7 @@ class Lease:
             why = (f"it expired {(time.monotonic_ns() - st.expires_ns) / 1e9:.1f} s ago but "
                    f"its holder pid {st.pid} is {alive} and cannot be verified (the record "
                    "has no start time, the process runs as another user, or it does not "
-                   "hold the lease file open as a holder does): shmbus never "
+                   "say itself that it holds the lease and expired): shmbus never "
                    "kills a process it cannot verify; stop it yourself, or remove the "
                    "lease file")
         elif st.expired:
@@ -255,6 +262,7 @@ class Lease:
             f.write(LeaseState(st.token, st.pid, st.start_time, now + ttl_ns,
                                st.acquired_wall_ns, ttl_ns, st.pid_ns))
             self._expires_ns = now + ttl_ns
+            set_pin(self._pin, now + ttl_ns)
 
     def check(self) -> None:
         """Raise :class:`LeaseLost` unless this object still holds the lease (its token
@@ -285,6 +293,7 @@ class Lease:
             raise self._lost_error("this process never acquired it")
         if st.token != self._token or st.pid == 0:
             self._lost = True
+            self._unpin()  # (callers hold the file's thread lock)
             raise self._lost_error(f"it is now token {st.token} of pid {st.pid}")
 
     def _lost_error(self, why: str) -> LeaseLost:
@@ -300,12 +309,13 @@ class Lease:
             st = f.read()
             if self._pid != os.getpid() or st.token != self._token or st.pid == 0 or \
                     self._token == 0:
+                if self._pid == os.getpid():
+                    self._unpin()
                 raise NotHeld(f"lease {self.name!r} is not held by this object (token "
                               f"{self._token}, file token {st.token})", name=self.name)
             f.write(LeaseState(st.token, 0, 0, 0, st.acquired_wall_ns, st.ttl_ns))
+            self._unpin()  # (under the file's thread lock: never under a renew)
         self._expires_ns = 0
-        unpin(self._pin)
-        self._pin = -1
 
     def unlink(self) -> None:
         """Remove the lease file (tokens stay increasing: see the module doc)."""
@@ -400,8 +410,9 @@ def _killable(st: LeaseState, lease_file: tuple[int, int]) -> int | None:
     """The pid (as this process sees it) under which the holder recorded in ``st`` may
     be killed, or None: its start time must be recorded and match a live process (in
     the recorded PID namespace: :func:`liveness.local_pid`), which runs as our user and
-    holds the pin of ``lease_file`` (``(st_dev, st_ino)``: :func:`leasefile.holds_pin`),
-    so the record is its own, not one another member of a shared group wrote."""
+    says in its pin of ``lease_file`` (``(st_dev, st_ino)``: :func:`leasefile.pinned_expiry`)
+    that it holds the lease and its lease expired: the record's word alone is not
+    enough, another member of a shared group may have written it."""
     if st.start_time == 0:
         return None
     here = liveness.local_pid(st.pid, st.start_time, st.pid_ns)
@@ -413,7 +424,8 @@ def _killable(st: LeaseState, lease_file: tuple[int, int]) -> int | None:
             return None
     except psutil.Error:
         return None
-    return here if holds_pin(here, lease_file) else None
+    expiry = pinned_expiry(here, lease_file)
+    return here if expiry is not None and expiry <= time.monotonic_ns() else None
 
 
 def list_leases(namespace: str | None = None) -> list[dict]:

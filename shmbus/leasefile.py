@@ -11,11 +11,13 @@ is opened in the namespace's checked lock directory (:mod:`shmbus.lockdir`: ours
 regular file, never through a symlink), so no other user can forge a record.
 
 **Proof of holding.**  In a namespace shared with a group, every member can write the
-record, so a record alone cannot say that the process it names ever held the lease.
-A holder therefore keeps an ``O_PATH`` descriptor of the lease file (:meth:`LeaseFile.pin`)
-from acquiring until releasing; :func:`holds_pin` looks for it in ``/proc/PID/fd`` (a
-process of our user, so we may look), and a lease's ``on_stale="kill"`` kills only a
-process that has it.  Nobody else can give one of our processes such a descriptor.
+record, so a record alone cannot say that the process it names ever held the lease, nor
+when its lease really expires.  A holder therefore keeps a read-only descriptor of the
+lease file (:meth:`LeaseFile.pin`) from acquiring until releasing, and keeps its own
+expiry in that descriptor's file position (:func:`set_pin`: ``lseek``, which nobody
+else can do on it); :func:`pinned_expiry` reads it from ``/proc/PID/fdinfo`` (a process
+of our user, so we may look).  A lease's ``on_stale="kill"`` kills only a process whose
+pin says it expired.
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ from typing import Iterator
 from . import liveness, lockdir, naming
 from .errors import ShmbusError, Timeout
 
-__all__ = ["LeaseState", "EMPTY", "LeaseFile", "TOKEN_MAX", "remove", "holds_pin", "unpin"]
+__all__ = ["LeaseState", "EMPTY", "LeaseFile", "TOKEN_MAX", "remove", "pinned_expiry",
+           "set_pin", "unpin"]
 
 _RECORD = struct.Struct("<8sQQQQQQQ")
 _RECORD_V1_SIZE = 56  # the record before the PID namespace was added
@@ -147,12 +150,14 @@ class LeaseFile:
         st = os.fstat(self.fd)
         return st.st_dev, st.st_ino
 
-    def pin(self) -> int:
-        """(Inside :meth:`locked`) a new ``O_PATH`` descriptor of the open lease file, for
-        the holder to keep while it holds the lease: the proof :func:`holds_pin` asks for.
-        It holds no ``flock`` (a new open file description, not a ``dup``)."""
-        fd = os.open(f"/proc/self/fd/{self.fd}", os.O_PATH | os.O_CLOEXEC)
+    def pin(self, expires_ns: int) -> int:
+        """(Inside :meth:`locked`) a new read-only descriptor of the open lease file for
+        the holder to keep while it holds the lease, its position set to the holder's
+        expiry ``expires_ns``: what :func:`pinned_expiry` reads.  It holds no ``flock``
+        (a new open file description, not a ``dup``)."""
+        fd = os.open(f"/proc/self/fd/{self.fd}", os.O_RDONLY | os.O_CLOEXEC)
         _pins.add(fd)
+        set_pin(fd, expires_ns)
         return fd
 
     def write(self, st: LeaseState) -> None:
@@ -167,6 +172,12 @@ def _seconds_left(deadline: float | None, unlimited: float) -> float:
 
 
 _pins: set[int] = set()  # this process's pins, which a forked child must not keep
+
+
+def set_pin(fd: int, expires_ns: int) -> None:
+    """Record the holder's expiry (CLOCK_MONOTONIC ns, > 0) in its pin ``fd``."""
+    if fd in _pins:
+        os.lseek(fd, max(1, expires_ns), os.SEEK_SET)
 
 
 def unpin(fd: int) -> None:
@@ -189,29 +200,30 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def holds_pin(pid: int, identity: tuple[int, int]) -> bool:
-    """Whether process ``pid`` (as we see it) holds an ``O_PATH`` descriptor of the
-    lease file ``identity`` (``(st_dev, st_ino)``): one :meth:`LeaseFile.pin` gave it,
-    so it acquired that lease and has not released it.  False when ``/proc`` does not
-    let us look."""
+def pinned_expiry(pid: int, identity: tuple[int, int]) -> int | None:
+    """The expiry (CLOCK_MONOTONIC ns) that process ``pid`` (as we see it) keeps in its
+    pin of the lease file ``identity`` (``(st_dev, st_ino)``), or None if it has none:
+    then it never acquired that lease or released it (or ``/proc`` does not let us
+    look).  A pin is a read-only descriptor with a position; the short critical
+    sections open the file read-write and never move the position."""
     base = f"/proc/{pid}/fd"
     try:
         fds = os.listdir(base)
     except OSError:
-        return False
+        return None
     for fd in fds:
         try:
             st = os.stat(f"{base}/{fd}")
             if (st.st_dev, st.st_ino) != identity:
                 continue
             with open(f"/proc/{pid}/fdinfo/{fd}") as f:
-                flags = next((int(line.split()[1], 8) for line in f
-                              if line.startswith("flags:")), 0)
-        except (OSError, ValueError):
+                info = dict(line.split(":", 1) for line in f if ":" in line)
+            pos, flags = int(info["pos"]), int(info["flags"], 8)
+        except (OSError, ValueError, KeyError):
             continue
-        if flags & os.O_PATH:
-            return True
-    return False
+        if flags & os.O_ACCMODE == os.O_RDONLY and pos > 0:
+            return pos
+    return None
 
 
 def remove(namespace: str, name: str) -> None:

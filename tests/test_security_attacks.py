@@ -470,3 +470,64 @@ def test_a_forged_consumer_slot_makes_the_producer_neither_kill_nor_wait_past_it
     finally:
         victim.end()
         _purge(ns)
+
+
+# -- a member rewrites the expiry of our live lease holder ---------------------------
+
+
+class _Holder:
+    """A process of ours that holds lease ``leader`` (ttl 60 s) until the test ends."""
+
+    def __init__(self, namespace: str) -> None:
+        self._r, self._w = os.pipe()
+        ready_r, ready_w = os.pipe()
+        self.pid = os.fork()
+        if self.pid == 0:  # pragma: no cover - the child
+            try:
+                os.close(self._w)
+                lease = shmbus.Lease("leader", ttl=60, namespace=namespace)
+                lease.acquire(timeout=5)
+                os.write(ready_w, b"r")
+                select.select([self._r], [], [], 30)
+            finally:
+                os._exit(0)
+        os.close(self._r)
+        os.close(ready_w)
+        assert select.select([ready_r], [], [], 10)[0], "holder did not start"
+        os.close(ready_r)
+
+    def alive(self) -> bool:
+        return os.waitpid(self.pid, os.WNOHANG) == (0, 0)
+
+    def end(self) -> None:
+        os.close(self._w)
+        os.waitpid(self.pid, 0)
+
+
+def _expire_record(namespace: str) -> None:
+    """(As a member) rewrite the lease record: same holder and token, expired."""
+    path = f"{naming.lock_dir(namespace)}/leader@lease"
+    fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW)
+    try:
+        fields = list(_LEASE.unpack(os.pread(fd, _LEASE.size, 0)))
+        fields[4] = 1  # expires_ns: long ago
+        os.pwrite(fd, _LEASE.pack(*fields), 0)
+    finally:
+        os.close(fd)
+
+
+def test_a_member_cannot_make_us_kill_a_live_holder_by_expiring_its_record(ns, monkeypatch):
+    """A member can rewrite the record of our own live holder (a leader renewing its
+    lease) to say it expired long ago.  Our standby with ``on_stale="kill"`` must not
+    believe that and kill the leader: the holder's own word on its expiry (kept where
+    only it can write: the position of its pin descriptor) says it is not stale."""
+    monkeypatch.setenv("SHMBUS_GROUP", str(SHARED_GID))
+    holder = _Holder(ns)
+    try:
+        run_as(THIRD_UID, SHARED_GID, _expire_record, ns)
+        with pytest.raises(shmbus.Timeout):
+            shmbus.Lease("leader", ttl=2, on_stale="kill").acquire(timeout=0.3)
+        assert holder.alive()
+    finally:
+        holder.end()
+        _purge(ns)
