@@ -4,7 +4,8 @@ issue 12: each attack runs as another uid (:func:`tests.security.run_as`) agains
 test guards, are kept here too (marked "the defence held").
 
 * A member of a shared group forges a lease record naming another process of ours:
-  ``on_stale="kill"`` must not kill it (it never held the lease).
+  ``on_stale="kill"`` must not kill it (it never held the lease); or rewrites our live
+  holder's record as expired: our standby must not kill it either.
 * A hard link to one of our files under another of our names (a ring's segment as
   another ring's, a segment as a semaphore): refused, whether or not
   ``fs.protected_hardlinks`` stops the attacker making it.
