@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import os
 import time
+from operator import attrgetter
 
-from . import layout, liveness, naming, ring
+from . import hotpath, layout, liveness, naming, ring
 from .errors import CorruptRing, DurableBusy, RingNotFound, Timeout
 from .handle import Handle
 from .layout import (FLAGGED_SLOTS, H_GATE, H_PRODUCER_PID, H_PRODUCER_SLEEP,
@@ -29,13 +30,14 @@ from .layout import (FLAGGED_SLOTS, H_GATE, H_PRODUCER_PID, H_PRODUCER_SLEEP,
 from .arrays import BULK, recv_array, take_uniform
 from .lock import FileLock
 from .message import Message
+from .reader import Reader
 from .segment import Segment
 from .slots import SlotTable
 from .wait import Sleeper, Waker, fence, strategy
 
 __all__ = ["Consumer", "Message"]
 
-_NEVER = 1 << 64
+_NEVER = (1 << 64) - 1  # a position no ring reaches
 _LINK_CHECK = 1.0  # seconds of waiting between checks that the ring still exists
 _STARTS = ("latest", "earliest")
 
@@ -132,8 +134,7 @@ class Consumer(Handle):
         self._read_word = base + S_READ
         self._lost_word = base + S_LOST
         self.lost = w[self._lost_word]
-        self._pos = self._committed = pos
-        self._wcache = 0
+        self._cur = Reader(pos)
         self._next_word = base + S_NEXT_SEQ if seg.overwrite else 0
         # The seq the next record must carry (None: not known yet; see _check_seq).
         self._expect: int | None = None if seg.overwrite else self._seq_at(pos)
@@ -212,33 +213,43 @@ class Consumer(Handle):
         new = tuple.__new__
 
         next_word = self._next_word
+        cur = self._cur
+        if hotpath.compiled and not next_word:  # block rings: recv in C
+            seg = self._seg
+            cur = self._cur = hotpath.native.Reader(
+                segment=seg.buf, data_view=data, data_offset=seg.data_offset,
+                capacity=self.capacity, pad_limit=pad_limit, write_word=H_WRITE,
+                producer_sleep_word=H_PRODUCER_SLEEP, read_word=read_word,
+                safe_from=safe_from, pos=cur.pos, committed=cur.committed,
+                expect=cur.expect, message_type=Message, owner=self, take=take,
+                wake=wake_producer)
 
         def commit(pos: int) -> None:
-            if next_word and me._expect is not None:
-                words[next_word] = me._expect + 1  # before the position: see _store_read
+            if next_word and cur.expect is not None:
+                words[next_word] = cur.expect + 1  # before the position: see _store_read
             words[read_word] = pos
-            me._committed = pos
+            cur.committed = pos
             if words[H_PRODUCER_SLEEP] & 1:
                 wake_producer(words[H_PRODUCER_SLEEP])
 
         def recv_checked(timeout: float | None = None) -> Message:
-            if me._pos != me._committed:
-                commit(me._pos)
+            if cur.pos != cur.committed:
+                commit(cur.pos)
             return take(timeout)
 
         def recv(timeout: float | None = None) -> Message:
-            pos = me._pos
-            if pos != me._committed:
+            pos = cur.pos
+            if pos != cur.committed:
                 words[read_word] = pos
-                me._committed = pos
+                cur.committed = pos
                 if words[H_PRODUCER_SLEEP] & 1:
                     wake_producer(words[H_PRODUCER_SLEEP])
             # _wcache: the write position, clipped to the end of pos's lap of the data
             # area: a record ending at or before it is published and inside the ring.
-            wcache = me._wcache
+            wcache = cur.wcache
             if pos >= wcache:
                 write, lap_end = words[H_WRITE], (pos | mask) + 1
-                wcache = me._wcache = write if write < lap_end else lap_end
+                wcache = cur.wcache = write if write < lap_end else lap_end
                 if pos >= wcache:
                     return take(timeout)
             idx = pos & mask
@@ -248,7 +259,7 @@ class Consumer(Handle):
             end = pos + ((RECORD_HEADER + 7 + klen + plen) & -8)
             # Padding, flags, a size the ring cannot hold, a seq out of turn: _take
             # skips, checks, or raises CorruptRing.
-            if flags or end > wcache or seq != me._expect:
+            if flags or end > wcache or seq != cur.expect:
                 return take(timeout)
             start = idx + RECORD_HEADER
             if klen:
@@ -256,28 +267,28 @@ class Consumer(Handle):
                 start += klen
             else:
                 key = None
-            me._expect = seq + 1
-            me._pos = end
+            cur.expect = seq + 1
+            cur.pos = end
             return new(Message, (data[start:start + plen], key, seq, ts, me, end, 0))
 
         def recv_many(max_messages: int, timeout: float | None = None) -> list[Message]:
             if max_messages < 1:
                 raise ValueError(f"max_messages must be >= 1, got {max_messages!r}")
-            if me._pos != me._committed:
-                commit(me._pos)
+            if cur.pos != cur.committed:
+                commit(cur.pos)
             batch = [take(timeout)]
             append = batch.append
-            pos, wcache = me._pos, me._wcache
+            pos, wcache = cur.pos, cur.wcache
             if max_messages > BULK and pos >= safe_from and not batch[0][6]:
                 more = take_uniform(me, batch[0], pos, max_messages - 1)
                 if more:  # messages of the first one's size, read with numpy
                     batch += more
-                    pos, wcache = me._pos, me._wcache
-            expect = me._expect
+                    pos, wcache = cur.pos, cur.wcache
+            expect = cur.expect
             for _ in range(max_messages - len(batch)):
                 if pos >= wcache:  # _wcache: see recv
                     write, lap_end = words[H_WRITE], (pos | mask) + 1
-                    wcache = me._wcache = write if write < lap_end else lap_end
+                    wcache = cur.wcache = write if write < lap_end else lap_end
                     if pos >= wcache:
                         break
                 idx = pos & mask
@@ -289,13 +300,13 @@ class Consumer(Handle):
                     if pos + size > wcache or seq != expect:
                         flags = 1
                 if flags:  # unusual (padding, checked read, corrupt): _take decides
-                    me._pos, me._expect = pos, expect
+                    cur.pos, cur.expect = pos, expect
                     try:
                         append(take(0))
                     except (Timeout, CorruptRing):  # the next call waits, or raises
-                        pos, expect = me._pos, me._expect  # before taking anything
+                        pos, expect = cur.pos, cur.expect  # before taking anything
                         break
-                    pos, wcache, expect = me._pos, me._wcache, me._expect
+                    pos, wcache, expect = cur.pos, cur.wcache, cur.expect
                     continue
                 start = idx + RECORD_HEADER
                 if klen:
@@ -306,12 +317,13 @@ class Consumer(Handle):
                 pos += size
                 expect = seq + 1
                 append(new(Message, (data[start:start + plen], key, seq, ts, me, pos, 0)))
-            me._pos, me._expect = pos, expect
+            cur.pos, cur.expect = pos, expect
             return batch
 
         # Every record of an overwrite ring is a checked read (_take); its commits also
         # store the next seq, so that a consumer lapped while away counts its loss.
-        self.recv = recv_checked if next_word else recv
+        self.recv = recv_checked if next_word else \
+            cur.recv if hotpath.compiled else recv
         self.recv_many = recv_many
 
     def recv_array(self, dtype, max_messages: int, timeout: float | None = None):
@@ -366,15 +378,15 @@ class Consumer(Handle):
             raise
 
     def _take_open(self, timeout: float | None) -> Message:
-        w, data, name = self._words, self._data, self.name
+        w, data, name, cur = self._words, self._data, self.name, self._cur
         deadline = None
         while True:
             if self._closed:
                 raise self._closed_error()
-            pos = self._pos
+            pos = cur.pos
             write = w[H_WRITE]
             lap_end = (pos | self._mask) + 1  # _wcache: see _bind_recv
-            limit = self._wcache = write if write < lap_end else lap_end
+            limit = cur.wcache = write if write < lap_end else lap_end
             if pos >= write:
                 if pos > write and not self._closed:  # never wait for what cannot come
                     raise ring.corrupt(name, pos, "a read position at or before the "
@@ -386,13 +398,13 @@ class Consumer(Handle):
                 continue
             checked = pos < self._safe_from  # the producer may overwrite it meanwhile
             if checked and pos < w[H_TAIL]:  # lapped: go to the oldest intact record
-                self._pos, self._lapped = self._oldest(), True
+                cur.pos, self._lapped = self._oldest(), True
                 continue
             idx = pos & self._mask
             if idx <= self._pad_limit:  # the usual record: checked here, as in recv
                 plen, klen, flags, seq, ts = _unpack(data, idx)
                 end = pos + ((RECORD_HEADER + 7 + klen + plen) & -8)
-                if not flags & REC_PAD and end <= limit and seq == self._expect and \
+                if not flags & REC_PAD and end <= limit and seq == cur.expect and \
                         not (self._lapped or self._loose):
                     start = idx + RECORD_HEADER
                     key = data[start:start + klen].tobytes() if klen else None
@@ -401,7 +413,7 @@ class Consumer(Handle):
                         payload = memoryview(bytes(payload))
                         if w[H_TAIL] > pos:
                             continue  # overwritten while we copied it: from the tail
-                    self._expect, self._pos = seq + 1, end
+                    cur.expect, cur.pos = seq + 1, end
                     return Message(payload, key, seq, ts, self, end, flags)
             msg = self._take_unusual(pos, write, checked)
             if msg is not None:
@@ -412,6 +424,7 @@ class Consumer(Handle):
         a seq to judge (:meth:`_check_seq`), or corruption (:class:`CorruptRing`, from
         :mod:`shmbus.ring`'s checks).  None: look again (padding skipped, or a checked
         read that the producer overwrote meanwhile)."""
+        cur = self._cur
         w, data, cap, name = self._words, self._data, self.capacity, self.name
         key = payload = None
         if checked:
@@ -423,7 +436,7 @@ class Consumer(Handle):
         else:
             rec = ring.read(data, pos, cap, write, name=name)
         if rec.flags & REC_PAD:
-            self._pos = pos + rec.size
+            cur.pos = pos + rec.size
             return None
         try:
             self._check_seq(rec)
@@ -436,7 +449,7 @@ class Consumer(Handle):
             klen = rec.key_length
             key = data[start:start + klen].tobytes() if klen else None
             payload = data[start + klen:start + klen + rec.length]
-        end = self._pos = pos + rec.size
+        end = cur.pos = pos + rec.size
         return Message(payload, key, rec.seq, rec.timestamp_ns, self, end, rec.flags)
 
     def _check_seq(self, rec: ring.Record) -> None:
@@ -539,8 +552,18 @@ class Consumer(Handle):
             self._producer_waker.close()
             if self._durable_lock is not None:
                 self._durable_lock.release()
+            self._cur.release()
             del self._words, self._data
             self._seg.close()
+
+    # The cursor's fields, for the slow paths (arrays, forward, worker, release).
+    _pos = property(attrgetter("_cur.pos"), lambda self, v: setattr(self._cur, "pos", v))
+    _committed = property(attrgetter("_cur.committed"),
+                          lambda self, v: setattr(self._cur, "committed", v))
+    _wcache = property(attrgetter("_cur.wcache"),
+                       lambda self, v: setattr(self._cur, "wcache", v))
+    _expect = property(attrgetter("_cur.expect"),
+                       lambda self, v: setattr(self._cur, "expect", v))
 
     def _sever(self) -> None:
         # Calls go to the refusal; a recv closure someone kept finds nothing to read

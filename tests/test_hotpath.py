@@ -114,6 +114,46 @@ def test_compiled_send_takes_buffers_and_hands_the_rest_over(ns):
     pub.unlink()
 
 
+def _consumer(name: str, compiled: bool, **kw) -> shmbus.Consumer:
+    """A consumer of the path asked for, whichever this process runs."""
+    saved = hotpath.compiled, hotpath.native
+    hotpath.compiled, hotpath.native = compiled, native if compiled else None
+    try:
+        return shmbus.Consumer(name, **kw)
+    finally:
+        hotpath.compiled, hotpath.native = saved
+
+
+@needs_build
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(batch=messages, timeouts=st.integers(0, 3))
+def test_compiled_and_pure_recv_hand_out_the_same_messages(ns, batch, timeouts):
+    """Both readers of one ring (4 KiB: wraps, padding, checkpoints), in step."""
+    pub = shmbus.Producer("r", capacity=4096)
+    fast = _consumer("r", True)
+    slow = _consumer("r", False)
+    try:
+        assert type(fast._cur) is native.Reader and type(slow._cur) is not native.Reader
+        for data, key in batch:
+            pub.send(data, key, timeout=0)
+            a, b = fast.recv(timeout=0), slow.recv(timeout=0)
+            assert type(a) is type(b) is shmbus.Message
+            assert (bytes(a), a.key, a.seq, a.timestamp_ns, a.deliveries) == \
+                (bytes(b), b.key, b.seq, b.timestamp_ns, b.deliveries)
+            assert a.data.readonly == b.data.readonly and len(a) == len(data)
+            assert (fast._pos, fast._committed, fast._expect) == \
+                (slow._pos, slow._committed, slow._expect)
+        for _ in range(timeouts):  # nothing more: both wait and time out alike
+            for sub in (fast, slow):
+                with pytest.raises(shmbus.Timeout):
+                    sub.recv(0)
+    finally:
+        fast.close()
+        slow.close()
+        pub.unlink()
+
+
 def _produce(ns: str, pure: bool, count: int) -> None:
     os.environ["SHMBUS_NAMESPACE"] = ns
     import shmbus as bus
