@@ -2,7 +2,8 @@
 
 A stats file lives in the namespace's lock directory of ``/dev/shm``, where anything may
 sit instead: a FIFO (an ordinary ``open`` would hang), a symlink, another user's file,
-JSON of another shape.  Each file is read without following a symlink and without
+JSON of another shape or nested deeper than the parser recurses (in a namespace shared
+with a group, any member can write it).  Each file is read without following a symlink and without
 blocking, and its shape is checked; one that fails is reported, never a traceback.
 """
 
@@ -41,6 +42,10 @@ def read_groups(namespace: str | None) -> tuple[list[dict], list[str]]:
             data = json.loads(read_entry(path, _MAX_BYTES, own=False))
             check(data)
         except FileNotFoundError:
+            continue
+        except RecursionError:  # nested deeper than the parser recurses
+            problems.append(f"{path}: not balancer stats (JSON nested too deeply): "
+                            "skipped")
             continue
         except (ShmbusError, OSError, ValueError) as e:
             reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
