@@ -214,17 +214,21 @@ class _Collector:
     def _ring_locks_held(self, ring: str) -> bool:
         directory = naming.lock_dir(self.ns)
         try:
-            names = os.listdir(directory)
+            dir_fd = open_entry(directory, own=False, kind="dir")
         except OSError:
             return False
-        for name in names:
-            path = f"{directory}/{name}"
-            try:
-                if name.startswith(ring + "@") and not entry_problem(path) and \
-                        any(not h.waiting for h in lock_holders(path)):
-                    return True
-            except FileNotFoundError:
-                continue
+        try:
+            for name in os.listdir(dir_fd):
+                path = f"{directory}/{name}"
+                try:
+                    if name.startswith(ring + "@") and \
+                            not entry_problem(path, dir_fd=dir_fd) and \
+                            any(not h.waiting for h in lock_holders(path)):
+                        return True
+                except FileNotFoundError:
+                    continue
+        finally:
+            os.close(dir_fd)
         return False
 
     # -- semaphores -------------------------------------------------------------------
@@ -272,41 +276,53 @@ class _Collector:
     # -- lock directory ---------------------------------------------------------------
 
     def lock_files(self) -> None:
+        """Stale files of the lock directory.  The directory is checked, then opened,
+        and everything in it is done through that descriptor, never through its path:
+        between our check and our use its path may lead elsewhere (the release of its
+        last lock removes it, and another user may make it again as a symlink to a
+        directory of his choosing, where we would remove files of his choosing)."""
         directory = naming.lock_dir(self.ns)
+        dir_fd = None
         try:
             problem = entry_problem(directory, "dir")
-            names = sorted(os.listdir(directory)) if not problem else []
+            dir_fd = None if problem else open_entry(directory, kind="dir")
         except FileNotFoundError:
             return
         except OSError as e:
             problem = _one_line(e)
-        if problem:
+        if dir_fd is None:
             self._keep("entry", directory, f"lock directory {problem}: left alone")
             return
+        try:
+            self._lock_dir_files(directory, dir_fd)
+        finally:
+            os.close(dir_fd)
+        if not self.dry_run:
+            try:
+                os.rmdir(directory)  # only if empty; never follows a symlink
+            except OSError:
+                pass
+
+    def _lock_dir_files(self, directory: str, dir_fd: int) -> None:
         ours = []
-        for name in names:
+        for name in sorted(os.listdir(dir_fd)):
             path = f"{directory}/{name}"
             try:
-                problem = entry_problem(path)
+                problem = entry_problem(path, dir_fd=dir_fd)
             except FileNotFoundError:
                 continue
             if problem:
                 self._keep("entry", path, f"{problem}: left alone")
             else:
                 ours.append(name)
-        live_leases = self._leases(directory, [n for n in ours if n.endswith("@lease")])
+        live_leases = self._leases(dir_fd, [n for n in ours if n.endswith("@lease")])
         for name in ours:
             try:
-                self._lock_file(directory, name, live_leases)
+                self._lock_file(directory, dir_fd, name, live_leases)
             except _ERRORS as e:
                 self._keep("lock", name, f"could not be checked: {_one_line(e)}")
-        if not self.dry_run:
-            try:
-                os.rmdir(directory)  # only if empty
-            except OSError:
-                pass
 
-    def _leases(self, directory: str, names: list[str]) -> set[str]:
+    def _leases(self, dir_fd: int, names: list[str]) -> set[str]:
         """Remove leases whose holder is gone; return the names of live ones (tokens
         stay increasing without the file: see :mod:`shmbus.lease`)."""
         live = set()
@@ -323,27 +339,29 @@ class _Collector:
                 continue
             self._remove("lease", name, "no live holder")
             if not self.dry_run:
-                _unlink_quietly(f"{directory}/{entry}")
+                _unlink_quietly(entry, dir_fd)
         return live
 
-    def _lock_file(self, directory: str, name: str, live_leases: set[str]) -> None:
-        path = f"{directory}/{name}"
+    def _lock_file(self, directory: str, dir_fd: int, name: str,
+                   live_leases: set[str]) -> None:
         if name.endswith("@stats"):
             if f"{name[:-len('@stats')]}.leader" not in live_leases:
                 self._remove("stats", name, "no live balancer")
                 if not self.dry_run:
-                    _unlink_quietly(path)
+                    _unlink_quietly(name, dir_fd)
             return
         if name.endswith(".tmp"):  # a stats file its writer never finished
             writer = name.rsplit(".", 2)[-2] if name.count(".") >= 2 else ""
             if writer.isdigit() and liveness.is_dead(int(writer), 0):
                 self._remove("stats", name, "writer is dead")
                 if not self.dry_run:
-                    _unlink_quietly(path)
+                    _unlink_quietly(name, dir_fd)
             return
         if name.endswith(("@lease", "@fence")):
             return  # leases above; fences are kept: they guard resources
-        if any(not h.waiting for h in lock_holders(path)):
+        # lock_holders and FileLock open the file in the checked lock directory
+        # themselves, never through a symlink (lockdir.open_path / open_dir).
+        if any(not h.waiting for h in lock_holders(f"{directory}/{name}")):
             return
         self._remove("lock", name, "nobody holds it")
         if not self.dry_run:
@@ -360,8 +378,10 @@ def _valid_name(name: str) -> bool:
     return True
 
 
-def _unlink_quietly(path: str) -> None:
+def _unlink_quietly(path: str, dir_fd: int | None = None) -> None:
+    """Remove ``path`` (with ``dir_fd``: the entry of that name in that directory) if it
+    is still there."""
     try:
-        os.unlink(path)
+        os.unlink(path, dir_fd=dir_fd)
     except FileNotFoundError:
         pass

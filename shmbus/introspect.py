@@ -45,28 +45,45 @@ def _problem(st: os.stat_result, kind: str, own: bool) -> str | None:
     return None
 
 
-def entry_problem(path: str, kind: str = "file", *, own: bool = True) -> str | None:
+def entry_problem(path: str, kind: str = "file", *, own: bool = True,
+                  dir_fd: int | None = None) -> str | None:
     """Why the entry at ``path`` is not ours to read or remove, or None if it is: it
     must be a regular file (``kind="dir"``: a directory), not a symlink (never
-    followed), and with ``own`` belong to the effective uid.  Raises
-    :class:`FileNotFoundError` if there is no such entry."""
-    return _problem(os.lstat(path), kind, own)
+    followed), and with ``own`` belong to the effective uid.  With ``dir_fd`` (a
+    directory opened by :func:`open_entry`), the entry is ``path``'s last component in
+    that directory, whatever ``path`` leads to now.  Raises :class:`FileNotFoundError`
+    if there is no such entry."""
+    name, where = _at(path, dir_fd)
+    return _problem(os.stat(name, dir_fd=where, follow_symlinks=False), kind, own)
 
 
-def open_entry(path: str, *, own: bool = True) -> int:
-    """A read-only descriptor of the regular file at ``path``, opened without following
-    a symlink and without blocking (a FIFO never hangs us), then checked as
-    :func:`entry_problem` does.  Raises :class:`PermissionDenied` for an entry that is
-    not ours, :class:`FileNotFoundError` if it is gone, ``OSError`` otherwise."""
+def open_entry(path: str, *, own: bool = True, kind: str = "file",
+               dir_fd: int | None = None) -> int:
+    """A read-only descriptor of the regular file (``kind="dir"``: the directory) at
+    ``path``, opened without following a symlink and without blocking (a FIFO never
+    hangs us), then checked as :func:`entry_problem` does.  With ``dir_fd``, the entry
+    is ``path``'s last component in that directory.
+
+    Work in a directory of ``/dev/shm`` through the descriptor this returns, never
+    through its path: the owner of a directory there can rename it and put a symbolic
+    link in its place between our check and our use (``os.listdir(fd)``, then
+    ``dir_fd=fd`` here and to :func:`entry_problem`, ``os.unlink``).  Raises
+    :class:`PermissionDenied` for an entry that is not ours, :class:`FileNotFoundError`
+    if it is gone, ``OSError`` otherwise."""
     flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
+    if kind == "dir":
+        flags |= os.O_DIRECTORY  # anything else is refused before it is opened
+    name, where = _at(path, dir_fd)
     try:
-        fd = os.open(path, flags)
+        fd = os.open(name, flags, dir_fd=where)
     except OSError as e:
         if e.errno == errno.ELOOP:  # the last component is a symlink
-            raise _not_ours(path, "is a symlink, not a regular file") from None
+            raise _not_ours(path, f"is a symlink, not {_KIND[kind][1]}") from None
+        if e.errno == errno.ENOTDIR and kind == "dir":
+            raise _not_ours(path, "is not a directory") from None
         raise
     try:
-        problem = _problem(os.fstat(fd), "file", own)
+        problem = _problem(os.fstat(fd), kind, own)
         if problem:
             raise _not_ours(path, problem)
     except BaseException:
@@ -75,14 +92,22 @@ def open_entry(path: str, *, own: bool = True) -> int:
     return fd
 
 
-def read_entry(path: str, limit: int, *, own: bool = True) -> bytes:
-    """Up to ``limit`` bytes from the start of the file at ``path``, opened and checked
-    by :func:`open_entry` (same errors)."""
-    fd = open_entry(path, own=own)
+def read_entry(path: str, limit: int, *, own: bool = True,
+               dir_fd: int | None = None) -> bytes:
+    """Up to ``limit`` bytes from the start of the file at ``path`` (with ``dir_fd``:
+    ``path``'s last component in that directory), opened and checked by
+    :func:`open_entry` (same errors)."""
+    fd = open_entry(path, own=own, dir_fd=dir_fd)
     try:
         return os.pread(fd, limit, 0)
     finally:
         os.close(fd)
+
+
+def _at(path: str, dir_fd: int | None) -> tuple[str, int | None]:
+    """``(name, dir_fd)`` arguments of a system call for the entry ``path``, relative to
+    ``dir_fd`` when there is one."""
+    return (path, None) if dir_fd is None else (os.path.basename(path), dir_fd)
 
 
 def _not_ours(path: str, problem: str) -> PermissionDenied:
@@ -231,27 +256,35 @@ def list_locks(namespace: str | None = None) -> list[dict]:
         if problem:
             return [{"name": os.path.basename(directory), "path": directory,
                      "holders": [], "error": f"lock directory {problem}"}]
-        names = sorted(os.listdir(directory))
+        dir_fd = open_entry(directory, own=False, kind="dir")
     except FileNotFoundError:
         return []
     except OSError as e:
         return [{"name": os.path.basename(directory), "path": directory, "holders": [],
                  "error": _one_line(e)}]
-    out = []
-    for name in names:
-        if name.endswith(("@lease", "@fence", "@stats")) or name.endswith(".tmp"):
-            continue  # not flock-held: leases, fences, balancer stats
-        path = f"{directory}/{name}"
-        try:
-            problem = entry_problem(path, own=False)
-        except FileNotFoundError:
-            continue
-        if problem:
-            out.append({"name": name, "path": path, "holders": [], "error": problem})
-            continue
-        out.append({"name": name, "path": path,
-                    "holders": [h.to_dict() for h in lock_holders(path)]})
-    return out
+    try:
+        return [lock for name in sorted(os.listdir(dir_fd))
+                if (lock := _lock_entry(directory, name, dir_fd)) is not None]
+    finally:
+        os.close(dir_fd)
+
+
+def _lock_entry(directory: str, name: str, dir_fd: int) -> dict | None:
+    """``list_locks``'s entry for file ``name`` of the lock directory open as
+    ``dir_fd``, or None for what is not a lock file (or is gone)."""
+    if name.endswith(("@lease", "@fence", "@stats")) or name.endswith(".tmp"):
+        return None  # not flock-held: leases, fences, balancer stats
+    path = f"{directory}/{name}"
+    try:
+        problem = entry_problem(path, own=False, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return None
+    if problem:
+        return {"name": name, "path": path, "holders": [], "error": problem}
+    # lock_holders opens the file in the checked lock directory itself, never through
+    # a symlink (lockdir.open_path).
+    return {"name": name, "path": path,
+            "holders": [h.to_dict() for h in lock_holders(path)]}
 
 
 def _one_line(e: BaseException) -> str:

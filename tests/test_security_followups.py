@@ -5,10 +5,15 @@ namespace is shared with, against this (root, as in CI) process.
 
 * A member writes a stats file nested deeper than the JSON parser recurses:
   ``shmbus inspect`` and ``shmbus top`` report it and go on, never a traceback.
+* The lock directory's path leads elsewhere between our check and our use (a member
+  who made it swaps it for a symlink; or, once the release of its last lock removed
+  ours, makes it again as a symlink): ``shmbus gc`` removes nothing there,
+  ``shmbus inspect`` opens nothing there, ``shmbus locks`` lists nothing there.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 
@@ -17,7 +22,7 @@ from click.testing import CliRunner
 
 import shmbus
 from balancer import stats
-from shmbus import naming
+from shmbus import lockdir, naming
 from tools.cli import main
 
 from .security import THIRD_UID, needs_root, run_as
@@ -74,4 +79,148 @@ def test_the_tools_skip_stats_nested_deeper_than_the_parser_recurses(ns, monkeyp
                 assert r.exit_code == 0, (argv, r.output)
                 assert "g@stats" in r.output and "skipped" in r.output, (argv, r.output)
     finally:
+        _purge(ns)
+
+
+# -- the lock directory's path leads elsewhere between the check and the use ----------
+
+
+def _make_shared_lock_dir(namespace: str) -> None:
+    """(As a member) make the namespace's lock directory: the member owns it."""
+    os.close(lockdir.open_dir(namespace))
+
+
+def _swap_for_symlink(namespace: str, target: str) -> None:
+    """(As the member who owns the lock directory) move it aside and put a symbolic
+    link to ``target`` in its place: /dev/shm is sticky, but the directory is his."""
+    directory = naming.lock_dir(namespace)
+    os.rename(directory, directory + "-moved")
+    os.symlink(target, directory)
+
+
+def _undo_swap(namespace: str) -> None:
+    directory = naming.lock_dir(namespace)
+    if os.path.islink(directory):
+        os.unlink(directory)
+    if os.path.isdir(directory + "-moved"):
+        shutil.rmtree(directory + "-moved")
+
+
+def _elsewhere(tmp_path, name: str, content: str) -> str:
+    """A directory outside /dev/shm holding a file ``name`` of ours."""
+    elsewhere = tmp_path / "etc"
+    elsewhere.mkdir()
+    (elsewhere / name).write_text(content)
+    os.chmod(elsewhere / name, 0o600)
+    return str(elsewhere)
+
+
+def _stats_of(group: str, policy: str) -> dict:
+    return {"group": group, "policy": policy, "leader_pid": 1, "lease_token": 1,
+            "dispatched": 7, "redelivered": 0, "dead_lettered": 0,
+            "input_lag_bytes": {"r": 0}, "workers": {}}
+
+
+def test_gc_never_removes_a_file_through_a_replaced_lock_directory(ns, tmp_path,
+                                                                   monkeypatch):
+    """gc checks the lock directory (ours), then removes the stale files in it (here:
+    the stats of a group nobody leads).  Between the two the directory may go (the
+    release of its last lock removes it; in a shared namespace a member can empty it
+    first) and a member may make it again as a symlink to a directory of his choosing:
+    gc must remove the file it checked, never a file of that name there."""
+    monkeypatch.setenv("SHMBUS_GROUP", str(SHARED_GID))
+    elsewhere = _elsewhere(tmp_path, "g@stats", "precious")
+    directory = naming.lock_dir(ns)
+    stats.write(ns, "g", {"dispatched": 1})  # ours, stale: no balancer leads g
+    real_unlink = os.unlink
+    swapped = []
+
+    def unlink_after_the_swap(path, *args, **kwargs):
+        if str(path).endswith("g@stats") and not swapped:
+            os.rename(directory, directory + "-moved")  # (stands in for its removal)
+            run_as(THIRD_UID, SHARED_GID, os.symlink, elsewhere, directory)
+            swapped.append(True)
+        return real_unlink(path, *args, **kwargs)
+    try:
+        monkeypatch.setattr(os, "unlink", unlink_after_the_swap)
+        r = _cli("gc")
+        monkeypatch.setattr(os, "unlink", real_unlink)
+        assert swapped, ("gc removed no stats file", r.output)
+        with open(f"{elsewhere}/g@stats") as f:
+            assert f.read() == "precious"
+        assert os.listdir(directory + "-moved") == []  # removed where it was checked
+    finally:
+        monkeypatch.setattr(os, "unlink", real_unlink)
+        _undo_swap(ns)
+        _purge(ns)
+
+
+def test_inspect_never_opens_a_stats_file_through_a_swapped_lock_directory(
+        ns, tmp_path, monkeypatch):
+    """The member who made a shared lock directory swaps it for a symlink between our
+    check of the directory and our opening of a stats file in it: ``shmbus inspect``
+    (as root) must open the file in the directory it checked, never the file of that
+    name where the link leads (any file root can read, or a device whose opening does
+    something), and never show what it holds."""
+    monkeypatch.setenv("SHMBUS_GROUP", str(SHARED_GID))
+    elsewhere = _elsewhere(tmp_path, "g@stats", json.dumps(_stats_of("g", "OUTSIDE")))
+    outside = os.stat(f"{elsewhere}/g@stats")
+    shmbus.Producer("r", capacity=1 << 14).close()  # (its last lock removes the directory)
+    run_as(THIRD_UID, SHARED_GID, _make_shared_lock_dir, ns)
+    stats.write(ns, "g", _stats_of("g", "INSIDE"))
+    real_open = os.open
+    swapped, opened = [], []
+
+    def open_after_the_swap(path, *args, **kwargs):
+        if str(path).endswith("g@stats") and not swapped:
+            run_as(THIRD_UID, SHARED_GID, _swap_for_symlink, ns, elsewhere)
+            swapped.append(True)
+        fd = real_open(path, *args, **kwargs)
+        st = os.fstat(fd)
+        opened.append((st.st_dev, st.st_ino))
+        return fd
+    try:
+        monkeypatch.setattr(os, "open", open_after_the_swap)
+        r = _cli("inspect", "r")
+        monkeypatch.setattr(os, "open", real_open)
+        assert swapped, ("inspect opened no stats file", r.output)
+        assert (outside.st_dev, outside.st_ino) not in opened
+        assert "OUTSIDE" not in r.output
+        assert "balancer g (input)" in r.output and "INSIDE" in r.output
+    finally:
+        monkeypatch.setattr(os, "open", real_open)
+        _undo_swap(ns)
+        _purge(ns)
+
+
+def test_locks_never_lists_a_directory_through_a_swapped_lock_directory(
+        ns, tmp_path, monkeypatch):
+    """The same swap between our check of the lock directory and our listing of it:
+    ``shmbus locks`` (as root) must list the directory it checked, never the one the
+    link leads to (which would tell the member the names, types and owners of files
+    he cannot see)."""
+    monkeypatch.setenv("SHMBUS_GROUP", str(SHARED_GID))
+    elsewhere = _elsewhere(tmp_path, "someone-elses-secret", "")
+    run_as(THIRD_UID, SHARED_GID, _make_shared_lock_dir, ns)
+    lock = shmbus.FileLock("ours")
+    lock.acquire(timeout=1)
+    real_listdir = os.listdir
+    swapped = []
+
+    def listdir_after_the_swap(path=".", *args, **kwargs):
+        if path != naming.SHM_DIR and not swapped:
+            run_as(THIRD_UID, SHARED_GID, _swap_for_symlink, ns, elsewhere)
+            swapped.append(True)
+        return real_listdir(path, *args, **kwargs)
+    try:
+        monkeypatch.setattr(os, "listdir", listdir_after_the_swap)
+        r = _cli("locks")
+        monkeypatch.setattr(os, "listdir", real_listdir)
+        assert swapped, ("locks listed no directory", r.output)
+        assert "someone-elses-secret" not in r.output
+        assert "ours" in r.output and str(os.getpid()) in r.output
+    finally:
+        monkeypatch.setattr(os, "listdir", real_listdir)
+        lock.release()
+        _undo_swap(ns)
         _purge(ns)

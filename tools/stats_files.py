@@ -14,7 +14,7 @@ import os
 
 from shmbus import naming
 from shmbus.errors import ShmbusError
-from shmbus.introspect import entry_problem, read_entry
+from shmbus.introspect import entry_problem, open_entry, read_entry
 
 _MAX_BYTES = 1 << 20
 _INTS = ("leader_pid", "lease_token", "dispatched", "redelivered", "dead_lettered")
@@ -26,20 +26,29 @@ def read_groups(namespace: str | None) -> tuple[list[dict], list[str]]:
     directory = naming.lock_dir(naming.resolve_namespace(namespace))
     try:
         problem = entry_problem(directory, "dir", own=False)
-        names = [] if problem else sorted(os.listdir(directory))
+        # Read through the checked directory's descriptor, never its path: its owner
+        # may swap it for a symlink meanwhile.
+        dir_fd = None if problem else open_entry(directory, own=False, kind="dir")
     except FileNotFoundError:
         return [], []
     except OSError as e:
-        problem = e.strerror or str(e)
-    if problem:
+        problem, dir_fd = _reason(e).splitlines()[0], None
+    if dir_fd is None:
         return [], [f"{directory}: lock directory {problem}: skipped"]
+    try:
+        return _read_all(directory, dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _read_all(directory: str, dir_fd: int) -> tuple[list[dict], list[str]]:
     groups, problems = [], []
-    for name in names:
+    for name in sorted(os.listdir(dir_fd)):
         if not name.endswith("@stats"):
             continue
         path = f"{directory}/{name}"
         try:
-            data = json.loads(read_entry(path, _MAX_BYTES, own=False))
+            data = json.loads(read_entry(path, _MAX_BYTES, own=False, dir_fd=dir_fd))
             check(data)
         except FileNotFoundError:
             continue
@@ -48,11 +57,14 @@ def read_groups(namespace: str | None) -> tuple[list[dict], list[str]]:
                             "skipped")
             continue
         except (ShmbusError, OSError, ValueError) as e:
-            reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-            problems.append(f"{path}: {reason.splitlines()[0]}: skipped")
+            problems.append(f"{path}: {_reason(e).splitlines()[0]}: skipped")
             continue
         groups.append(data)
     return groups, problems
+
+
+def _reason(e: Exception) -> str:
+    return e.strerror if isinstance(e, OSError) and e.strerror else str(e)
 
 
 def check(data: object) -> None:
