@@ -35,6 +35,7 @@ records that need checked reads go through ``recv_many``/``send_many`` instead.
 from __future__ import annotations
 
 import collections
+import logging
 import os
 import threading
 import time
@@ -56,6 +57,10 @@ __all__ = ["Balancer"]
 
 # Seconds a running balancer may go without looking at stop(): bounds every wait.
 _STOP_LATENCY = 0.05
+# Seconds between attempts to publish stats after one failed.
+_STATS_RETRY = 1.0
+
+_log = logging.getLogger(__name__)
 
 
 class Balancer(Roster):
@@ -105,6 +110,10 @@ class Balancer(Roster):
         self._owners: dict[bytes | None, str] = {}
         self._unjoined: set[str] = set()  # registered workers whose ring is still busy
         self.leading = threading.Event()
+        # Why the last attempt to publish (or remove) our stats failed, None if it
+        # worked: a planted entry must never stop the balancer (see _publish_stats).
+        self.stats_error: str | None = None
+        self._stats_retry_at = 0.0
 
     # -- lifetime ---------------------------------------------------------------------
 
@@ -195,7 +204,7 @@ class Balancer(Roster):
         if self._dlq is not None:
             self._dlq.close()
             self._dlq = None
-        stats.remove(self.namespace, self.group)
+        self._unpublish_stats()
         if self.lease.held:
             try:
                 self.lease.release()
@@ -414,4 +423,38 @@ class Balancer(Roster):
                 "keys_in_handoff": len(self._handoffs.held)}
 
     def _publish_stats(self) -> None:
-        stats.write(self.namespace, self.group, self.stats())
+        """Publish :meth:`stats` for ``shmbus inspect``/``top``.  Never stops the
+        balancer: in a namespace shared with a group, a member can put a directory
+        where the stats file goes (or make the file unwritable otherwise); then
+        ``stats_error`` says why, it is logged once, dispatching goes on, and
+        publishing is tried again a second later (``stats_error`` is None again once it
+        works)."""
+        now = time.monotonic()
+        if now < self._stats_retry_at:
+            return
+        try:
+            stats.write(self.namespace, self.group, self.stats())
+        except (OSError, ShmbusError) as e:
+            self._stats_failed("published", e)
+            self._stats_retry_at = now + _STATS_RETRY
+        else:
+            self.stats_error = None
+
+    def _unpublish_stats(self) -> None:
+        """Remove our stats file when we stop leading; never raises for what is there
+        instead (a member's directory, a FIFO...): the tools report it as not ours."""
+        try:
+            stats.remove(self.namespace, self.group)
+        except (OSError, ShmbusError) as e:
+            self._stats_failed("removed", e)
+
+    def _stats_failed(self, what: str, e: BaseException) -> None:
+        reason = (e.strerror if isinstance(e, OSError) and not isinstance(e, ShmbusError)
+                  and e.strerror else str(e).splitlines()[0])
+        error = (f"balancer group {self.group!r}: its stats could not be {what} at "
+                 f"{membership.stats_path(self.namespace, self.group)} ({reason}); "
+                 "dispatching goes on, but `shmbus inspect`/`top` will not show them "
+                 "until what is there is removed (by its owner)")
+        if error != self.stats_error:
+            _log.warning("%s", error)
+        self.stats_error = error

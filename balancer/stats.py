@@ -32,12 +32,23 @@ def write(namespace: str, group: str, data: dict) -> None:
         dir_fd = lockdir.open_dir(namespace)
         try:
             _write_new(dir_fd, tmp, f"{os.path.dirname(path)}/{tmp}", body)
-            os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            try:
+                os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            except OSError:  # (e.g. a directory under the stats name): leave no tmp
+                _unlink_quietly(dir_fd, tmp)
+                raise
             return
         except FileNotFoundError:
             continue  # the directory was removed meanwhile (its last lock released)
         finally:
             os.close(dir_fd)
+
+
+def _unlink_quietly(dir_fd: int, name: str) -> None:
+    try:
+        os.unlink(name, dir_fd=dir_fd)
+    except OSError:
+        pass
 
 
 def _write_new(dir_fd: int, name: str, path: str, body: bytes) -> None:

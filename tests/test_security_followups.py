@@ -9,6 +9,8 @@ namespace is shared with, against this (root, as in CI) process.
   who made it swaps it for a symlink; or, once the release of its last lock removed
   ours, makes it again as a symlink): ``shmbus gc`` removes nothing there,
   ``shmbus inspect`` opens nothing there, ``shmbus locks`` lists nothing there.
+* A member puts a directory (or a FIFO, a symlink) where a balancer group's stats file
+  goes: the balancer cannot publish its stats, says so, and goes on dispatching.
 """
 
 from __future__ import annotations
@@ -16,12 +18,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
 
 import pytest
 from click.testing import CliRunner
 
 import shmbus
-from balancer import stats
+from balancer import Balancer, Worker, stats
 from shmbus import lockdir, naming
 from tools.cli import main
 
@@ -223,4 +226,66 @@ def test_locks_never_lists_a_directory_through_a_swapped_lock_directory(
         monkeypatch.setattr(os, "listdir", real_listdir)
         lock.release()
         _undo_swap(ns)
+        _purge(ns)
+
+
+# -- something else than our stats file under a balancer group's stats name -------------
+
+
+def _plant_stats_entry(namespace: str, kind: str, target: str) -> None:
+    """(As a member) make the shared lock directory and put a ``kind`` under group
+    ``g``'s stats name."""
+    os.close(lockdir.open_dir(namespace))
+    path = f"{naming.lock_dir(namespace)}/g@stats"
+    if kind == "directory":
+        os.mkdir(path)
+    elif kind == "fifo":
+        os.mkfifo(path, 0o660)
+    else:
+        os.symlink(target, path)
+
+
+@pytest.mark.parametrize("kind", ["directory", "fifo", "symlink"])
+def test_a_planted_stats_entry_never_stops_the_balancer(ns, tmp_path, monkeypatch, kind):
+    """Publishing its stats (for ``shmbus inspect``/``top``) fails when a directory sits
+    under their name (a FIFO or a symlink it replaces, never follows): the balancer
+    keeps dispatching, says why in ``stats_error``, and stops cleanly, leaving no
+    temporary file behind."""
+    monkeypatch.setenv("SHMBUS_GROUP", str(SHARED_GID))
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    shmbus.Producer("in", capacity=1 << 16).close()
+    run_as(THIRD_UID, SHARED_GID, _plant_stats_entry, ns, kind, str(victim))
+    b = Balancer("g", ["in"], poll=0.01)
+    failures: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            b.run()
+        except BaseException as e:  # noqa: BLE001 - the test reports it
+            failures.append(e)
+    thread = threading.Thread(target=run, daemon=True)
+    try:
+        with Worker("g", "w") as w:
+            thread.start()
+            with shmbus.Producer("in") as pub:
+                pub.send_many([b"%d" % i for i in range(20)])
+            got = [bytes(w.recv(timeout=5)) for _ in range(20)]
+            assert got == [b"%d" % i for i in range(20)]
+            assert thread.is_alive() and not failures
+            if kind == "directory":
+                assert "g@stats" in (b.stats_error or ""), b.stats_error
+            else:
+                assert b.stats_error is None
+                assert stats.read(ns, "g")["group"] == "g"  # published over it
+        assert b.stop(timeout=10)
+        thread.join(10)
+        assert not failures, failures
+        assert victim.read_text() == "precious"
+        left = [n for n in os.listdir(naming.lock_dir(ns)) if n.endswith(".tmp")]
+        assert left == []
+    finally:
+        b.stop(timeout=10)
+        from shmbus.cleanup import collect
+        collect(force=True)
         _purge(ns)
