@@ -99,17 +99,4 @@ def read(namespace: str | None, group: str) -> dict | None:
 
 def remove(namespace: str, group: str) -> None:
     """Remove the group's stats file if it is ours."""
-    path = membership.stats_path(namespace, group)
-    try:
-        dir_fd = lockdir.open_dir(namespace, create=False)
-    except FileNotFoundError:
-        return
-    try:
-        try:
-            st = os.stat(os.path.basename(path), dir_fd=dir_fd, follow_symlinks=False)
-        except FileNotFoundError:
-            return
-        lockdir.check(st, path, "regular file", naming.share_group())
-        os.unlink(os.path.basename(path), dir_fd=dir_fd)
-    finally:
-        os.close(dir_fd)
+    lockdir.remove_file(namespace, os.path.basename(membership.stats_path(namespace, group)))

@@ -60,13 +60,78 @@ monotonic_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
+/* A mapped segment held as a buffer export: it cannot be unmapped while held. */
+typedef struct {
+    Py_buffer view;
+    int held;
+} Hold;
+
+/* Hold ``segment`` (writable, 8-byte aligned) with a data area of ``capacity`` bytes
+ * at ``data_offset`` after every one of the ``n`` header words in ``words``. */
+static int
+hold_segment(Hold *h, PyObject *segment, Py_ssize_t data_offset, uint64_t capacity,
+             const Py_ssize_t *words, int n)
+{
+    if (h->held) {
+        PyErr_SetString(PyExc_RuntimeError, "already initialised");
+        return -1;
+    }
+    if (PyObject_GetBuffer(segment, &h->view, PyBUF_WRITABLE) < 0)
+        return -1;
+    int ok = data_offset >= 0 && (uint64_t)(h->view.len - data_offset) >= capacity &&
+             h->view.len >= data_offset && ((uintptr_t)h->view.buf & 7) == 0;
+    for (int i = 0; i < n; i++)
+        ok = ok && words[i] >= 0 && 8 * (words[i] + 1) <= data_offset;
+    if (!ok) {
+        PyBuffer_Release(&h->view);
+        PyErr_SetString(PyExc_ValueError, "segment too small for its header words and "
+                        "data area, or not 8-byte aligned");
+        return -1;
+    }
+    h->held = 1;
+    return 0;
+}
+
+static void
+let_go(Hold *h)
+{
+    if (h->held) {
+        h->held = 0;
+        PyBuffer_Release(&h->view);
+    }
+}
+
+static inline unsigned char *
+word_at(Hold *h, Py_ssize_t word)
+{
+    return (unsigned char *)h->view.buf + 8 * word;
+}
+
+/* A read-write u64 attribute of an object type. */
+#define U64_FIELD(Type, field)                                                       \
+    static PyObject *Type##_get_##field(Type *self, void *c)                        \
+    {                                                                                \
+        return PyLong_FromUnsignedLongLong(self->field);                             \
+    }                                                                                \
+    static int Type##_set_##field(Type *self, PyObject *v, void *c)                 \
+    {                                                                                \
+        if (v == NULL) {                                                             \
+            PyErr_SetString(PyExc_AttributeError, "cannot delete " #field);         \
+            return -1;                                                               \
+        }                                                                            \
+        unsigned long long x = PyLong_AsUnsignedLongLong(v);                         \
+        if (x == (unsigned long long)-1 && PyErr_Occurred())                         \
+            return -1;                                                               \
+        self->field = x;                                                             \
+        return 0;                                                                    \
+    }
+
 /* ------------------------------------------------------------------------------- */
 /* Sequencer                                                                        */
 
 typedef struct {
     PyObject_HEAD
-    Py_buffer segment;        /* export of the whole mapped segment */
-    int held;                 /* segment is held (0 after release()) */
+    Hold hold;                /* the whole mapped segment (let go by release()) */
     unsigned char *data;      /* the data area */
     unsigned char *write_at;  /* header word: WRITE */
     unsigned char *last_at;   /* header word: LAST */
@@ -91,10 +156,6 @@ Sequencer_init(Sequencer *self, PyObject *args, PyObject *kwds)
             &capacity, &max_record, &write_word, &last_word, &sleepers_word, &write,
             &seq, &limit, &fallback, &wake))
         return -1;
-    if (self->held) {
-        PyErr_SetString(PyExc_RuntimeError, "Sequencer is already initialised");
-        return -1;
-    }
     if (!PyCallable_Check(fallback) || !PyCallable_Check(wake)) {
         PyErr_SetString(PyExc_TypeError, "fallback and wake must be callable");
         return -1;
@@ -105,23 +166,13 @@ Sequencer_init(Sequencer *self, PyObject *args, PyObject *kwds)
                      "shmbus ring's", capacity, max_record);
         return -1;
     }
-    if (PyObject_GetBuffer(segment, &self->segment, PyBUF_WRITABLE) < 0)
+    Py_ssize_t words[] = {write_word, last_word, sleepers_word};
+    if (hold_segment(&self->hold, segment, data_offset, capacity, words, 3) < 0)
         return -1;
-    Py_ssize_t words_end = 8 * (Py_MAX(write_word, Py_MAX(last_word, sleepers_word)) + 1);
-    if (data_offset < words_end || write_word < 0 || last_word < 0 || sleepers_word < 0 ||
-            (uint64_t)(self->segment.len - data_offset) < capacity ||
-            ((uintptr_t)self->segment.buf & 7)) {
-        PyBuffer_Release(&self->segment);
-        PyErr_SetString(PyExc_ValueError, "segment too small for its header and data "
-                        "area, or not 8-byte aligned");
-        return -1;
-    }
-    unsigned char *base = self->segment.buf;
-    self->held = 1;
-    self->data = base + data_offset;
-    self->write_at = base + 8 * write_word;
-    self->last_at = base + 8 * last_word;
-    self->sleepers_at = base + 8 * sleepers_word;
+    self->data = word_at(&self->hold, 0) + data_offset;
+    self->write_at = word_at(&self->hold, write_word);
+    self->last_at = word_at(&self->hold, last_word);
+    self->sleepers_at = word_at(&self->hold, sleepers_word);
     self->capacity = capacity;
     self->mask = capacity - 1;
     self->max_record = max_record;
@@ -133,15 +184,6 @@ Sequencer_init(Sequencer *self, PyObject *args, PyObject *kwds)
     Py_INCREF(wake);
     Py_XSETREF(self->wake, wake);
     return 0;
-}
-
-static void
-Sequencer_release_segment(Sequencer *self)
-{
-    if (self->held) {
-        self->held = 0;
-        PyBuffer_Release(&self->segment);
-    }
 }
 
 static int
@@ -164,7 +206,7 @@ static void
 Sequencer_dealloc(Sequencer *self)
 {
     PyObject_GC_UnTrack(self);
-    Sequencer_release_segment(self);
+    let_go(&self->hold);
     Sequencer_clear(self);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
@@ -224,7 +266,7 @@ Sequencer_send(Sequencer *self, PyObject *const *args, Py_ssize_t nargs,
 {
     PyObject *key = Py_None;
     Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
-    if (nargs < 1 || nargs > 2 || !self->held)
+    if (nargs < 1 || nargs > 2 || !self->hold.held)
         goto slow;
     if (nargs == 2)
         key = args[1];
@@ -242,7 +284,7 @@ Sequencer_send(Sequencer *self, PyObject *const *args, Py_ssize_t nargs,
     Py_buffer view;
     if (!payload_of(args[0], &view, &dp, &n))
         goto slow;
-    if (!self->held) {  /* closed meanwhile: getting those buffers may run Python code */
+    if (!self->hold.held) {  /* closed meanwhile: getting those buffers may run Python code */
         if (view.obj)
             PyBuffer_Release(&view);
         goto slow;
@@ -292,31 +334,13 @@ PyDoc_STRVAR(Sequencer_release__doc__,
 static PyObject *
 Sequencer_release(Sequencer *self, PyObject *Py_UNUSED(ignored))
 {
-    Sequencer_release_segment(self);
+    let_go(&self->hold);
     Py_RETURN_NONE;
 }
 
-#define U64_FIELD(field, doc)                                                        \
-    static PyObject *Sequencer_get_##field(Sequencer *self, void *c)                \
-    {                                                                                \
-        return PyLong_FromUnsignedLongLong(self->field);                             \
-    }                                                                                \
-    static int Sequencer_set_##field(Sequencer *self, PyObject *v, void *c)         \
-    {                                                                                \
-        if (v == NULL) {                                                             \
-            PyErr_SetString(PyExc_AttributeError, "cannot delete " #field);         \
-            return -1;                                                               \
-        }                                                                            \
-        unsigned long long x = PyLong_AsUnsignedLongLong(v);                         \
-        if (x == (unsigned long long)-1 && PyErr_Occurred())                         \
-            return -1;                                                               \
-        self->field = x;                                                             \
-        return 0;                                                                    \
-    }
-
-U64_FIELD(write, "write position")
-U64_FIELD(seq, "next seq")
-U64_FIELD(limit, "limit")
+U64_FIELD(Sequencer, write)
+U64_FIELD(Sequencer, seq)
+U64_FIELD(Sequencer, limit)
 
 static PyGetSetDef Sequencer_getset[] = {
     {"write", (getter)Sequencer_get_write, (setter)Sequencer_set_write,
@@ -360,8 +384,7 @@ static PyTypeObject SequencerType = {
 
 typedef struct {
     PyObject_HEAD
-    Py_buffer segment;        /* export of the whole mapped segment */
-    int held;
+    Hold hold;                /* the whole mapped segment (let go by release()) */
     unsigned char *data;      /* the data area */
     unsigned char *write_at;  /* header word: WRITE */
     unsigned char *psleep_at; /* header word: the producer's SLEEP epoch */
@@ -392,10 +415,6 @@ Reader_init(Reader *self, PyObject *args, PyObject *kwds)
             &data_offset, &capacity, &pad_limit, &write_word, &psleep_word, &read_word,
             &safe_from, &pos, &committed, &expect, &message_type, &owner, &take, &wake))
         return -1;
-    if (self->held) {
-        PyErr_SetString(PyExc_RuntimeError, "Reader is already initialised");
-        return -1;
-    }
     if (!PyType_Check(message_type) ||
             !PyType_IsSubtype((PyTypeObject *)message_type, &PyTuple_Type) ||
             !PyCallable_Check(take) || !PyCallable_Check(wake) ||
@@ -417,24 +436,18 @@ Reader_init(Reader *self, PyObject *args, PyObject *kwds)
         PyErr_Clear();
         safe = UINT64_MAX;
     }
-    if (PyObject_GetBuffer(segment, &self->segment, PyBUF_WRITABLE) < 0)
-        return -1;
-    Py_ssize_t words_end = 8 * (Py_MAX(write_word, Py_MAX(psleep_word, read_word)) + 1);
-    if (data_offset < words_end || write_word < 0 || psleep_word < 0 || read_word < 0 ||
-            (uint64_t)(self->segment.len - data_offset) < capacity ||
-            ((uintptr_t)self->segment.buf & 7) ||
-            PyObject_Length(data_view) != (Py_ssize_t)capacity) {
-        PyBuffer_Release(&self->segment);
-        PyErr_SetString(PyExc_ValueError, "segment too small for its header and data "
-                        "area, not 8-byte aligned, or data_view is not its data area");
+    if (PyObject_Length(data_view) != (Py_ssize_t)capacity) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_ValueError, "data_view is not the data area");
         return -1;
     }
-    unsigned char *base = self->segment.buf;
-    self->held = 1;
-    self->data = base + data_offset;
-    self->write_at = base + 8 * write_word;
-    self->psleep_at = base + 8 * psleep_word;
-    self->read_at = base + 8 * read_word;
+    Py_ssize_t words[] = {write_word, psleep_word, read_word};
+    if (hold_segment(&self->hold, segment, data_offset, capacity, words, 3) < 0)
+        return -1;
+    self->data = word_at(&self->hold, 0) + data_offset;
+    self->write_at = word_at(&self->hold, write_word);
+    self->psleep_at = word_at(&self->hold, psleep_word);
+    self->read_at = word_at(&self->hold, read_word);
     self->mask = capacity - 1;
     self->pad_limit = pad_limit;
     self->safe_from = safe;
@@ -460,15 +473,6 @@ Reader_init(Reader *self, PyObject *args, PyObject *kwds)
     Py_INCREF(wake);
     Py_XSETREF(self->wake, wake);
     return 0;
-}
-
-static void
-Reader_release_segment(Reader *self)
-{
-    if (self->held) {
-        self->held = 0;
-        PyBuffer_Release(&self->segment);
-    }
 }
 
 static int
@@ -497,7 +501,7 @@ static void
 Reader_dealloc(Reader *self)
 {
     PyObject_GC_UnTrack(self);
-    Reader_release_segment(self);
+    let_go(&self->hold);
     Reader_clear(self);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
@@ -516,7 +520,7 @@ Reader_recv(Reader *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwn
                                                      "timeout") != 0))
         return PyObject_Vectorcall(self->take, args, nargs, kwnames);  /* TypeError */
     PyObject *timeout = nargs + nkw ? args[0] : Py_None;
-    if (!self->held)
+    if (!self->hold.held)
         goto slow;
     uint64_t pos = self->pos;
     if (pos != self->committed) {  /* release the previous message */
@@ -532,7 +536,7 @@ Reader_recv(Reader *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwn
             if (r == NULL)
                 return NULL;
             Py_DECREF(r);
-            if (!self->held)
+            if (!self->hold.held)
                 goto slow;
         }
     }
@@ -569,7 +573,7 @@ Reader_recv(Reader *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwn
         key = PyBytes_FromStringAndSize(NULL, klen);
         if (key == NULL)
             return NULL;
-        if (!self->held) {  /* closed meanwhile (the allocation ran Python code) */
+        if (!self->hold.held) {  /* closed meanwhile (the allocation ran Python code) */
             Py_DECREF(key);
             goto slow;
         }
@@ -622,31 +626,13 @@ PyDoc_STRVAR(Reader_release__doc__,
 static PyObject *
 Reader_release(Reader *self, PyObject *Py_UNUSED(ignored))
 {
-    Reader_release_segment(self);
+    let_go(&self->hold);
     Py_RETURN_NONE;
 }
 
-#define READER_U64(field)                                                            \
-    static PyObject *Reader_get_##field(Reader *self, void *c)                      \
-    {                                                                                \
-        return PyLong_FromUnsignedLongLong(self->field);                             \
-    }                                                                                \
-    static int Reader_set_##field(Reader *self, PyObject *v, void *c)               \
-    {                                                                                \
-        if (v == NULL) {                                                             \
-            PyErr_SetString(PyExc_AttributeError, "cannot delete " #field);         \
-            return -1;                                                               \
-        }                                                                            \
-        unsigned long long x = PyLong_AsUnsignedLongLong(v);                         \
-        if (x == (unsigned long long)-1 && PyErr_Occurred())                         \
-            return -1;                                                               \
-        self->field = x;                                                             \
-        return 0;                                                                    \
-    }
-
-READER_U64(pos)
-READER_U64(committed)
-READER_U64(wcache)
+U64_FIELD(Reader, pos)
+U64_FIELD(Reader, committed)
+U64_FIELD(Reader, wcache)
 
 static PyObject *
 Reader_get_expect(Reader *self, void *c)

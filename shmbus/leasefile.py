@@ -229,21 +229,4 @@ def pinned_expiry(pid: int, identity: tuple[int, int]) -> int | None:
 def remove(namespace: str, name: str) -> None:
     """Remove lease or fence file ``name`` if it is ours, then the lock directory if
     that left it empty."""
-    try:
-        dir_fd = lockdir.open_dir(namespace, create=False)
-    except FileNotFoundError:
-        return
-    try:
-        try:
-            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-        except FileNotFoundError:
-            return
-        path = f"{naming.lock_dir(namespace)}/{name}"
-        lockdir.check(st, path, "regular file", naming.share_group())
-        os.unlink(name, dir_fd=dir_fd)
-    finally:
-        os.close(dir_fd)
-    try:
-        os.rmdir(naming.lock_dir(namespace))  # only if that left it empty
-    except OSError:
-        pass
+    lockdir.remove_file(namespace, name, rmdir=True)

@@ -139,6 +139,31 @@ def open_file(dir_fd: int, name: str, path: str, *, create: bool = True,
     return fd
 
 
+def remove_file(ns: str, name: str, *, rmdir: bool = False) -> None:
+    """Remove file ``name`` of namespace ``ns``'s lock directory if it is ours (through
+    the checked directory's descriptor, never its path); with ``rmdir``, then the
+    directory too if that left it empty.  Raises :class:`PermissionDenied` for a file
+    that is not ours."""
+    try:
+        dir_fd = open_dir(ns, create=False)
+    except FileNotFoundError:
+        return
+    try:
+        try:
+            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return
+        check(st, f"{naming.lock_dir(ns)}/{name}", "regular file", naming.share_group())
+        os.unlink(name, dir_fd=dir_fd)
+    finally:
+        os.close(dir_fd)
+    if rmdir:
+        try:
+            os.rmdir(naming.lock_dir(ns))  # only if that left it empty
+        except OSError:
+            pass
+
+
 def check(st: os.stat_result, path: str, kind: str, group: int | None = None) -> None:
     """Raise :class:`PermissionDenied` unless ``st`` describes a ``kind`` ("directory"
     or "regular file") we may trust: owned by us without group or other permission

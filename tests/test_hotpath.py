@@ -51,14 +51,23 @@ messages = st.lists(st.tuples(st.binary(max_size=300),
                                         st.text(max_size=8))), max_size=120)
 
 
-def _producer(name: str, compiled: bool, **kw) -> shmbus.Producer:
-    """A producer of the path asked for, whichever this process runs."""
+def _on_path(compiled: bool, make, *args, **kw):
+    """``make(*args, **kw)`` (a Producer or Consumer) on the path asked for, whichever
+    this process runs."""
     saved = hotpath.compiled, hotpath.native
     hotpath.compiled, hotpath.native = compiled, native if compiled else None
     try:
-        return shmbus.Producer(name, **kw)
+        return make(*args, **kw)
     finally:
         hotpath.compiled, hotpath.native = saved
+
+
+def _producer(name: str, compiled: bool, **kw) -> shmbus.Producer:
+    return _on_path(compiled, shmbus.Producer, name, **kw)
+
+
+def _consumer(name: str, compiled: bool, **kw) -> shmbus.Consumer:
+    return _on_path(compiled, shmbus.Consumer, name, **kw)
 
 
 @needs_build
@@ -112,16 +121,6 @@ def test_compiled_send_takes_buffers_and_hands_the_rest_over(ns):
     assert got[:4] == [b"bytes", b"array", b"view", np.arange(3, dtype=np.uint16).tobytes()]
     assert got[4:] == [b"y" * 100] * 100 + [b"abc", b"after"]
     pub.unlink()
-
-
-def _consumer(name: str, compiled: bool, **kw) -> shmbus.Consumer:
-    """A consumer of the path asked for, whichever this process runs."""
-    saved = hotpath.compiled, hotpath.native
-    hotpath.compiled, hotpath.native = compiled, native if compiled else None
-    try:
-        return shmbus.Consumer(name, **kw)
-    finally:
-        hotpath.compiled, hotpath.native = saved
 
 
 @needs_build
