@@ -31,7 +31,8 @@ def main(argv=None) -> dict:
                     help="comma-separated transport names to run (default: all)")
     args = ap.parse_args(argv)
     fanouts = [int(x) for x in args.consumers.split(",")]
-    transports, notes = harness.select([Shmbus(), Zmq(pubsub=True), Iceoryx2()],
+    transports, notes = harness.select([Shmbus(), Shmbus(pure=True), Zmq(pubsub=True),
+                                        Iceoryx2()],
                                        args.only)
     cases = [(f"{t.name} x{k}", lambda t=t, k=k: harness.run_stream(
         t, args.messages, 64, receivers=k)) for k in fanouts for t in transports]

@@ -39,7 +39,8 @@ def cases(quick: bool, scale: float = 1.0) -> list[tuple[str, int, int, object, 
     counts = {size: max(50, int(n * scale)) for size, n in (QUICK if quick else SIZES).items()}
     out = []
     for size, n in counts.items():
-        peers = [Shmbus(), MpQueue(), MpPipe(), FasterFifo(), Zmq(), Iceoryx2()]
+        peers = [Shmbus(), Shmbus(pure=True), MpQueue(), MpPipe(), FasterFifo(), Zmq(),
+                 Iceoryx2()]
         if size > 64:
             peers.insert(1, Shmbus(zero_copy_send=True))
         for t in peers:

@@ -28,7 +28,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--plot", default=None,
                     help="draw the latency distributions to this PNG file")
     args = ap.parse_args(argv)
-    transports = [Shmbus(), Shmbus(wait="spin"), Shmbus(wait="yield"), Shmbus(wait="sleep"),
+    transports = [Shmbus(), Shmbus(pure=True), Shmbus(wait="spin"),
+                  Shmbus(wait="spin", pure=True), Shmbus(wait="yield"), Shmbus(wait="sleep"),
                   MpQueue(), MpPipe(), FasterFifo(), Zmq(), Iceoryx2()]
     transports, notes = harness.select(transports, args.only)
     cases = [(t.name, lambda t=t: harness.run_ping_pong(t, args.rounds))

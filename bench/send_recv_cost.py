@@ -4,7 +4,8 @@
 
 Nanoseconds per message of ``send``, ``recv``, ``send_many`` and ``recv_many`` (64-byte
 messages, batches of 256), and of the balancer's raw forwarding (``take_run`` +
-``forward``), best of ``--repeats`` rounds.  No second process, no waiting, no cache
+``forward``), best of ``--repeats`` rounds, for the compiled hot path ("shmbus") and
+the pure-Python one ("shmbus-pure"), each in a process of its own.  No second process, no waiting, no cache
 line moving between cores: what is left is the Python work per message, the number to
 watch when optimising (profile first: ``py-spy record --subprocesses``).
 
@@ -22,6 +23,7 @@ import shmbus
 from shmbus.forward import forward, take_run
 
 from tools.benchkit import harness
+from tools.benchkit.transports import SPAWN, Shmbus
 
 BATCH = 256
 
@@ -83,18 +85,45 @@ def measure(n: int, repeats: int) -> dict:
     return best
 
 
+def _measure_child(n: int, repeats: int, out) -> None:
+    out.put((shmbus.compiled, measure(n, repeats)))
+
+
+def measure_path(path: Shmbus, n: int, repeats: int) -> dict | None:
+    """:func:`measure` in a process running ``path``'s hot path (None if that path is
+    not available here)."""
+    out = SPAWN.Queue()
+    proc = SPAWN.Process(target=_measure_child, args=(n, repeats, out), daemon=True)
+    with harness.child_env(path):
+        proc.start()
+    try:
+        compiled, best = out.get(timeout=600)
+    finally:
+        proc.join(60)
+    if compiled != (path.name == "shmbus"):
+        return None
+    return best
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--messages", type=int, default=100_000)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
-    best = measure(args.messages, args.repeats)
-    rows = [[k, f"{v:.0f}"] for k, v in best.items()]
-    print(harness.markdown(f"hot path, 64 B, best of {args.repeats}", rows,
-                           ["call", "ns per message"]))
-    result = harness.result("send_recv_cost", args.json, results=best)
-    return result
+    results = {}
+    for path in (Shmbus(), Shmbus(pure=True)):
+        best = measure_path(path, args.messages, args.repeats)
+        if best is None:
+            print(f"{path.name}: not available here (no compiled build)")
+        else:
+            results[path.name] = best
+    calls = list(next(iter(results.values())))
+    names = list(results)
+    rows = [[call, *(f"{results[name][call]:.0f}" for name in names)] for call in calls]
+    print(harness.markdown(f"hot path, 64 B, ns per message, best of {args.repeats}",
+                           rows, ["call", *names]))
+    return harness.result("send_recv_cost", args.json, results=results)
 
 
 if __name__ == "__main__":

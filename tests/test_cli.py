@@ -157,7 +157,7 @@ def test_quick_bench_reports_peers():
     assert r.exit_code == 0, r.output
     data = json.loads(r.output[r.output.index("{"):])
     assert data["results"]["shmbus"]["msgs_per_s"] > 0
-    assert set(data["results"]) == {"shmbus", "multiprocessing.Pipe"}
+    assert set(data["results"]) == {"shmbus", "shmbus-pure", "multiprocessing.Pipe"}
     assert all(v["p50_us"] > 0 and v["idle_cpu_percent"] >= 0
                for v in data["results"].values())
 

@@ -26,7 +26,7 @@ def command(messages: int, only: str | None, as_json: bool) -> None:
              if not t.missing() and (wanted is None or t.name in wanted)]
     results, rows = {}, []
     base = None
-    with click.progressbar([Shmbus(), *peers], label="throughput and round trip",
+    with click.progressbar([Shmbus(), Shmbus(pure=True), *peers], label="throughput and round trip",
                            file=sys.stderr,
                            item_show_func=lambda t: t.name if t else "") as bar:
         for t in bar:

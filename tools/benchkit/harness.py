@@ -7,6 +7,7 @@ instead of letting it hit one: this host has 2 cores and is shared.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -22,6 +23,25 @@ WARM = b"w"  # 1-byte probes sent until every receiver is connected (PUB/SUB pee
 
 
 # -- child processes ----------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def child_env(transport: Transport):
+    """Start child processes with ``transport.env`` (e.g. which hot path shmbus runs)."""
+    saved = {k: os.environ.get(k) for k in transport.env}
+    for k, v in transport.env.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def _receiver_main(transport: Transport, cfg, index, n, batch, ready, warm, out):
@@ -94,8 +114,9 @@ def run_stream(transport: Transport, n: int, size: int, receivers: int = 1,
                 transport, cfg, i, n, batch, readies[i], warms[i], out), daemon=True))
         procs.append(SPAWN.Process(target=_sender_main, args=(
             transport, cfg, n, size, batch, readies, warms, out), daemon=True))
-        for p in procs:
-            p.start()
+        with child_env(transport):
+            for p in procs:
+                p.start()
         results = [_collect(out, procs, timeout) for _ in range(receivers + 1)]
         for p in procs:
             p.join(timeout)
@@ -124,8 +145,9 @@ def run_idle(transport: Transport, seconds: float = 2.0) -> dict:
             transport, cfg, 0, 1, 1, ready, warm, out), daemon=True))
         procs.append(SPAWN.Process(target=_sender_main, args=(
             transport, cfg, 1, 64, 1, [ready], [warm], out, go), daemon=True))
-        for p in procs:
-            p.start()
+        with child_env(transport):
+            for p in procs:
+                p.start()
         _collect(out, procs, 60)  # connected: the receiver waits for the message
         t0, c0 = time.perf_counter(), cpu_ns(procs[0].pid)
         time.sleep(seconds)  # the measurement window, not a synchronisation
@@ -201,11 +223,13 @@ def run_ping_pong(transport: Transport, rounds: int, timeout: float = 300) -> di
         ready = SPAWN.Event()
         proc = SPAWN.Process(target=_echo_main, args=(
             transport, cfg_a, transport, cfg_b, rounds, ready, None), daemon=True)
-        proc.start()
+        with child_env(transport):
+            proc.start()
         ready.wait(60)
         child = SPAWN.Process(target=_ping_main, args=(transport, cfg_a, cfg_b, rounds, out),
                               daemon=True)
-        child.start()
+        with child_env(transport):
+            child.start()
         lat = _collect(out, [proc, child], timeout)
         child.join(timeout)
         proc.join(timeout)

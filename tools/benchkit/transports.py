@@ -29,6 +29,7 @@ class Transport:
     module: str | None = None   # the importable module this peer needs
     broadcast = False           # every receiver gets every message
     batch = False               # has a batch API
+    env: dict[str, str | None] = {}  # environment of its processes (None: unset)
 
     @classmethod
     def missing(cls) -> str | None:
@@ -48,16 +49,21 @@ class Shmbus(Transport):
     broadcast = batch = True
 
     def __init__(self, wait: str = "adaptive", zero_copy_send: bool = False,
-                 arrays: bool = False):
+                 arrays: bool = False, pure: bool = False):
         self.wait = wait
         self.zero_copy_send = zero_copy_send
         self.arrays = arrays  # batches as numpy arrays: send_array / recv_array
+        # "shmbus" runs the compiled hot path where it is built, "shmbus-pure" the
+        # pure-Python one, whatever the benchmark process itself runs.
+        self.env = {"SHMBUS_PURE_PYTHON": "1" if pure else None}
+        base = "shmbus-pure" if pure else "shmbus"
+        self.name = base
         if wait != "adaptive":
-            self.name = f"shmbus[{wait}]"
+            self.name = f"{base}[{wait}]"
         if zero_copy_send:
-            self.name = "shmbus[claim]"
+            self.name = f"{base}[claim]"
         if arrays:
-            self.name = "shmbus[arrays]"
+            self.name = f"{base}[arrays]"
 
     def setup(self, receivers: int, max_size: int) -> dict:
         ns = f"bench{os.getpid()}x{uuid.uuid4().hex[:6]}"
