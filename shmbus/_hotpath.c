@@ -36,7 +36,11 @@
 #endif
 
 #define RECORD_HEADER 24 /* u32 length, u16 key length, u16 flags, u64 seq, u64 time */
+#define RECORD_FORMAT "<IHHQQ"  /* the same, as shmbus.layout.RECORD: hotpath.py checks */
 #define KEY_MAX 0xFFFF
+
+_Static_assert(ATOMIC_LLONG_LOCK_FREE == 2, "8-byte atomics must be lock-free: they are "
+               "shared with other processes");
 
 typedef _Atomic uint64_t atomic_u64;
 
@@ -307,15 +311,21 @@ Sequencer_send(Sequencer *self, PyObject *const *args, Py_ssize_t nargs,
     memcpy(rec + 6, &flags, 2);
     memcpy(rec + 8, &seq, 8);
     memcpy(rec + 16, &now, 8);
+    /* memmove: the payload may be a view of this very ring (msg.data sent again). */
     if (klen)
-        memcpy(rec + RECORD_HEADER, kp, (size_t)klen);
-    memcpy(rec + RECORD_HEADER + klen, dp, (size_t)n);
-    if (view.obj)
-        PyBuffer_Release(&view);
+        memmove(rec + RECORD_HEADER, kp, (size_t)klen);
+    memmove(rec + RECORD_HEADER + klen, dp, (size_t)n);
     self->seq = seq + 1;
     self->write = pos + size;
     store_release(self->write_at, pos + size);  /* publishes the record */
     store_release(self->last_at, pos);
+    /* Releasing the payload's buffer may run Python code (and a close): only after
+     * the last access to the segment. */
+    if (view.obj)
+        PyBuffer_Release(&view);
+    /* No fence between the store above and this load: a sleeper falling asleep at
+     * this moment can be missed, which shmbus/wait.py bounds (its first sleeps are
+     * short), as the pure-Python path does. */
     if (load_relaxed(self->sleepers_at)) {
         PyObject *r = PyObject_CallNoArgs(self->wake);
         if (r == NULL)
@@ -324,6 +334,10 @@ Sequencer_send(Sequencer *self, PyObject *const *args, Py_ssize_t nargs,
     }
     return PyLong_FromUnsignedLongLong(seq);
 slow:
+    if (self->fallback == NULL) {
+        PyErr_SetString(PyExc_TypeError, "Sequencer was not initialised");
+        return NULL;
+    }
     return PyObject_Vectorcall(self->fallback, args, nargs, kwnames);
 }
 
@@ -444,6 +458,13 @@ Reader_init(Reader *self, PyObject *args, PyObject *kwds)
     Py_ssize_t words[] = {write_word, psleep_word, read_word};
     if (hold_segment(&self->hold, segment, data_offset, capacity, words, 3) < 0)
         return -1;
+    Py_buffer *dv = PyMemoryView_GET_BUFFER(data_view);
+    if (dv->buf != word_at(&self->hold, 0) + data_offset || dv->itemsize != 1 ||
+            dv->len != (Py_ssize_t)capacity) {
+        let_go(&self->hold);
+        PyErr_SetString(PyExc_ValueError, "data_view is not the segment's data area");
+        return -1;
+    }
     self->data = word_at(&self->hold, 0) + data_offset;
     self->write_at = word_at(&self->hold, write_word);
     self->psleep_at = word_at(&self->hold, psleep_word);
@@ -517,16 +538,23 @@ Reader_recv(Reader *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwn
     Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
     if (nargs + nkw > 1 ||
             (nkw && PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(kwnames, 0),
-                                                     "timeout") != 0))
-        return PyObject_Vectorcall(self->take, args, nargs, kwnames);  /* TypeError */
+                                                     "timeout") != 0)) {
+        PyErr_SetString(PyExc_TypeError, "recv() takes one argument, timeout");
+        return NULL;
+    }
     PyObject *timeout = nargs + nkw ? args[0] : Py_None;
+    if (self->take == NULL || self->owner == NULL || self->data_view == NULL ||
+            self->message_type == NULL || self->wake == NULL) {
+        PyErr_SetString(PyExc_TypeError, "Reader was not initialised");
+        return NULL;
+    }
     if (!self->hold.held)
         goto slow;
     uint64_t pos = self->pos;
     if (pos != self->committed) {  /* release the previous message */
         store_release(self->read_at, pos);
         self->committed = pos;
-        uint64_t epoch = load_relaxed(self->psleep_at);
+        uint64_t epoch = load_relaxed(self->psleep_at);  /* no fence: see Sequencer */
         if (epoch & 1) {
             PyObject *epoch_o = PyLong_FromUnsignedLongLong(epoch);
             if (epoch_o == NULL)
@@ -577,7 +605,7 @@ Reader_recv(Reader *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwn
             Py_DECREF(key);
             goto slow;
         }
-        memcpy(PyBytes_AS_STRING(key), rec + RECORD_HEADER, klen);
+        memcpy(PyBytes_AS_STRING(key), rec + RECORD_HEADER, klen);  /* fresh bytes */
     }
     else
         Py_INCREF(key);
@@ -717,18 +745,12 @@ static struct PyModuleDef hotpath_module = {
 PyMODINIT_FUNC
 PyInit__hotpath(void)
 {
-    if (PyType_Ready(&SequencerType) < 0 || PyType_Ready(&ReaderType) < 0)
-        return NULL;
     PyObject *m = PyModule_Create(&hotpath_module);
     if (m == NULL)
         return NULL;
-    Py_INCREF(&SequencerType);
-    Py_INCREF(&ReaderType);
-    if (PyModule_AddObject(m, "Sequencer", (PyObject *)&SequencerType) < 0 ||
-            PyModule_AddObject(m, "Reader", (PyObject *)&ReaderType) < 0 ||
-            PyModule_AddStringConstant(m, "SOURCE_HASH", SHMBUS_SOURCE_HASH) < 0) {
-        Py_DECREF(&SequencerType);
-        Py_DECREF(&ReaderType);
+    if (PyModule_AddType(m, &SequencerType) < 0 || PyModule_AddType(m, &ReaderType) < 0 ||
+            PyModule_AddStringConstant(m, "SOURCE_HASH", SHMBUS_SOURCE_HASH) < 0 ||
+            PyModule_AddStringConstant(m, "RECORD_FORMAT", RECORD_FORMAT) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -87,6 +87,9 @@ class Consumer(Handle):
                     self._slots.detach(self.slot, keep=durable is not None)
             if self._durable_lock is not None:
                 self._durable_lock.release()
+            cur = getattr(self, "_cur", None)
+            if cur is not None:
+                cur.release()  # the compiled cursor holds the mapping
             seg.close()
             raise
         self._opened()
@@ -238,87 +241,95 @@ class Consumer(Handle):
             return take(timeout)
 
         def recv(timeout: float | None = None) -> Message:
-            pos = cur.pos
-            if pos != cur.committed:
-                words[read_word] = pos
-                cur.committed = pos
-                if words[H_PRODUCER_SLEEP] & 1:
-                    wake_producer(words[H_PRODUCER_SLEEP])
-            # _wcache: the write position, clipped to the end of pos's lap of the data
-            # area: a record ending at or before it is published and inside the ring.
-            wcache = cur.wcache
-            if pos >= wcache:
-                write, lap_end = words[H_WRITE], (pos | mask) + 1
-                wcache = cur.wcache = write if write < lap_end else lap_end
+            try:
+                pos = cur.pos
+                if pos != cur.committed:
+                    words[read_word] = pos
+                    cur.committed = pos
+                    if words[H_PRODUCER_SLEEP] & 1:
+                        wake_producer(words[H_PRODUCER_SLEEP])
+                # _wcache: the write position, clipped to the end of pos's lap of the
+                # data area: a record ending at or before it is published and inside the
+                # ring.
+                wcache = cur.wcache
                 if pos >= wcache:
-                    return take(timeout)
-            idx = pos & mask
-            if pos < safe_from or idx > pad_limit:
-                return take(timeout)
-            plen, klen, flags, seq, ts = unpack(data, idx)
-            end = pos + ((RECORD_HEADER + 7 + klen + plen) & -8)
-            # Padding, flags, a size the ring cannot hold, a seq out of turn: _take
-            # skips, checks, or raises CorruptRing.
-            if flags or end > wcache or seq != cur.expect:
-                return take(timeout)
-            start = idx + RECORD_HEADER
-            if klen:
-                key = data[start:start + klen].tobytes()
-                start += klen
-            else:
-                key = None
-            cur.expect = seq + 1
-            cur.pos = end
-            return new(Message, (data[start:start + plen], key, seq, ts, me, end, 0))
-
-        def recv_many(max_messages: int, timeout: float | None = None) -> list[Message]:
-            if max_messages < 1:
-                raise ValueError(f"max_messages must be >= 1, got {max_messages!r}")
-            if cur.pos != cur.committed:
-                commit(cur.pos)
-            batch = [take(timeout)]
-            append = batch.append
-            pos, wcache = cur.pos, cur.wcache
-            if max_messages > BULK and pos >= safe_from and not batch[0][6]:
-                more = take_uniform(me, batch[0], pos, max_messages - 1)
-                if more:  # messages of the first one's size, read with numpy
-                    batch += more
-                    pos, wcache = cur.pos, cur.wcache
-            expect = cur.expect
-            for _ in range(max_messages - len(batch)):
-                if pos >= wcache:  # _wcache: see recv
                     write, lap_end = words[H_WRITE], (pos | mask) + 1
                     wcache = cur.wcache = write if write < lap_end else lap_end
                     if pos >= wcache:
-                        break
+                        return take(timeout)
                 idx = pos & mask
                 if pos < safe_from or idx > pad_limit:
-                    flags = 1
-                else:
-                    plen, klen, flags, seq, ts = unpack(data, idx)
-                    size = (RECORD_HEADER + 7 + klen + plen) & -8
-                    if pos + size > wcache or seq != expect:
-                        flags = 1
-                if flags:  # unusual (padding, checked read, corrupt): _take decides
-                    cur.pos, cur.expect = pos, expect
-                    try:
-                        append(take(0))
-                    except (Timeout, CorruptRing):  # the next call waits, or raises
-                        pos, expect = cur.pos, cur.expect  # before taking anything
-                        break
-                    pos, wcache, expect = cur.pos, cur.wcache, cur.expect
-                    continue
+                    return take(timeout)
+                plen, klen, flags, seq, ts = unpack(data, idx)
+                end = pos + ((RECORD_HEADER + 7 + klen + plen) & -8)
+                # Padding, flags, a size the ring cannot hold, a seq out of turn: _take
+                # skips, checks, or raises CorruptRing.
+                if flags or end > wcache or seq != cur.expect:
+                    return take(timeout)
                 start = idx + RECORD_HEADER
                 if klen:
                     key = data[start:start + klen].tobytes()
                     start += klen
                 else:
                     key = None
-                pos += size
-                expect = seq + 1
-                append(new(Message, (data[start:start + plen], key, seq, ts, me, pos, 0)))
-            cur.pos, cur.expect = pos, expect
-            return batch
+                cur.expect = seq + 1
+                cur.pos = end
+                return new(Message, (data[start:start + plen], key, seq, ts, me, end, 0))
+            except ValueError as e:  # a released view: closed by another thread?
+                raise me._closed_or(e) from None
+
+        def recv_many(max_messages: int, timeout: float | None = None) -> list[Message]:
+            if max_messages < 1:
+                raise ValueError(f"max_messages must be >= 1, got {max_messages!r}")
+            try:
+                if cur.pos != cur.committed:
+                    commit(cur.pos)
+                batch = [take(timeout)]
+                append = batch.append
+                pos, wcache = cur.pos, cur.wcache
+                if max_messages > BULK and pos >= safe_from and not batch[0][6]:
+                    more = take_uniform(me, batch[0], pos, max_messages - 1)
+                    if more:  # messages of the first one's size, read with numpy
+                        batch += more
+                        pos, wcache = cur.pos, cur.wcache
+                expect = cur.expect
+                for _ in range(max_messages - len(batch)):
+                    if pos >= wcache:  # _wcache: see recv
+                        write, lap_end = words[H_WRITE], (pos | mask) + 1
+                        wcache = cur.wcache = write if write < lap_end else lap_end
+                        if pos >= wcache:
+                            break
+                    idx = pos & mask
+                    if pos < safe_from or idx > pad_limit:
+                        flags = 1
+                    else:
+                        plen, klen, flags, seq, ts = unpack(data, idx)
+                        size = (RECORD_HEADER + 7 + klen + plen) & -8
+                        if pos + size > wcache or seq != expect:
+                            flags = 1
+                    if flags:  # unusual (padding, checked read, corrupt): _take decides
+                        cur.pos, cur.expect = pos, expect
+                        try:
+                            append(take(0))
+                        except (Timeout, CorruptRing):  # the next call waits, or raises
+                            pos, expect = cur.pos, cur.expect  # before taking anything
+                            break
+                        pos, wcache, expect = cur.pos, cur.wcache, cur.expect
+                        continue
+                    start = idx + RECORD_HEADER
+                    if klen:
+                        key = data[start:start + klen].tobytes()
+                        start += klen
+                    else:
+                        key = None
+                    pos += size
+                    expect = seq + 1
+                    append(new(Message,
+                               (data[start:start + plen], key, seq, ts, me, pos, 0)))
+                cur.pos, cur.expect = pos, expect
+                return batch
+            except ValueError as e:  # a released view: closed by another thread?
+                raise me._closed_or(e) from None
 
         # Every record of an overwrite ring is a checked read (_take); its commits also
         # store the next seq, so that a consumer lapped while away counts its loss.

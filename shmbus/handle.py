@@ -70,6 +70,12 @@ class Handle:
         return Closed(f"{self._kind} of ring {name!r} is closed: open a new one to go on",
                       name=name)
 
+    def _closed_or(self, error: Exception) -> Exception:
+        """What a call that failed with ``error`` (a released memoryview's ValueError,
+        say) raises: :class:`Closed` if the handle was closed meanwhile (another thread
+        let go of the segment under it), else ``error`` itself."""
+        return self._closed_error() if self._closed else error
+
     def _refuse(self, *args: object, **kwargs: object):
         """Stands in for the hot-path methods of a closed handle."""
         raise self._closed_error()

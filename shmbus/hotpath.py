@@ -23,6 +23,8 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+from . import layout
+
 __all__ = ["native", "compiled", "reason"]
 
 _HERE = Path(__file__).resolve().parent
@@ -80,6 +82,10 @@ def load_native() -> tuple[ModuleType | None, str]:
             continue
         if want is not None and getattr(module, "SOURCE_HASH", None) != want:
             stale.append(f"{path} was built from another version of _hotpath.c")
+            continue
+        if getattr(module, "RECORD_FORMAT", None) != layout.RECORD.format:
+            stale.append(f"{path} writes records as {module.RECORD_FORMAT!r}, the layout "
+                         f"says {layout.RECORD.format!r}")
             continue
         sys.modules["shmbus._hotpath"] = module
         return module, f"compiled module {path}"

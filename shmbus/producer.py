@@ -131,6 +131,9 @@ class Producer(Room, Handle):
                 self._check_compatible(cap, flags, max_consumers)
                 self._take_over(how)
             except BaseException:
+                cur = getattr(self, "_cur", None)
+                if cur is not None:
+                    cur.release()  # the compiled cursor holds the mapping
                 seg.close()
                 raise
         except BaseException:
@@ -210,11 +213,12 @@ class Producer(Room, Handle):
                       lambda self, v: setattr(self._cur, "limit", v))
 
     def _set_unusable(self, unusable: bool) -> None:
-        """While a claim is open (or once closed), sends go to the pure-Python path,
-        which refuses them with a clear error; the fast path never checks."""
+        """While a claim is open (or once closed, or in a forked child), the cursor's
+        limit is 0: every send, through whatever reference to it, reaches
+        :meth:`_reserve`, which refuses it with a clear error; the hot paths never
+        check."""
         self._unusable = unusable
-        if not self._closed:
-            self.send = self._pure_send if unusable else self._fast_send
+        self._cur.limit = 0 if unusable else min(self._room, self._cp_next)
 
     # -- sending ----------------------------------------------------------------------
 
@@ -238,8 +242,6 @@ class Producer(Room, Handle):
         pack, now = RECORD.pack_into, time.monotonic_ns
 
         def send(data, key=None, *, timeout: float | None = None) -> int:
-            if me._unusable:
-                me._check_usable()
             if type(data) is not bytes:
                 data = _as_bytes_view(data)
             if key is None:
@@ -251,21 +253,25 @@ class Producer(Room, Handle):
             size = (RECORD_HEADER + 7 + klen + n) & -8
             pos = cur.write
             idx = pos & mask
-            # One test covers wrapping, a full ring and a checkpoint due (limit).
+            # One test covers wrapping, a full ring, a checkpoint due, and a producer
+            # that is closed, claimed or forked (its limit is 0): see Room._reserve.
             if idx + size > cap or pos + size > cur.limit or size > max_record:
                 pos = me._reserve(size, klen, n, timeout, None)
                 idx = pos & mask
             seq = cur.seq
-            pack(data_area, idx, n, klen, 0, seq, now())
-            start = idx + RECORD_HEADER
-            if klen:
-                data_area[start:start + klen] = kb
-                start += klen
-            data_area[start:start + n] = data
-            cur.seq = seq + 1
-            end = cur.write = pos + size
-            words[H_WRITE] = end
-            words[H_LAST] = pos
+            try:
+                pack(data_area, idx, n, klen, 0, seq, now())
+                start = idx + RECORD_HEADER
+                if klen:
+                    data_area[start:start + klen] = kb
+                    start += klen
+                data_area[start:start + n] = data
+                cur.seq = seq + 1
+                end = cur.write = pos + size
+                words[H_WRITE] = end
+                words[H_LAST] = pos
+            except ValueError as e:  # a released view: closed by another thread?
+                raise me._closed_or(e) from None
             if words[H_SLEEPERS]:
                 me._wake_sleepers()
             return seq
@@ -452,7 +458,7 @@ class Producer(Room, Handle):
         self._lock.release()
 
     def _sever(self) -> None:
-        self._unusable = True
+        self._set_unusable(True)
         self.send = self._refuse
 
     def unlink(self) -> None:

@@ -31,50 +31,53 @@ class Room:
                  deadline: float | None) -> int:
         """Make room for a record of ``size`` bytes at the write position, padding to
         the end of the data area first if it would wrap; return where it goes.
-        Raises :class:`Closed` if the producer is closed meanwhile (another thread),
-        :class:`RingNotFound` if the ring was removed under it."""
+
+        Every send that does not fit below the cursor's limit comes here, and so does
+        every send of a closed producer (or one with a claim open, or a fork's copy):
+        their cursor's limit is 0, so the hot paths need no check of their own.
+        Raises :class:`Closed` if the producer is closed (meanwhile, from another
+        thread too), :class:`RingNotFound` if the ring was removed under it."""
+        cur = self._cur
         try:
-            return self._reserve_open(size, klen, n, timeout, deadline)
+            if self._unusable:
+                self._check_usable()
+            if size > self._max_record:
+                raise MessageTooLarge(
+                    f"message of {n} bytes (key {klen} bytes) does not fit ring "
+                    f"{self.name!r} of capacity {self.capacity}: the largest payload is "
+                    f"{self._max_record - RECORD_HEADER - klen} bytes with this key; "
+                    "create the ring with a larger capacity or split the message",
+                    name=self.name, size=n, limit=self._max_record - RECORD_HEADER - klen)
+            if deadline is None and timeout is not None:
+                deadline = time.monotonic() + timeout
+            pos = cur.write
+            pad = ring.padding_at(pos, self.capacity, size)
+            end = pos + pad + size
+            if end > self._room:
+                self._make_room(end, deadline, timeout)
+            if pad:
+                ring.write_padding(self._data, pos, self.capacity)
+                pos += pad
+                cur.write = pos
+            cp_next = self._cp_next
+            if pos >= cp_next:
+                cp_next = self._cp_next = ring.checkpoint(self._words, self._shift,
+                                                          cp_next, pos)
+                now = time.monotonic()
+                if now - self._link_checked >= LINK_CHECK_EVERY:
+                    self._check_linked(now)
+            room = self._room
+            cur.limit = room if room < cp_next else cp_next
+            return pos
         except ValueError:
             if self._closed:  # closed by another thread while we waited
                 raise self._closed_error() from None
             raise
 
-    def _reserve_open(self, size: int, klen: int, n: int, timeout: float | None,
-                      deadline: float | None) -> int:
-        if self._closed:
-            raise self._closed_error()
-        if size > self._max_record:
-            raise MessageTooLarge(
-                f"message of {n} bytes (key {klen} bytes) does not fit ring "
-                f"{self.name!r} of capacity {self.capacity}: the largest payload is "
-                f"{self._max_record - RECORD_HEADER - klen} bytes with this key; "
-                "create the ring with a larger capacity or split the message",
-                name=self.name, size=n, limit=self._max_record - RECORD_HEADER - klen)
-        if deadline is None and timeout is not None:
-            deadline = time.monotonic() + timeout
-        pos = self._write
-        pad = ring.padding_at(pos, self.capacity, size)
-        end = pos + pad + size
-        if end > self._room:
-            self._make_room(end, deadline, timeout)
-        if pad:
-            ring.write_padding(self._data, pos, self.capacity)
-            pos += pad
-            self._write = pos
-        if pos >= self._cp_next:
-            self._cp_next = ring.checkpoint(self._words, self._shift, self._cp_next, pos)
-            self._check_linked()
-        self._limit = min(self._room, self._cp_next)
-        return pos
-
-    def _check_linked(self) -> None:
+    def _check_linked(self, now: float) -> None:
         """Raise :class:`RingNotFound` if the ring was removed (or replaced) under this
         producer: what it sent would reach nobody.  Checked at most every
         ``LINK_CHECK_EVERY`` seconds, when the producer crosses a checkpoint block."""
-        now = time.monotonic()
-        if now - self._link_checked < LINK_CHECK_EVERY:
-            return
         self._link_checked = now
         if not self._seg.linked():
             raise RingNotFound(
@@ -86,7 +89,7 @@ class Room:
         """Move the tail so that ``end`` fits: by a chunk at a time (so this runs once
         per ``capacity/16`` bytes), and in ``block`` mode never past the gate."""
         need = end - self.capacity
-        target = min(need + self._chunk, self._write)
+        target = min(need + self._chunk, self._cur.write)
         if not self._overwrite:
             if self._gate < need:
                 self._rescan()
@@ -94,11 +97,12 @@ class Room:
                     self._wait_for_room(need, deadline, timeout)
             target = max(need, min(target, self._gate))
         w = self._words
-        w[H_COUNT] = self._seq  # lets a successor recover the seq once LAST is behind
+        w[H_COUNT] = self._cur.seq  # lets a successor recover the seq once LAST is behind
         w[H_TAIL] = target
         self._tail = target
-        self._room = target + self.capacity
-        self._limit = min(self._room, self._cp_next)
+        self._room = room = target + self.capacity
+        if not self._unusable:
+            self._cur.limit = min(room, self._cp_next)
 
     def _rescan(self) -> None:
         """Recompute the gate (lowest read position of any slot in use) under the scan
@@ -108,7 +112,7 @@ class Room:
         fence()
         if w[H_GENERATION] != self._gen:
             self._refresh_wakers()
-        gate = self._write
+        gate = self._cur.write
         for r_word in self._read_words:
             r = w[r_word]
             if r < gate:
@@ -137,7 +141,7 @@ class Room:
                 if self._closed:
                     raise self._closed_error()
                 return
-            self._check_linked()
+            self._check_linked(time.monotonic())
             if deadline is not None and time.monotonic() >= deadline:
                 raise Timeout(
                     f"ring {self.name!r} is full: no room within {timeout} s because "

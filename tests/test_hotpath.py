@@ -185,3 +185,32 @@ def test_a_producer_of_the_other_path_in_another_process_interoperates(ns, procs
     procs[0].join(20)
     assert procs[0].exitcode == 0
     shmbus.unlink("x")
+
+
+@needs_build
+def test_compiled_types_refuse_misuse_without_crashing(ns):
+    with pytest.raises(TypeError, match="not initialised"):
+        native.Sequencer.__new__(native.Sequencer).send(b"x")
+    with pytest.raises(TypeError, match="not initialised"):
+        native.Reader.__new__(native.Reader).recv()
+    pub = _producer("r", True, capacity=4096)
+    sub = _consumer("r", True)
+    try:
+        with pytest.raises(TypeError):
+            sub.recv(1, 2)
+        with pytest.raises(TypeError):
+            sub.recv(wait=1)
+        with pytest.raises(ValueError, match="data area"):
+            native.Reader(
+                segment=sub._seg.buf, data_view=memoryview(bytearray(4096)),
+                data_offset=sub._seg.data_offset, capacity=4096, pad_limit=4072,
+                write_word=layout.H_WRITE, producer_sleep_word=layout.H_PRODUCER_SLEEP,
+                read_word=0, safe_from=0, pos=0, committed=0, expect=None,
+                message_type=shmbus.Message, owner=sub, take=sub._take, wake=print)
+        data = pub.send(b"x" * 100)  # the payload may be the ring itself
+        msg = sub.recv(timeout=1)
+        pub.send(msg.data)
+        assert bytes(sub.recv(timeout=1)) == b"x" * 100 and data == 0
+    finally:
+        sub.close()
+        pub.unlink()

@@ -297,3 +297,27 @@ def test_a_forked_child_holds_no_lease_and_says_so(ns):
     finally:
         lease.release()
         lease.unlink()
+
+
+def test_a_saved_send_is_refused_while_a_claim_is_open_and_in_a_fork(ns):
+    """Claims, close and fork reach every reference to ``send`` (on both paths), not
+    only the attribute: a saved one wrote over the claimed record, and a forked
+    child's over the parent's messages."""
+    with shmbus.Producer("r", capacity=4096) as pub, shmbus.Consumer("r") as sub:
+        send = pub.send
+        with pub.claim(4) as buf:
+            buf[:] = b"mine"
+            with pytest.raises(shmbus.ShmbusError, match="claim"):
+                send(b"over")
+        send(b"after")
+        assert [bytes(sub.recv(timeout=1)) for _ in range(2)] == [b"mine", b"after"]
+        err = _in_fork(lambda: send(b"child"))
+        assert isinstance(err, shmbus.Closed) and "fork" in str(err), err
+        send(b"parent")
+        assert bytes(sub.recv(timeout=1)) == b"parent"
+        with pytest.raises(shmbus.Timeout):
+            sub.recv(timeout=0)
+        pub.close()
+        with pytest.raises(shmbus.Closed):
+            send(b"closed")
+    shmbus.unlink("r")
