@@ -38,6 +38,7 @@
 #define RECORD_HEADER 24 /* u32 length, u16 key length, u16 flags, u64 seq, u64 time */
 #define RECORD_FORMAT "<IHHQQ"  /* the same, as shmbus.layout.RECORD: hotpath.py checks */
 #define KEY_MAX 0xFFFF
+#define CHECKPOINTS 64          /* entries of the checkpoint table (layout.CHECKPOINTS) */
 
 _Static_assert(ATOMIC_LLONG_LOCK_FREE == 2, "8-byte atomics must be lock-free: they are "
                "shared with other processes");
@@ -140,8 +141,10 @@ typedef struct {
     unsigned char *write_at;  /* header word: WRITE */
     unsigned char *last_at;   /* header word: LAST */
     unsigned char *sleepers_at; /* header word: SLEEPERS (8 flag bytes) */
+    unsigned char *checkpoints_at; /* header words: the CHECKPOINTS table */
     uint64_t capacity, mask, max_record;
-    uint64_t write, seq, limit;
+    int shift;                /* log2 of a checkpoint block */
+    uint64_t write, seq, limit, room, cp_next;
     PyObject *fallback;       /* the pure-Python send (same arguments) */
     PyObject *wake;           /* called after a publish when a sleeper is flagged */
 } Sequencer;
@@ -151,28 +154,37 @@ Sequencer_init(Sequencer *self, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"segment", "data_offset", "capacity", "max_record",
                              "write_word", "last_word", "sleepers_word",
-                             "write", "seq", "limit", "fallback", "wake", NULL};
+                             "checkpoints_word", "shift", "write", "seq", "limit",
+                             "room", "cp_next", "fallback", "wake", NULL};
     PyObject *segment, *fallback, *wake;
-    Py_ssize_t data_offset, write_word, last_word, sleepers_word;
-    unsigned long long capacity, max_record, write, seq, limit;
+    Py_ssize_t data_offset, write_word, last_word, sleepers_word, checkpoints_word;
+    int shift;
+    unsigned long long capacity, max_record, write, seq, limit, room, cp_next;
     if (!PyArg_ParseTupleAndKeywords(
-            args, kwds, "OnKKnnnKKKOO:Sequencer", kwlist, &segment, &data_offset,
-            &capacity, &max_record, &write_word, &last_word, &sleepers_word, &write,
-            &seq, &limit, &fallback, &wake))
+            args, kwds, "OnKKnnnniKKKKKOO:Sequencer", kwlist, &segment, &data_offset,
+            &capacity, &max_record, &write_word, &last_word, &sleepers_word,
+            &checkpoints_word, &shift, &write, &seq, &limit, &room, &cp_next, &fallback,
+            &wake))
         return -1;
     if (!PyCallable_Check(fallback) || !PyCallable_Check(wake)) {
         PyErr_SetString(PyExc_TypeError, "fallback and wake must be callable");
         return -1;
     }
     if (capacity < 4096 || (capacity & (capacity - 1)) || max_record > capacity / 2 ||
-            max_record < RECORD_HEADER) {
+            max_record < RECORD_HEADER || shift < 1 || shift > 63 ||
+            (capacity >> shift) != CHECKPOINTS) {
         PyErr_Format(PyExc_ValueError, "capacity %llu / max_record %llu are not a "
                      "shmbus ring's", capacity, max_record);
         return -1;
     }
-    Py_ssize_t words[] = {write_word, last_word, sleepers_word};
-    if (hold_segment(&self->hold, segment, data_offset, capacity, words, 3) < 0)
+    Py_ssize_t words[] = {write_word, last_word, sleepers_word, checkpoints_word,
+                          checkpoints_word + CHECKPOINTS - 1};
+    if (hold_segment(&self->hold, segment, data_offset, capacity, words, 5) < 0)
         return -1;
+    self->checkpoints_at = word_at(&self->hold, checkpoints_word);
+    self->shift = shift;
+    self->room = room;
+    self->cp_next = cp_next;
     self->data = word_at(&self->hold, 0) + data_offset;
     self->write_at = word_at(&self->hold, write_word);
     self->last_at = word_at(&self->hold, last_word);
@@ -295,13 +307,25 @@ Sequencer_send(Sequencer *self, PyObject *const *args, Py_ssize_t nargs,
     }
     uint64_t size = ((uint64_t)RECORD_HEADER + 7 + (uint64_t)klen + (uint64_t)n) & ~(uint64_t)7;
     uint64_t pos = self->write, idx = pos & self->mask;
-    /* One test covers wrapping, a full ring, a checkpoint due and an oversized one. */
-    if (n > UINT32_MAX || idx + size > self->capacity || pos + size > self->limit ||
-            size > self->max_record) {
+    /* Wrapping, an oversized message, a full ring (room), a closed or claimed producer
+     * (limit 0): the pure-Python path.  A checkpoint due is done here. */
+    if (n > UINT32_MAX || idx + size > self->capacity || size > self->max_record ||
+            (pos + size > self->limit &&
+             (self->limit == 0 || pos + size > self->room))) {
         if (view.obj)
             PyBuffer_Release(&view);
         goto slow;
     }
+    if (pos >= self->cp_next) {  /* as ring.checkpoint: pos for each block up to pos's */
+        uint64_t block = pos >> self->shift, first = self->cp_next >> self->shift;
+        if (block - first >= CHECKPOINTS)
+            first = block - (CHECKPOINTS - 1);  /* every entry gets pos anyway */
+        for (uint64_t b = first; b <= block; b++)
+            store_release(self->checkpoints_at + 8 * (b & (CHECKPOINTS - 1)), pos);
+        self->cp_next = (block + 1) << self->shift;
+    }
+    if (pos + size > self->limit)
+        self->limit = self->room < self->cp_next ? self->room : self->cp_next;
     unsigned char *rec = self->data + idx;
     uint32_t length = (uint32_t)n;
     uint16_t k16 = (uint16_t)klen, flags = 0;
@@ -355,6 +379,8 @@ Sequencer_release(Sequencer *self, PyObject *Py_UNUSED(ignored))
 U64_FIELD(Sequencer, write)
 U64_FIELD(Sequencer, seq)
 U64_FIELD(Sequencer, limit)
+U64_FIELD(Sequencer, room)
+U64_FIELD(Sequencer, cp_next)
 
 static PyGetSetDef Sequencer_getset[] = {
     {"write", (getter)Sequencer_get_write, (setter)Sequencer_set_write,
@@ -362,7 +388,11 @@ static PyGetSetDef Sequencer_getset[] = {
     {"seq", (getter)Sequencer_get_seq, (setter)Sequencer_set_seq,
      "The seq the next message will carry.", NULL},
     {"limit", (getter)Sequencer_get_limit, (setter)Sequencer_set_limit,
-     "Records may be written below it without making room or checkpointing.", NULL},
+     "min(room, cp_next), or 0 while sends must go to the slow path.", NULL},
+    {"room", (getter)Sequencer_get_room, (setter)Sequencer_set_room,
+     "Records may end at or below it without making room (tail + capacity).", NULL},
+    {"cp_next", (getter)Sequencer_get_cp_next, (setter)Sequencer_set_cp_next,
+     "Start of the next checkpoint block to record.", NULL},
     {NULL}
 };
 
@@ -375,7 +405,8 @@ static PyMethodDef Sequencer_methods[] = {
 
 PyDoc_STRVAR(Sequencer__doc__,
 "Sequencer(segment, data_offset, capacity, max_record, write_word, last_word,\n"
-"          sleepers_word, write, seq, limit, fallback, wake)\n--\n\n"
+"          sleepers_word, checkpoints_word, shift, write, seq, limit, room, cp_next,\n"
+"          fallback, wake)\n--\n\n"
 "The producer's cursor over a mapped ring segment, with a compiled send().");
 
 static PyTypeObject SequencerType = {

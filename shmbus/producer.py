@@ -178,8 +178,8 @@ class Producer(Room, Handle):
         self._tail = tail
         seq = ring.next_seq_after(seg.data, cap, write, w[H_LAST], tail, w[H_COUNT])
         w[H_COUNT] = seq
-        self._cp_next = ring.first_unwritten_checkpoint(w, self._shift, write)
-        self._cur, self._pure_send = self._bind_send(write, seq)
+        cp_next = ring.first_unwritten_checkpoint(w, self._shift, write)
+        self._cur, self._pure_send = self._bind_send(write, seq, tail + cap, cp_next)
         if w[H_SCAN] & 1:  # the previous producer died while scanning
             w[H_SCAN] += 1
         me = liveness.current()
@@ -199,8 +199,6 @@ class Producer(Room, Handle):
         self._last_reclaim = 0.0
         self._link_checked = time.monotonic()
         self._rescan()
-        self._room = tail + cap
-        self._limit = min(self._room, self._cp_next)
         self._fast_send = self._cur.send if hotpath.compiled else self._pure_send
         self._unusable = False
         self.send = self._fast_send
@@ -211,6 +209,9 @@ class Producer(Room, Handle):
     _seq = property(attrgetter("_cur.seq"), lambda self, v: setattr(self._cur, "seq", v))
     _limit = property(attrgetter("_cur.limit"),
                       lambda self, v: setattr(self._cur, "limit", v))
+    _room = property(attrgetter("_cur.room"), lambda self, v: setattr(self._cur, "room", v))
+    _cp_next = property(attrgetter("_cur.cp_next"),
+                        lambda self, v: setattr(self._cur, "cp_next", v))
 
     def _set_unusable(self, unusable: bool) -> None:
         """While a claim is open (or once closed, or in a forked child), the cursor's
@@ -230,7 +231,7 @@ class Producer(Room, Handle):
         # Each instance shadows this method with the closure built by _bind_send.
         return self.__dict__["send"](data, key, timeout=timeout)
 
-    def _bind_send(self, write: int, seq: int):
+    def _bind_send(self, write: int, seq: int, room: int, cp_next: int):
         """Build this producer's cursor and pure-Python ``send``: the hot path keeps
         what does not change in closure cells (each saves an attribute lookup per
         message) and leaves waiting, wrapping and wake-ups to methods.  With the
@@ -276,15 +277,15 @@ class Producer(Room, Handle):
                 me._wake_sleepers()
             return seq
 
-        limit = min(self._tail + cap, self._cp_next)
         if hotpath.compiled:
             cur = hotpath.native.Sequencer(
                 segment=self._seg.buf, data_offset=self._seg.data_offset, capacity=cap,
                 max_record=max_record, write_word=H_WRITE, last_word=H_LAST,
-                sleepers_word=H_SLEEPERS, write=write, seq=seq, limit=limit,
-                fallback=send, wake=self._wake_sleepers)
+                sleepers_word=H_SLEEPERS, checkpoints_word=layout.H_CHECKPOINTS,
+                shift=self._shift, write=write, seq=seq, limit=min(room, cp_next),
+                room=room, cp_next=cp_next, fallback=send, wake=self._wake_sleepers)
         else:
-            cur = Sequencer(write, seq, limit)
+            cur = Sequencer(write, seq, room, cp_next)
         return cur, send
 
     def send_many(self, messages: Iterable, *, keys: Iterable | None = None,

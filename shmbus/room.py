@@ -53,20 +53,17 @@ class Room:
             pos = cur.write
             pad = ring.padding_at(pos, self.capacity, size)
             end = pos + pad + size
-            if end > self._room:
+            if end > cur.room:
                 self._make_room(end, deadline, timeout)
             if pad:
                 ring.write_padding(self._data, pos, self.capacity)
                 pos += pad
                 cur.write = pos
-            cp_next = self._cp_next
+            cp_next = cur.cp_next
             if pos >= cp_next:
-                cp_next = self._cp_next = ring.checkpoint(self._words, self._shift,
-                                                          cp_next, pos)
-                now = time.monotonic()
-                if now - self._link_checked >= LINK_CHECK_EVERY:
-                    self._check_linked(now)
-            room = self._room
+                cp_next = cur.cp_next = ring.checkpoint(self._words, self._shift, cp_next,
+                                                        pos)
+            room = cur.room
             cur.limit = room if room < cp_next else cp_next
             return pos
         except ValueError:
@@ -77,7 +74,8 @@ class Room:
     def _check_linked(self, now: float) -> None:
         """Raise :class:`RingNotFound` if the ring was removed (or replaced) under this
         producer: what it sent would reach nobody.  Checked at most every
-        ``LINK_CHECK_EVERY`` seconds, when the producer crosses a checkpoint block."""
+        ``LINK_CHECK_EVERY`` seconds, when the producer makes room (every
+        ``capacity/16`` bytes written) or waits for it."""
         self._link_checked = now
         if not self._seg.linked():
             raise RingNotFound(
@@ -97,12 +95,16 @@ class Room:
                     self._wait_for_room(need, deadline, timeout)
             target = max(need, min(target, self._gate))
         w = self._words
-        w[H_COUNT] = self._cur.seq  # lets a successor recover the seq once LAST is behind
+        cur = self._cur
+        w[H_COUNT] = cur.seq  # lets a successor recover the seq once LAST is behind
         w[H_TAIL] = target
         self._tail = target
-        self._room = room = target + self.capacity
+        cur.room = room = target + self.capacity
         if not self._unusable:
-            self._cur.limit = min(room, self._cp_next)
+            cur.limit = min(room, cur.cp_next)
+        now = time.monotonic()
+        if now - self._link_checked >= LINK_CHECK_EVERY:
+            self._check_linked(now)
 
     def _rescan(self) -> None:
         """Recompute the gate (lowest read position of any slot in use) under the scan

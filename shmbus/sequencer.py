@@ -1,11 +1,13 @@
 """``Sequencer``: the producer's cursor (after the Disruptor's SingleProducerSequencer).
 
 ``write`` is where the next record goes (the end of the last one published), ``seq``
-the seq it will carry, and ``limit`` how far records may be written without making
-room or writing a checkpoint: ``min(room, next checkpoint)``, kept by the producer's
-slow path (:mod:`shmbus.room`).  The hot path writes a record below ``limit`` that
-does not wrap and stores ``write``; everything else goes to the slow path, which
-updates this same object.
+the seq it will carry, ``room`` how far records may end without making room (the
+tail plus the capacity), ``cp_next`` the start of the next checkpoint block to record,
+and ``limit`` how far records may be written without either: ``min(room, cp_next)``,
+or 0 while every send must take the slow path (closed, claimed, forked).  The hot path
+writes a record below ``limit`` that does not wrap and stores ``write``; everything
+else goes to the slow path (:mod:`shmbus.room`), which updates this same object.  (The
+compiled twin also records a checkpoint itself when one is due and there is room.)
 
 This is the pure-Python twin of ``shmbus._hotpath.Sequencer`` (see
 :mod:`shmbus.hotpath`): same fields, so the Python slow paths serve both.
@@ -17,10 +19,11 @@ __all__ = ["Sequencer"]
 
 
 class Sequencer:
-    __slots__ = ("write", "seq", "limit")
+    __slots__ = ("write", "seq", "limit", "room", "cp_next")
 
-    def __init__(self, write: int, seq: int, limit: int) -> None:
-        self.write, self.seq, self.limit = write, seq, limit
+    def __init__(self, write: int, seq: int, room: int, cp_next: int) -> None:
+        self.write, self.seq, self.room, self.cp_next = write, seq, room, cp_next
+        self.limit = min(room, cp_next)
 
     def release(self) -> None:
         """Nothing to let go of (the compiled twin holds the segment)."""

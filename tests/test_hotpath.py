@@ -83,6 +83,12 @@ def test_compiled_and_pure_send_write_the_same_bytes(ns, batch):
             assert fast.send(data, key) == slow.send(data, key)
             assert (fast.position, fast.seq) == (slow.position, slow.seq)
         assert _records(fast) == _records(slow)
+        words_f, words_s = fast._seg.words, slow._seg.words
+        for word in (layout.H_WRITE, layout.H_LAST, layout.H_TAIL):
+            assert words_f[word] == words_s[word]
+        cps = slice(layout.H_CHECKPOINTS, layout.H_CHECKPOINTS + layout.CHECKPOINTS)
+        assert words_f[cps].tolist() == words_s[cps].tolist()  # start=earliest's table
+        assert (fast._cp_next, fast._room) == (slow._cp_next, slow._room)
     finally:
         fast.unlink()
         slow.unlink()
