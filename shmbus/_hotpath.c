@@ -4,6 +4,7 @@
  *
  *   Sequencer   the producer's cursor (write position, next seq, limit) and its
  *               send(): one record written and published in C;
+ *   spin_above  the spin phase of waiting: a word read in a loop without the GIL;
  *   Reader      a consumer's read cursor (position, released position, cached write
  *               position, expected seq) and its recv(): one record checked and
  *               handed out as a Message (zero-copy: a memoryview slice of the ring).
@@ -761,6 +762,68 @@ static PyTypeObject ReaderType = {
 };
 
 /* ------------------------------------------------------------------------------- */
+/* Spinning                                                                         */
+
+static inline void
+cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
+PyDoc_STRVAR(spin_above__doc__,
+"spin_above($module, segment, word, value, spins, /)\n--\n\n"
+"Read the 8-byte word at index ``word`` of ``segment`` until it is greater than\n"
+"``value``, at most ``spins`` times, without the GIL (other threads run meanwhile);\n"
+"return whether it became greater.  The spin phase of a wait strategy: callers spin in\n"
+"bounded chunks and check signals, deadlines and closing between them.");
+
+static PyObject *
+spin_above(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "spin_above(segment, word, value, spins)");
+        return NULL;
+    }
+    Py_ssize_t word = PyLong_AsSsize_t(args[1]);
+    unsigned long long value = PyLong_AsUnsignedLongLong(args[2]);
+    Py_ssize_t spins = PyLong_AsSsize_t(args[3]);
+    if (PyErr_Occurred())
+        return NULL;
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    if (word < 0 || 8 * (word + 1) > view.len || ((uintptr_t)view.buf & 7)) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_ValueError, "word is outside the segment");
+        return NULL;
+    }
+    /* The export keeps the segment mapped while the GIL is released. */
+    const atomic_u64 *at = (const atomic_u64 *)((unsigned char *)view.buf + 8 * word);
+    int above = 0;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < spins; i++) {
+        if (atomic_load_explicit(at, memory_order_acquire) > value) {
+            above = 1;
+            break;
+        }
+        cpu_relax();
+    }
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&view);
+    return PyBool_FromLong(above);
+}
+
+static PyMethodDef hotpath_functions[] = {
+    {"spin_above", (PyCFunction)(void (*)(void))spin_above, METH_FASTCALL,
+     spin_above__doc__},
+    {NULL}
+};
+
+/* ------------------------------------------------------------------------------- */
 
 #ifndef SHMBUS_SOURCE_HASH
 #define SHMBUS_SOURCE_HASH "unknown"
@@ -771,6 +834,7 @@ static struct PyModuleDef hotpath_module = {
     .m_name = "shmbus._hotpath",
     .m_doc = "shmbus's compiled hot path (see shmbus/hotpath.py).",
     .m_size = -1,
+    .m_methods = hotpath_functions,
 };
 
 PyMODINIT_FUNC

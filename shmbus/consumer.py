@@ -510,9 +510,11 @@ class Consumer(Handle):
         def ready() -> bool:
             return w[H_WRITE] > pos
 
+        above = (self._seg.buf, H_WRITE, pos)
         while True:
             step = time.monotonic() + _LINK_CHECK
-            if self._sleeper.wait(ready, step if deadline is None else min(deadline, step)):
+            if self._sleeper.wait(ready, step if deadline is None else min(deadline, step),
+                                  above):
                 return
             if deadline is not None and time.monotonic() >= deadline:
                 raise Timeout(f"no message on ring {self.name!r} within {timeout} s",

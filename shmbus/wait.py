@@ -35,11 +35,13 @@ from typing import Callable
 
 import posix_ipc
 
-from . import ownership
+from . import hotpath, ownership
 from .errors import PermissionDenied
 
 
 __all__ = ["WaitStrategy", "strategy", "fence", "Sleeper", "STRATEGIES"]
+
+_SPIN_CHUNK = 4096  # compiled spins between two looks at closing, deadline and signals
 
 _fence_lock = threading.Lock()
 
@@ -143,25 +145,39 @@ class Sleeper:
             sem, self.sem = self.sem, None
         sem.close()
 
-    def wait(self, ready: Callable[[], bool], deadline: float | None) -> bool:
+    def wait(self, ready: Callable[[], bool], deadline: float | None,
+             above: tuple[memoryview, int, int] | None = None) -> bool:
         """Wait until ``ready()`` is true or ``deadline`` (time.monotonic) passes;
         return whether it became ready.  Returns True at once (without calling
-        ``ready``) once :meth:`close` was called: the caller checks why it woke."""
+        ``ready``) once :meth:`close` was called: the caller checks why it woke.
+        ``above=(segment, word, value)`` says that ``ready()`` means "that word of the
+        segment is greater than value": the compiled hot path then spins on it
+        without the GIL."""
         if self.closing:
             return True
         self._enter()
         try:
-            return self._wait(ready, deadline)
+            return self._wait(ready, deadline, above)
         finally:
             self._leave()
 
-    def _wait(self, ready: Callable[[], bool], deadline: float | None) -> bool:
+    def _wait(self, ready: Callable[[], bool], deadline: float | None,
+              above: tuple[memoryview, int, int] | None) -> bool:
         how = self.how
-        for _ in range(how.spin):
-            if self.closing or ready():
-                return True
-            if deadline is not None and time.monotonic() >= deadline:
-                return ready()
+        if above is not None and hotpath.compiled:
+            spin_above, spins = hotpath.native.spin_above, how.spin
+            while spins > 0:  # in chunks: closing, the deadline and signals in between
+                if self.closing or spin_above(*above, min(spins, _SPIN_CHUNK)) and ready():
+                    return True
+                spins -= _SPIN_CHUNK
+                if deadline is not None and time.monotonic() >= deadline:
+                    return ready()
+        else:
+            for _ in range(how.spin):
+                if self.closing or ready():
+                    return True
+                if deadline is not None and time.monotonic() >= deadline:
+                    return ready()
         if how.yield_for:
             until = time.monotonic() + how.yield_for
             while True:

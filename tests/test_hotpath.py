@@ -220,3 +220,25 @@ def test_compiled_types_refuse_misuse_without_crashing(ns):
     finally:
         sub.close()
         pub.unlink()
+
+
+@needs_build
+@pytest.mark.timeout(30)
+def test_the_compiled_spin_lets_other_threads_run_and_stops_when_asked():
+    import threading
+    segment = memoryview(bytearray(64))
+    words = segment.cast("Q")
+    assert native.spin_above(segment, 2, 0, 1000) is False  # bounded: gives up
+    words[2] = 5
+    assert native.spin_above(segment, 2, 4, 1) is True
+    assert native.spin_above(segment, 2, 5, 10) is False
+    # A Python thread can publish while we spin: the GIL is released.  (At ~1e9 spins
+    # the loop would otherwise run for many seconds and the timeout would fail it.)
+    t = threading.Thread(target=lambda: words.__setitem__(3, 1))
+    t.start()
+    assert native.spin_above(segment, 3, 0, 10 ** 10) is True
+    t.join(10)
+    with pytest.raises(ValueError, match="outside"):
+        native.spin_above(segment, 8, 0, 1)
+    with pytest.raises(TypeError):
+        native.spin_above(segment, 1, 0)
