@@ -40,6 +40,7 @@
 #define RECORD_FORMAT "<IHHQQ"  /* the same, as shmbus.layout.RECORD: hotpath.py checks */
 #define KEY_MAX 0xFFFF
 #define CHECKPOINTS 64          /* entries of the checkpoint table (layout.CHECKPOINTS) */
+#define SPIN_CHUNK 4096         /* most reads of a spin without a look at Python */
 
 _Static_assert(ATOMIC_LLONG_LOCK_FREE == 2, "8-byte atomics must be lock-free: they are "
                "shared with other processes");
@@ -64,6 +65,16 @@ monotonic_ns(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);  /* what time.monotonic_ns() reads on Linux */
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static inline void
+cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
 }
 
 /* A mapped segment held as a buffer export: it cannot be unmapped while held. */
@@ -438,6 +449,7 @@ typedef struct {
     uint64_t mask, pad_limit, safe_from;
     uint64_t pos, committed, wcache, expect;
     int has_expect;           /* expect is known (else the Python path decides) */
+    Py_ssize_t spins;         /* reads of WRITE before an empty recv goes to Python */
     PyObject *data_view;      /* memoryview of the data area: payloads slice it */
     PyTypeObject *message_type;
     PyObject *owner;          /* the Consumer, as each Message names it */
@@ -451,15 +463,16 @@ Reader_init(Reader *self, PyObject *args, PyObject *kwds)
     static char *kwlist[] = {"segment", "data_view", "data_offset", "capacity",
                              "pad_limit", "write_word", "producer_sleep_word",
                              "read_word", "safe_from", "pos", "committed", "expect",
-                             "message_type", "owner", "take", "wake", NULL};
+                             "message_type", "owner", "take", "wake", "spins", NULL};
     PyObject *segment, *data_view, *expect, *message_type, *owner, *take, *wake;
     PyObject *safe_from;
-    Py_ssize_t data_offset, write_word, psleep_word, read_word;
+    Py_ssize_t data_offset, write_word, psleep_word, read_word, spins = 0;
     unsigned long long capacity, pad_limit, pos, committed;
     if (!PyArg_ParseTupleAndKeywords(
-            args, kwds, "OOnKKnnnOKKOOOOO:Reader", kwlist, &segment, &data_view,
+            args, kwds, "OOnKKnnnOKKOOOOO|n:Reader", kwlist, &segment, &data_view,
             &data_offset, &capacity, &pad_limit, &write_word, &psleep_word, &read_word,
-            &safe_from, &pos, &committed, &expect, &message_type, &owner, &take, &wake))
+            &safe_from, &pos, &committed, &expect, &message_type, &owner, &take, &wake,
+            &spins))
         return -1;
     if (!PyType_Check(message_type) ||
             !PyType_IsSubtype((PyTypeObject *)message_type, &PyTuple_Type) ||
@@ -507,6 +520,7 @@ Reader_init(Reader *self, PyObject *args, PyObject *kwds)
     self->pos = pos;
     self->committed = committed;
     self->wcache = 0;
+    self->spins = spins < 0 ? 0 : (spins > SPIN_CHUNK ? SPIN_CHUNK : spins);
     if (expect == Py_None)
         self->has_expect = 0;
     else {
@@ -559,6 +573,33 @@ Reader_dealloc(Reader *self)
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
+/* Read WRITE up to self->spins times, without the GIL, until it is past pos; 1 if it
+ * is (and the segment is still held).  A second export of the segment keeps it
+ * mapped even if another thread closes the consumer meanwhile. */
+static int
+spin_until_above(Reader *self, uint64_t pos)
+{
+    Py_buffer keep;
+    if (PyObject_GetBuffer(self->hold.view.obj, &keep, PyBUF_SIMPLE) < 0) {
+        PyErr_Clear();
+        return 0;
+    }
+    const atomic_u64 *at = (const atomic_u64 *)self->write_at;
+    Py_ssize_t spins = self->spins;
+    int above = 0;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < spins; i++) {
+        if (atomic_load_explicit(at, memory_order_acquire) > pos) {
+            above = 1;
+            break;
+        }
+        cpu_relax();
+    }
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&keep);
+    return above && self->hold.held;
+}
+
 PyDoc_STRVAR(Reader_recv__doc__,
 "recv($self, /, timeout=None)\n--\n\n"
 "Release the previous message and return the next one.  Consumer.recv's compiled\n"
@@ -608,8 +649,13 @@ Reader_recv(Reader *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwn
                                               memory_order_acquire);
         uint64_t lap_end = (pos | self->mask) + 1;
         wcache = self->wcache = write < lap_end ? write : lap_end;
-        if (pos >= wcache)
-            goto slow;  /* nothing published: the Python path waits */
+        if (pos >= wcache) {  /* nothing published: spin a little, then Python waits */
+            if (!self->spins || !spin_until_above(self, pos))
+                goto slow;
+            write = atomic_load_explicit((atomic_u64 *)self->write_at,
+                                         memory_order_acquire);
+            wcache = self->wcache = write < lap_end ? write : lap_end;
+        }
     }
     uint64_t idx = pos & self->mask;
     if (pos < self->safe_from || idx > self->pad_limit)
@@ -763,16 +809,6 @@ static PyTypeObject ReaderType = {
 
 /* ------------------------------------------------------------------------------- */
 /* Spinning                                                                         */
-
-static inline void
-cpu_relax(void)
-{
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#elif defined(__aarch64__)
-    __asm__ __volatile__("yield");
-#endif
-}
 
 PyDoc_STRVAR(spin_above__doc__,
 "spin_above($module, segment, word, value, spins, /)\n--\n\n"
