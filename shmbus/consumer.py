@@ -382,53 +382,48 @@ class Consumer(Handle):
         if self._closed:
             raise self._closed_error()
         try:
-            return self._take_open(timeout)
-        except (ValueError, AttributeError):
-            if self._closed:  # closed by another thread while we read
-                raise self._closed_error() from None
-            raise
-
-    def _take_open(self, timeout: float | None) -> Message:
-        w, data, name, cur = self._words, self._data, self.name, self._cur
-        deadline = None
-        while True:
-            if self._closed:
-                raise self._closed_error()
-            pos = cur.pos
-            write = w[H_WRITE]
-            lap_end = (pos | self._mask) + 1  # _wcache: see _bind_recv
-            limit = cur.wcache = write if write < lap_end else lap_end
-            if pos >= write:
-                if pos > write and not self._closed:  # never wait for what cannot come
-                    raise ring.corrupt(name, pos, "a read position at or before the "
-                                       f"write position {write}", f"position {pos}",
-                                       "read position")
-                if deadline is None and timeout is not None:
-                    deadline = time.monotonic() + timeout
-                self._wait(pos, deadline, timeout)
-                continue
-            checked = pos < self._safe_from  # the producer may overwrite it meanwhile
-            if checked and pos < w[H_TAIL]:  # lapped: go to the oldest intact record
-                cur.pos, self._lapped = self._oldest(), True
-                continue
-            idx = pos & self._mask
-            if idx <= self._pad_limit:  # the usual record: checked here, as in recv
-                plen, klen, flags, seq, ts = _unpack(data, idx)
-                end = pos + ((RECORD_HEADER + 7 + klen + plen) & -8)
-                if not flags & REC_PAD and end <= limit and seq == cur.expect and \
-                        not (self._lapped or self._loose):
-                    start = idx + RECORD_HEADER
-                    key = data[start:start + klen].tobytes() if klen else None
-                    payload = data[start + klen:start + klen + plen]
-                    if checked:
-                        payload = memoryview(bytes(payload))
-                        if w[H_TAIL] > pos:
-                            continue  # overwritten while we copied it: from the tail
-                    cur.expect, cur.pos = seq + 1, end
-                    return Message(payload, key, seq, ts, self, end, flags)
-            msg = self._take_unusual(pos, write, checked)
-            if msg is not None:
-                return msg
+            w, data, name, cur = self._words, self._data, self.name, self._cur
+            deadline = None
+            while True:
+                if self._closed:
+                    raise self._closed_error()
+                pos = cur.pos
+                write = w[H_WRITE]
+                lap_end = (pos | self._mask) + 1  # _wcache: see _bind_recv
+                limit = cur.wcache = write if write < lap_end else lap_end
+                if pos >= write:
+                    if pos > write and not self._closed:  # never wait for it: it cannot come
+                        raise ring.corrupt(name, pos, "a read position at or before the "
+                                           f"write position {write}", f"position {pos}",
+                                           "read position")
+                    if deadline is None and timeout is not None:
+                        deadline = time.monotonic() + timeout
+                    self._wait(pos, deadline, timeout)
+                    continue
+                checked = pos < self._safe_from  # the producer may overwrite it now
+                if checked and pos < w[H_TAIL]:  # lapped: to the oldest intact record
+                    cur.pos, self._lapped = self._oldest(), True
+                    continue
+                idx = pos & self._mask
+                if idx <= self._pad_limit:  # the usual record: checked as in recv
+                    plen, klen, flags, seq, ts = _unpack(data, idx)
+                    end = pos + ((RECORD_HEADER + 7 + klen + plen) & -8)
+                    if not flags & REC_PAD and end <= limit and seq == cur.expect and \
+                            not (self._lapped or self._loose):
+                        start = idx + RECORD_HEADER
+                        key = data[start:start + klen].tobytes() if klen else None
+                        payload = data[start + klen:start + klen + plen]
+                        if checked:
+                            payload = memoryview(bytes(payload))
+                            if w[H_TAIL] > pos:
+                                continue  # overwritten while we copied it: tail
+                        cur.expect, cur.pos = seq + 1, end
+                        return Message(payload, key, seq, ts, self, end, flags)
+                msg = self._take_unusual(pos, write, checked)
+                if msg is not None:
+                    return msg
+        except (ValueError, AttributeError) as e:  # a released view, a dropped field:
+            raise self._closed_or(e) from None     # closed by another thread meanwhile?
 
     def _take_unusual(self, pos: int, write: int, checked: bool) -> Message | None:
         """The record at ``pos`` when it is not simply the next one: padding (skipped),
@@ -510,7 +505,7 @@ class Consumer(Handle):
         def ready() -> bool:
             return w[H_WRITE] > pos
 
-        above = (self._seg.buf, H_WRITE, pos)
+        above = (self._seg.buf, H_WRITE, pos) if hotpath.compiled else None
         while True:
             step = time.monotonic() + _LINK_CHECK
             if self._sleeper.wait(ready, step if deadline is None else min(deadline, step),

@@ -111,7 +111,7 @@ class Sleeper:
             words[epoch_index] += 1
         if self.flag_buf is not None:
             self.flag_buf[self.flag_index] = 0
-        # Threads inside wait(); close() from another thread must not free the
+        # Threads asleep in wait(); close() from another thread must not free the
         # semaphore under a thread blocked on it (sem_timedwait on a closed semaphore
         # crashes the interpreter): the last one out closes it instead.
         self._guard = threading.Lock()
@@ -134,9 +134,15 @@ class Sleeper:
         if sem is not None:
             sem.close()
 
-    def _enter(self) -> None:
+    def _enter(self) -> bool:
+        """Count a thread that is about to sleep on the semaphore; False once closing
+        (the semaphore may be gone).  Only sleepers are counted: spinning and
+        yielding never touch the semaphore."""
         with self._guard:
+            if self.closing:
+                return False
             self._inside += 1
+            return True
 
     def _leave(self) -> None:
         with self._guard:
@@ -154,16 +160,6 @@ class Sleeper:
         ``above=(segment, word, value)`` says that ``ready()`` means "that word of the
         segment is greater than value": the compiled hot path then spins on it
         without the GIL."""
-        if self.closing:
-            return True
-        self._enter()
-        try:
-            return self._wait(ready, deadline, above)
-        finally:
-            self._leave()
-
-    def _wait(self, ready: Callable[[], bool], deadline: float | None,
-              above: tuple[memoryview, int, int] | None) -> bool:
         how = self.how
         if above is not None and hotpath.compiled:
             spin_above, spins = hotpath.native.spin_above, how.spin
@@ -196,6 +192,15 @@ class Sleeper:
                     return False
                 os.sched_yield()
             return True
+        if not self._enter():
+            return True  # closed
+        try:
+            return self._sleep(ready, deadline)
+        finally:
+            self._leave()
+
+    def _sleep(self, ready: Callable[[], bool], deadline: float | None) -> bool:
+        how = self.how
         words, i = self.words, self.epoch_index
         words[i] += 1  # odd: asleep
         if self.flag_buf is not None:
