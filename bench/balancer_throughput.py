@@ -90,7 +90,7 @@ def run_balanced(policy: str, n: int) -> dict:
                 raise TimeoutError("workers did not join")
             time.sleep(0.01)
         go.set()
-        res = [harness._collect(out, procs, 300) for _ in range(2)]
+        res = [harness.collect(out, procs, 300) for _ in range(2)]
     finally:
         for p in procs:
             if p.is_alive():

@@ -97,7 +97,7 @@ def measure_path(path: Shmbus, n: int, repeats: int) -> dict | None:
     with harness.child_env(path):
         proc.start()
     try:
-        compiled, best = out.get(timeout=600)
+        compiled, best = harness.collect(out, [proc], 600)
     finally:
         proc.join(60)
     if compiled != (path.name == "shmbus"):

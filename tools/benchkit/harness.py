@@ -117,7 +117,7 @@ def run_stream(transport: Transport, n: int, size: int, receivers: int = 1,
         with child_env(transport):
             for p in procs:
                 p.start()
-        results = [_collect(out, procs, timeout) for _ in range(receivers + 1)]
+        results = [collect(out, procs, timeout) for _ in range(receivers + 1)]
         for p in procs:
             p.join(timeout)
     finally:
@@ -148,13 +148,13 @@ def run_idle(transport: Transport, seconds: float = 2.0) -> dict:
         with child_env(transport):
             for p in procs:
                 p.start()
-        _collect(out, procs, 60)  # connected: the receiver waits for the message
+        collect(out, procs, 60)  # connected: the receiver waits for the message
         t0, c0 = time.perf_counter(), cpu_ns(procs[0].pid)
         time.sleep(seconds)  # the measurement window, not a synchronisation
         t1, c1 = time.perf_counter(), cpu_ns(procs[0].pid)
         go.set()
         for _ in range(2):
-            _collect(out, procs, 60)
+            collect(out, procs, 60)
         for p in procs:
             p.join(60)
     finally:
@@ -184,7 +184,7 @@ def _reap(procs: list, transport: Transport, cfg) -> None:
     transport.teardown(cfg)
 
 
-def _collect(out, procs, timeout: float):
+def collect(out, procs, timeout: float):
     """The next result from ``out``; fail fast if a child process died."""
     import queue
     deadline = time.monotonic() + timeout
@@ -230,7 +230,7 @@ def run_ping_pong(transport: Transport, rounds: int, timeout: float = 300) -> di
                               daemon=True)
         with child_env(transport):
             child.start()
-        lat = _collect(out, [proc, child], timeout)
+        lat = collect(out, [proc, child], timeout)
         child.join(timeout)
         proc.join(timeout)
     finally:

@@ -55,7 +55,9 @@ class Shmbus(Transport):
         self.arrays = arrays  # batches as numpy arrays: send_array / recv_array
         # "shmbus" runs the compiled hot path where it is built, "shmbus-pure" the
         # pure-Python one, whatever the benchmark process itself runs.
-        self.env = {"SHMBUS_PURE_PYTHON": "1" if pure else None}
+        self.env = {"SHMBUS_PURE_PYTHON": "1" if pure else None,
+                    "SHMBUS_REQUIRE_COMPILED": None if pure else
+                    os.environ.get("SHMBUS_REQUIRE_COMPILED")}
         base = "shmbus-pure" if pure else "shmbus"
         self.name = base
         if wait != "adaptive":
