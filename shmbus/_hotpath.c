@@ -158,6 +158,7 @@ typedef struct {
     int shift;                /* log2 of a checkpoint block */
     uint64_t write, seq, limit, room, cp_next;
     PyObject *fallback;       /* the pure-Python send (same arguments) */
+    PyObject *reserve;        /* the slow path: reserve(size, klen, n, timeout, None) */
     PyObject *wake;           /* called after a publish when a sleeper is flagged */
 } Sequencer;
 
@@ -167,19 +168,20 @@ Sequencer_init(Sequencer *self, PyObject *args, PyObject *kwds)
     static char *kwlist[] = {"segment", "data_offset", "capacity", "max_record",
                              "write_word", "last_word", "sleepers_word",
                              "checkpoints_word", "shift", "write", "seq", "limit",
-                             "room", "cp_next", "fallback", "wake", NULL};
-    PyObject *segment, *fallback, *wake;
+                             "room", "cp_next", "fallback", "wake", "reserve", NULL};
+    PyObject *segment, *fallback, *wake, *reserve;
     Py_ssize_t data_offset, write_word, last_word, sleepers_word, checkpoints_word;
     int shift;
     unsigned long long capacity, max_record, write, seq, limit, room, cp_next;
     if (!PyArg_ParseTupleAndKeywords(
-            args, kwds, "OnKKnnnniKKKKKOO:Sequencer", kwlist, &segment, &data_offset,
+            args, kwds, "OnKKnnnniKKKKKOOO:Sequencer", kwlist, &segment, &data_offset,
             &capacity, &max_record, &write_word, &last_word, &sleepers_word,
             &checkpoints_word, &shift, &write, &seq, &limit, &room, &cp_next, &fallback,
-            &wake))
+            &wake, &reserve))
         return -1;
-    if (!PyCallable_Check(fallback) || !PyCallable_Check(wake)) {
-        PyErr_SetString(PyExc_TypeError, "fallback and wake must be callable");
+    if (!PyCallable_Check(fallback) || !PyCallable_Check(wake) ||
+            !PyCallable_Check(reserve)) {
+        PyErr_SetString(PyExc_TypeError, "fallback, wake and reserve must be callable");
         return -1;
     }
     if (capacity < 4096 || (capacity & (capacity - 1)) || max_record > capacity / 2 ||
@@ -211,6 +213,8 @@ Sequencer_init(Sequencer *self, PyObject *args, PyObject *kwds)
     Py_XSETREF(self->fallback, fallback);
     Py_INCREF(wake);
     Py_XSETREF(self->wake, wake);
+    Py_INCREF(reserve);
+    Py_XSETREF(self->reserve, reserve);
     return 0;
 }
 
@@ -219,6 +223,7 @@ Sequencer_traverse(Sequencer *self, visitproc visit, void *arg)
 {
     Py_VISIT(self->fallback);
     Py_VISIT(self->wake);
+    Py_VISIT(self->reserve);
     return 0;
 }
 
@@ -227,6 +232,7 @@ Sequencer_clear(Sequencer *self)
 {
     Py_CLEAR(self->fallback);
     Py_CLEAR(self->wake);
+    Py_CLEAR(self->reserve);
     return 0;
 }
 
@@ -292,7 +298,7 @@ static PyObject *
 Sequencer_send(Sequencer *self, PyObject *const *args, Py_ssize_t nargs,
                PyObject *kwnames)
 {
-    PyObject *key = Py_None;
+    PyObject *key = Py_None, *timeout = Py_None;
     Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
     if (nargs < 1 || nargs > 2 || !self->hold.held)
         goto slow;
@@ -302,7 +308,9 @@ Sequencer_send(Sequencer *self, PyObject *const *args, Py_ssize_t nargs,
         PyObject *name = PyTuple_GET_ITEM(kwnames, i);
         if (PyUnicode_CompareWithASCIIString(name, "key") == 0 && nargs == 1)
             key = args[nargs + i];
-        else if (PyUnicode_CompareWithASCIIString(name, "timeout") != 0)
+        else if (PyUnicode_CompareWithASCIIString(name, "timeout") == 0)
+            timeout = args[nargs + i];
+        else
             goto slow;  /* the fallback raises the TypeError */
     }
     const char *kp, *dp;
@@ -319,16 +327,36 @@ Sequencer_send(Sequencer *self, PyObject *const *args, Py_ssize_t nargs,
     }
     uint64_t size = ((uint64_t)RECORD_HEADER + 7 + (uint64_t)klen + (uint64_t)n) & ~(uint64_t)7;
     uint64_t pos = self->write, idx = pos & self->mask;
-    /* Wrapping, an oversized message, a full ring (room), a closed or claimed producer
-     * (limit 0): the pure-Python path.  A checkpoint due is done here. */
-    if (n > UINT32_MAX || idx + size > self->capacity || size > self->max_record ||
-            (pos + size > self->limit &&
-             (self->limit == 0 || pos + size > self->room))) {
+    if (n > UINT32_MAX || size > self->max_record) {  /* the fallback explains */
         if (view.obj)
             PyBuffer_Release(&view);
         goto slow;
     }
-    if (pos >= self->cp_next) {  /* as ring.checkpoint: pos for each block up to pos's */
+    if (idx + size > self->capacity || (pos + size > self->limit &&
+                                         (self->limit == 0 || pos + size > self->room))) {
+        /* Wrapping, a full ring (room), a closed or claimed producer (limit 0): the
+         * Python slow path pads, makes room (waiting up to timeout), checkpoints or
+         * refuses, and says where the record goes; it is then written here. */
+        PyObject *at = PyObject_CallFunction(self->reserve, "KnnOO", size, klen, n,
+                                             timeout, Py_None);
+        if (at == NULL) {
+            if (view.obj)
+                PyBuffer_Release(&view);
+            return NULL;
+        }
+        pos = PyLong_AsUnsignedLongLong(at);
+        Py_DECREF(at);
+        idx = pos & self->mask;
+        if ((pos == (uint64_t)-1 && PyErr_Occurred()) || !self->hold.held ||
+                pos != self->write || idx + size > self->capacity) {
+            if (view.obj)
+                PyBuffer_Release(&view);
+            if (PyErr_Occurred())
+                return NULL;
+            goto slow;  /* closed meanwhile: the fallback refuses */
+        }
+    }
+    else if (pos >= self->cp_next) {  /* as ring.checkpoint: pos for each block up to pos's */
         uint64_t block = pos >> self->shift, first = self->cp_next >> self->shift;
         if (block - first >= CHECKPOINTS)
             first = block - (CHECKPOINTS - 1);  /* every entry gets pos anyway */
@@ -336,7 +364,7 @@ Sequencer_send(Sequencer *self, PyObject *const *args, Py_ssize_t nargs,
             store_release(self->checkpoints_at + 8 * (b & (CHECKPOINTS - 1)), pos);
         self->cp_next = (block + 1) << self->shift;
     }
-    if (pos + size > self->limit)
+    if (pos + size > self->limit && self->limit)
         self->limit = self->room < self->cp_next ? self->room : self->cp_next;
     unsigned char *rec = self->data + idx;
     uint32_t length = (uint32_t)n;
@@ -370,7 +398,7 @@ Sequencer_send(Sequencer *self, PyObject *const *args, Py_ssize_t nargs,
     }
     return PyLong_FromUnsignedLongLong(seq);
 slow:
-    if (self->fallback == NULL) {
+    if (self->fallback == NULL || self->reserve == NULL) {
         PyErr_SetString(PyExc_TypeError, "Sequencer was not initialised");
         return NULL;
     }
@@ -418,7 +446,7 @@ static PyMethodDef Sequencer_methods[] = {
 PyDoc_STRVAR(Sequencer__doc__,
 "Sequencer(segment, data_offset, capacity, max_record, write_word, last_word,\n"
 "          sleepers_word, checkpoints_word, shift, write, seq, limit, room, cp_next,\n"
-"          fallback, wake)\n--\n\n"
+"          fallback, wake, reserve)\n--\n\n"
 "The producer's cursor over a mapped ring segment, with a compiled send().");
 
 static PyTypeObject SequencerType = {

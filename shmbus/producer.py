@@ -283,7 +283,8 @@ class Producer(Room, Handle):
                 max_record=max_record, write_word=H_WRITE, last_word=H_LAST,
                 sleepers_word=H_SLEEPERS, checkpoints_word=layout.H_CHECKPOINTS,
                 shift=self._shift, write=write, seq=seq, limit=min(room, cp_next),
-                room=room, cp_next=cp_next, fallback=send, wake=self._wake_sleepers)
+                room=room, cp_next=cp_next, fallback=send, wake=self._wake_sleepers,
+                reserve=self._reserve)
         else:
             cur = Sequencer(write, seq, room, cp_next)
         return cur, send
