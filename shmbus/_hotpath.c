@@ -389,8 +389,9 @@ Sequencer_send(Sequencer *self, PyObject *const *args, Py_ssize_t nargs,
         PyBuffer_Release(&view);
     /* No fence between the store above and this load: a sleeper falling asleep at
      * this moment can be missed, which shmbus/wait.py bounds (its first sleeps are
-     * short), as the pure-Python path does. */
-    if (load_relaxed(self->sleepers_at)) {
+     * short), as the pure-Python path does.  (Held: the release above may have run a
+     * close; then nobody is left to wake through this producer.) */
+    if (self->hold.held && load_relaxed(self->sleepers_at)) {
         PyObject *r = PyObject_CallNoArgs(self->wake);
         if (r == NULL)
             return NULL;
