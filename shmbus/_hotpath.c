@@ -602,6 +602,20 @@ Reader_dealloc(Reader *self)
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
+/* Whether ``timeout`` says not to wait at all (a number <= 0: try_recv, recv(0)). */
+static int
+no_wait(PyObject *timeout)
+{
+    if (timeout == Py_None)
+        return 0;
+    double t = PyFloat_AsDouble(timeout);
+    if (t == -1.0 && PyErr_Occurred()) {
+        PyErr_Clear();  /* not a number: the Python path says so */
+        return 1;
+    }
+    return t <= 0.0;
+}
+
 /* Read WRITE up to self->spins times, without the GIL, until it is past pos; 1 if it
  * is (and the segment is still held).  A second export of the segment keeps it
  * mapped even if another thread closes the consumer meanwhile. */
@@ -679,7 +693,7 @@ Reader_recv(Reader *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwn
         uint64_t lap_end = (pos | self->mask) + 1;
         wcache = self->wcache = write < lap_end ? write : lap_end;
         if (pos >= wcache) {  /* nothing published: spin a little, then Python waits */
-            if (!self->spins || !spin_until_above(self, pos))
+            if (!self->spins || no_wait(timeout) || !spin_until_above(self, pos))
                 goto slow;
             write = atomic_load_explicit((atomic_u64 *)self->write_at,
                                          memory_order_acquire);
@@ -854,9 +868,13 @@ spin_above(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     Py_ssize_t word = PyLong_AsSsize_t(args[1]);
+    if (word == -1 && PyErr_Occurred())
+        return NULL;
     unsigned long long value = PyLong_AsUnsignedLongLong(args[2]);
+    if (value == (unsigned long long)-1 && PyErr_Occurred())
+        return NULL;
     Py_ssize_t spins = PyLong_AsSsize_t(args[3]);
-    if (PyErr_Occurred())
+    if (spins == -1 && PyErr_Occurred())
         return NULL;
     Py_buffer view;
     if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0)

@@ -225,7 +225,7 @@ class Consumer(Handle):
                 producer_sleep_word=H_PRODUCER_SLEEP, read_word=read_word,
                 safe_from=safe_from, pos=cur.pos, committed=cur.committed,
                 expect=cur.expect, message_type=Message, owner=self, take=take,
-                wake=wake_producer, spins=self._sleeper.how.spin)
+                wake=wake_producer, spins=min(self._sleeper.how.spin, 1 << 30))
 
         def commit(pos: int) -> None:
             if next_word and cur.expect is not None:

@@ -271,9 +271,10 @@ class Producer(Room, Handle):
                 end = cur.write = pos + size
                 words[H_WRITE] = end
                 words[H_LAST] = pos
+                sleepers = words[H_SLEEPERS]
             except ValueError as e:  # a released view: closed by another thread?
                 raise me._closed_or(e) from None
-            if words[H_SLEEPERS]:
+            if sleepers:
                 me._wake_sleepers()
             return seq
 
@@ -399,14 +400,20 @@ class Producer(Room, Handle):
 
     def _wake_sleepers(self) -> None:
         """Post the semaphore of every consumer that sleeps (the sleeper bytes said
-        some may); re-read the slot table first if it changed."""
-        w = self._words
-        if w[H_GENERATION] != self._gen:
-            self._refresh_wakers()
-        for word, waker in self._wake:
-            epoch = w[word]
-            if epoch & 1:
-                waker.wake(epoch)
+        some may); re-read the slot table first if it changed.  Quiet if the producer
+        was closed meanwhile (another thread): the message is published, and a send
+        that raised now would be retried and sent twice."""
+        try:
+            w = self._words
+            if w[H_GENERATION] != self._gen:
+                self._refresh_wakers()
+            for word, waker in self._wake:
+                epoch = w[word]
+                if epoch & 1:
+                    waker.wake(epoch)
+        except (ValueError, AttributeError):
+            if not self._closed:
+                raise
 
     # -- lifetime ---------------------------------------------------------------------
 
@@ -449,15 +456,17 @@ class Producer(Room, Handle):
         if self.forked or not self._mark_closed():
             return  # a forked child never owned the parent's producer
         self._sever()
-        self._sleeper.close()  # wakes a blocked send; freed once it has left
-        self._words[H_COUNT] = self._seq
-        self._words[H_PRODUCER_PID] = 0
-        for waker in self._wakers.values():
-            waker.close()
-        self._cur.release()
-        del self._words, self._data
-        self._seg.close()
-        self._lock.release()
+        try:
+            self._sleeper.close()  # wakes a blocked send; freed once it has left
+            self._words[H_COUNT] = self._seq
+            self._words[H_PRODUCER_PID] = 0
+            for waker in list(self._wakers.values()):  # a send may add one meanwhile
+                waker.close()
+        finally:
+            self._cur.release()
+            del self._words, self._data
+            self._seg.close()
+            self._lock.release()
 
     def _sever(self) -> None:
         self._set_unusable(True)

@@ -66,10 +66,8 @@ class Room:
             room = cur.room
             cur.limit = room if room < cp_next else cp_next
             return pos
-        except ValueError:
-            if self._closed:  # closed by another thread while we waited
-                raise self._closed_error() from None
-            raise
+        except (ValueError, AttributeError) as e:  # a released view, a dropped field:
+            raise self._closed_or(e) from None     # closed by another thread meanwhile?
 
     def _check_linked(self, now: float) -> None:
         """Raise :class:`RingNotFound` if the ring was removed (or replaced) under this
@@ -136,6 +134,8 @@ class Room:
                 self._last_reclaim = now
                 with self._slots.lock():
                     self._slots.reclaim_dead(below=need)
+                if self._closed:  # while we waited for the slots lock
+                    raise self._closed_error()
                 if ready():
                     return
             step = now + _RECLAIM_EVERY

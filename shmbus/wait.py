@@ -163,6 +163,8 @@ class Sleeper:
         how = self.how
         if above is not None and hotpath.compiled:
             spin_above, spins = hotpath.native.spin_above, how.spin
+            if deadline is not None and time.monotonic() >= deadline:
+                spins = 0  # recv(timeout=0): one look, no spin
             while spins > 0:  # in chunks: closing, the deadline and signals in between
                 if self.closing or spin_above(*above, min(spins, _SPIN_CHUNK)) and ready():
                     return True
@@ -225,12 +227,15 @@ class Sleeper:
                 except (posix_ipc.BusyError, posix_ipc.SignalError):
                     pass  # timed out, or a signal handler ran: re-check either way
         finally:
-            try:
-                if self.flag_buf is not None:
-                    self.flag_buf[self.flag_index] = 0
-                words[i] += 1  # even: awake
-            except ValueError:
-                pass  # closed by another thread, which let go of the segment
+            # Closed by another thread: the slot may already belong to another
+            # consumer (whose Sleeper evens the epoch and clears the flag): hands off.
+            if not self.closing:
+                try:
+                    if self.flag_buf is not None:
+                        self.flag_buf[self.flag_index] = 0
+                    words[i] += 1  # even: awake
+                except ValueError:
+                    pass  # closed meanwhile: the segment was let go of
 
 
 class Waker:
