@@ -129,3 +129,53 @@ def _read_all(fd: int, pid: int, timeout: float) -> bytes:
         if not chunk:
             return b"".join(chunks)
         chunks.append(chunk)
+
+
+class Victim:
+    """A process of ours (or of ``uid``) that takes no part in shmbus and waits until
+    the test ends it: what an attacker would like us to kill."""
+
+    def __init__(self, uid: int | None = None) -> None:
+        self._r, self._w = os.pipe()
+        ready_r, ready_w = os.pipe()
+        self.pid = os.fork()
+        if self.pid == 0:  # pragma: no cover - the child
+            try:
+                os.close(self._w)
+                if uid is not None:
+                    os.setgroups([])
+                    os.setgid(uid)
+                    os.setuid(uid)
+                os.write(ready_w, b"r")
+                select.select([self._r], [], [], 30)
+            finally:
+                os._exit(0)
+        os.close(self._r)
+        os.close(ready_w)
+        assert select.select([ready_r], [], [], 10)[0], "victim did not start"
+        os.close(ready_r)
+        from shmbus import liveness
+        self.start_time = liveness.start_time_of(self.pid)
+
+    def alive(self) -> bool:
+        return os.waitpid(self.pid, os.WNOHANG) == (0, 0)
+
+    def end(self) -> None:
+        os.close(self._w)
+        os.waitpid(self.pid, 0)
+
+
+def purge(namespace: str) -> None:
+    """Remove everything of ``namespace`` from /dev/shm, whoever made it (as root)."""
+    import shutil
+
+    from shmbus import naming
+    for entry in naming.owned_entries(namespace, os.listdir(naming.SHM_DIR)):
+        path = f"{naming.SHM_DIR}/{entry}"
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        else:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass

@@ -24,7 +24,6 @@ test guards, are kept here too (marked "the defence held").
 
 from __future__ import annotations
 
-import errno
 import os
 import select
 import shutil
@@ -36,51 +35,13 @@ import shmbus
 from balancer import stats
 from shmbus import liveness, lockdir, naming
 
-from .security import (OTHER_GID, OTHER_UID, THIRD_UID, needs_root, run_as)
+from .security import (OTHER_GID, OTHER_UID, THIRD_UID, Victim, needs_root, purge,
+                       run_as)
 
 pytestmark = [needs_root, pytest.mark.timeout(30)]
 
 SHARED_GID = 1500  # the group a namespace is shared with; THIRD_UID is a member
 CAP = 1 << 16
-
-
-class _Victim:
-    """A process of ours (this uid) that takes no part in shmbus: what an attacker
-    would like us to kill.  Ends when the test ends it."""
-
-    def __init__(self) -> None:
-        self._r, self._w = os.pipe()
-        ready_r, ready_w = os.pipe()
-        self.pid = os.fork()
-        if self.pid == 0:  # pragma: no cover - the child
-            try:
-                os.close(self._w)
-                os.write(ready_w, b"r")
-                select.select([self._r], [], [], 30)
-            finally:
-                os._exit(0)
-        os.close(self._r)
-        os.close(ready_w)
-        assert select.select([ready_r], [], [], 10)[0], "victim did not start"
-        os.close(ready_r)
-        self.start_time = liveness.start_time_of(self.pid)
-
-    def alive(self) -> bool:
-        return os.waitpid(self.pid, os.WNOHANG) == (0, 0)
-
-    def end(self) -> None:
-        os.close(self._w)
-        os.waitpid(self.pid, 0)
-
-
-def _purge(namespace: str) -> None:
-    """Remove everything of ``namespace`` from /dev/shm, whoever made it (as root)."""
-    for entry in naming.owned_entries(namespace, os.listdir(naming.SHM_DIR)):
-        path = f"{naming.SHM_DIR}/{entry}"
-        if os.path.isdir(path) and not os.path.islink(path):
-            shutil.rmtree(path)
-        else:
-            os.unlink(path)
 
 
 # -- a forged lease record in a namespace shared with a group ---------------------------
@@ -108,7 +69,7 @@ def test_a_member_cannot_make_us_kill_a_process_that_never_held_the_lease(ns, mo
     naming one of them must not make our ``on_stale="kill"`` kill it: only a process
     that holds the lease (it keeps the lease file open while it does) is killed."""
     monkeypatch.setenv("SHMBUS_GROUP", str(SHARED_GID))
-    victim = _Victim()
+    victim = Victim()
     try:
         run_as(THIRD_UID, SHARED_GID, _forge_lease, ns, victim.pid, victim.start_time)
         lease = shmbus.Lease("leader", ttl=2, on_stale="kill")
@@ -117,7 +78,7 @@ def test_a_member_cannot_make_us_kill_a_process_that_never_held_the_lease(ns, mo
         assert victim.alive()
     finally:
         victim.end()
-        _purge(ns)
+        purge(ns)
 
 
 # -- hard links: another name for one of our files ------------------------------------
@@ -187,7 +148,7 @@ def test_stats_nested_deeper_than_the_parser_recurses_are_no_stats(ns, monkeypat
         run_as(THIRD_UID, SHARED_GID, _forge_stats, ns, b'{"dispatched": 2}')
         assert stats.read(ns, "g") == {"dispatched": 2}
     finally:
-        _purge(ns)
+        purge(ns)
 
 
 # -- something else than a regular file under a ring's name ----------------------------
@@ -401,7 +362,7 @@ def test_releasing_a_lock_never_removes_a_file_through_a_swapped_directory(
     finally:
         monkeypatch.setattr(os, "unlink", real_unlink)
         _undo_swap(ns)
-        _purge(ns)
+        purge(ns)
 
 
 def test_who_holds_a_lock_is_never_read_through_a_swapped_directory(ns, tmp_path,
@@ -425,7 +386,7 @@ def test_who_holds_a_lock_is_never_read_through_a_swapped_directory(ns, tmp_path
     finally:
         os.close(fd)
         _undo_swap(ns)
-        _purge(ns)
+        purge(ns)
 
 
 # -- a forged consumer slot in a ring shared with a group -----------------------------
@@ -458,7 +419,7 @@ def test_a_forged_consumer_slot_makes_the_producer_neither_kill_nor_wait_past_it
     producer signals nobody, and its waits are bounded by the caller's timeout.)"""
     import time
     monkeypatch.setenv("SHMBUS_GROUP", str(SHARED_GID))
-    victim = _Victim()
+    victim = Victim()
     try:
         with shmbus.Producer("r", capacity=4096, namespace=ns) as pub:
             run_as(THIRD_UID, SHARED_GID, _forge_slot, ns, victim.pid, victim.start_time)
@@ -470,7 +431,7 @@ def test_a_forged_consumer_slot_makes_the_producer_neither_kill_nor_wait_past_it
         assert victim.alive()
     finally:
         victim.end()
-        _purge(ns)
+        purge(ns)
 
 
 # -- a member rewrites the expiry of our live lease holder ---------------------------
@@ -531,4 +492,4 @@ def test_a_member_cannot_make_us_kill_a_live_holder_by_expiring_its_record(ns, m
         assert holder.alive()
     finally:
         holder.end()
-        _purge(ns)
+        purge(ns)

@@ -28,21 +28,11 @@ from balancer import Balancer, Worker, stats
 from shmbus import lockdir, naming
 from tools.cli import main
 
-from .security import THIRD_UID, needs_root, run_as
+from .security import THIRD_UID, needs_root, purge, run_as
 
 pytestmark = [needs_root, pytest.mark.timeout(30)]
 
 SHARED_GID = 1500  # the group a namespace is shared with; THIRD_UID is a member
-
-
-def _purge(namespace: str) -> None:
-    """Remove everything of ``namespace`` from /dev/shm, whoever made it (as root)."""
-    for entry in naming.owned_entries(namespace, os.listdir(naming.SHM_DIR)):
-        path = f"{naming.SHM_DIR}/{entry}"
-        if os.path.isdir(path) and not os.path.islink(path):
-            shutil.rmtree(path)
-        else:
-            os.unlink(path)
 
 
 def _cli(*args: str):
@@ -82,7 +72,7 @@ def test_the_tools_skip_stats_nested_deeper_than_the_parser_recurses(ns, monkeyp
                 assert r.exit_code == 0, (argv, r.output)
                 assert "g@stats" in r.output and "skipped" in r.output, (argv, r.output)
     finally:
-        _purge(ns)
+        purge(ns)
 
 
 # -- the lock directory's path leads elsewhere between the check and the use ----------
@@ -155,7 +145,7 @@ def test_gc_never_removes_a_file_through_a_replaced_lock_directory(ns, tmp_path,
     finally:
         monkeypatch.setattr(os, "unlink", real_unlink)
         _undo_swap(ns)
-        _purge(ns)
+        purge(ns)
 
 
 def test_inspect_never_opens_a_stats_file_through_a_swapped_lock_directory(
@@ -193,7 +183,7 @@ def test_inspect_never_opens_a_stats_file_through_a_swapped_lock_directory(
     finally:
         monkeypatch.setattr(os, "open", real_open)
         _undo_swap(ns)
-        _purge(ns)
+        purge(ns)
 
 
 def test_locks_never_lists_a_directory_through_a_swapped_lock_directory(
@@ -226,7 +216,7 @@ def test_locks_never_lists_a_directory_through_a_swapped_lock_directory(
         monkeypatch.setattr(os, "listdir", real_listdir)
         lock.release()
         _undo_swap(ns)
-        _purge(ns)
+        purge(ns)
 
 
 # -- something else than our stats file under a balancer group's stats name -------------
@@ -288,4 +278,4 @@ def test_a_planted_stats_entry_never_stops_the_balancer(ns, tmp_path, monkeypatc
         b.stop(timeout=10)
         from shmbus.cleanup import collect
         collect(force=True)
-        _purge(ns)
+        purge(ns)

@@ -21,9 +21,10 @@ import pytest
 
 import shmbus
 from balancer import stats
-from shmbus import liveness, naming
+from shmbus import naming
 
-from .security import (OTHER_GID, OTHER_UID, THIRD_GID, THIRD_UID, needs_root, run_as)
+from .security import (OTHER_GID, OTHER_UID, THIRD_GID, THIRD_UID, Victim, needs_root,
+                       run_as)
 
 pytestmark = [needs_root, pytest.mark.timeout(60)]
 
@@ -46,38 +47,6 @@ def _remove_tree(path: str) -> None:
             shutil.rmtree(path)
         else:
             os.unlink(path)
-
-
-class _Child:
-    """A process of ours (or of ``uid``) that waits until the test ends: a victim."""
-
-    def __init__(self, uid: int | None = None) -> None:
-        self._r, self._w = os.pipe()
-        ready_r, ready_w = os.pipe()
-        self.pid = os.fork()
-        if self.pid == 0:  # pragma: no cover - the child
-            try:
-                os.close(self._w)
-                if uid is not None:
-                    os.setgroups([])
-                    os.setgid(uid)
-                    os.setuid(uid)
-                os.write(ready_w, b"r")
-                select.select([self._r], [], [], 30)
-            finally:
-                os._exit(0)
-        os.close(self._r)
-        os.close(ready_w)
-        assert select.select([ready_r], [], [], 10)[0], "victim did not start"
-        os.close(ready_r)
-        self.start_time = liveness.start_time_of(self.pid)
-
-    def alive(self) -> bool:
-        return os.waitpid(self.pid, os.WNOHANG) == (0, 0)
-
-    def end(self) -> None:
-        os.close(self._w)
-        os.waitpid(self.pid, 0)
 
 
 def _record(token: int, pid: int, start_time: int, expires_ns: int) -> bytes:
@@ -192,7 +161,7 @@ def _forge_lease(directory: str, record: bytes) -> None:
 
 
 def test_a_lease_forged_by_another_user_kills_nobody(ns):
-    victim = _Child()
+    victim = Victim()
     directory = naming.lock_dir(ns)
     try:
         run_as(OTHER_UID, OTHER_GID, _forge_lease, directory,
@@ -209,7 +178,7 @@ def test_a_lease_forged_by_another_user_kills_nobody(ns):
 
 @pytest.mark.parametrize("who", ["start time unknown", "another user's process"])
 def test_a_stale_holder_is_killed_only_when_verified(ns, who):
-    victim = _Child(uid=None if who == "start time unknown" else THIRD_UID)
+    victim = Victim(uid=None if who == "start time unknown" else THIRD_UID)
     lease = shmbus.Lease("leader", ttl=2, on_stale="kill")
     start = 0 if who == "start time unknown" else victim.start_time
     try:

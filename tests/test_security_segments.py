@@ -20,7 +20,8 @@ from shmbus import layout, liveness, naming
 from shmbus.segment import Segment
 from shmbus.slots import SlotTable
 
-from .security import OTHER_GID, OTHER_UID, THIRD_GID, THIRD_UID, needs_root, run_as
+from .security import (OTHER_GID, OTHER_UID, THIRD_GID, THIRD_UID, needs_root, purge,
+                       run_as)
 
 pytestmark = [needs_root, pytest.mark.timeout(30)]
 
@@ -371,17 +372,6 @@ SHARE_GID = 4242
 OUTSIDER_UID = OUTSIDER_GID = 1003
 
 
-def _purge(namespace: str) -> None:
-    """Remove everything of ``namespace`` from /dev/shm, whoever made it (as root)."""
-    import shutil
-    for entry in naming.owned_entries(namespace, os.listdir(naming.SHM_DIR)):
-        path = f"{naming.SHM_DIR}/{entry}"
-        if os.path.isdir(path) and not os.path.islink(path):
-            shutil.rmtree(path)
-        else:
-            _remove(path)
-
-
 def _modes(namespace: str, ring: str) -> dict:
     """{entry: (mode, gid)} of the ring's segment and semaphores."""
     out = {}
@@ -453,5 +443,5 @@ def test_a_namespace_shared_with_a_group_is_shared_with_it_alone(ns, monkeypatch
         assert run_as(OTHER_UID, SHARE_GID, _post, sem)
         assert run_as(OUTSIDER_UID, OUTSIDER_GID, _try_consume, ns) == "PermissionDenied"
     finally:
-        _purge(ns)
-        _purge(private)
+        purge(ns)
+        purge(private)
