@@ -179,3 +179,29 @@ def purge(namespace: str) -> None:
                 os.unlink(path)
             except FileNotFoundError:
                 pass
+
+
+def make_shared_lock_dir(namespace: str) -> None:
+    """(As a member) make the namespace's lock directory: the member owns it."""
+    from shmbus import lockdir
+    os.close(lockdir.open_dir(namespace))
+
+
+def swap_for_symlink(namespace: str, target: str) -> None:
+    """(As the member who owns the lock directory) move it aside and put a symbolic
+    link to ``target`` in its place: /dev/shm is sticky, but the directory is his."""
+    from shmbus import naming
+    directory = naming.lock_dir(namespace)
+    os.rename(directory, directory + "-moved")
+    os.symlink(target, directory)
+
+
+def undo_swap(namespace: str) -> None:
+    import shutil
+
+    from shmbus import naming
+    directory = naming.lock_dir(namespace)
+    if os.path.islink(directory):
+        os.unlink(directory)
+    if os.path.isdir(directory + "-moved"):
+        shutil.rmtree(directory + "-moved")

@@ -26,16 +26,16 @@ from __future__ import annotations
 
 import os
 import select
-import shutil
 import struct
 
 import pytest
 
 import shmbus
 from balancer import stats
-from shmbus import liveness, lockdir, naming
+from shmbus import liveness, naming
 
-from .security import (OTHER_GID, OTHER_UID, THIRD_UID, Victim, needs_root, purge,
+from .security import (OTHER_GID, OTHER_UID, THIRD_UID, Victim, make_shared_lock_dir,
+                       needs_root, purge, swap_for_symlink, undo_swap,
                        run_as)
 
 pytestmark = [needs_root, pytest.mark.timeout(30)]
@@ -310,27 +310,6 @@ def test_a_flock_on_another_filesystem_never_passes_for_a_holder_of_our_lock(ns)
 # -- the owner of a shared lock directory swaps it for a symbolic link -----------------
 
 
-def _make_shared_lock_dir(namespace: str) -> None:
-    """(As a member) make the namespace's lock directory: the member owns it."""
-    os.close(lockdir.open_dir(namespace))
-
-
-def _swap_for_symlink(namespace: str, target: str) -> None:
-    """(As the member who owns the lock directory) move it aside and put a symbolic
-    link to ``target`` in its place: /dev/shm is sticky, but the directory is his."""
-    directory = naming.lock_dir(namespace)
-    os.rename(directory, directory + "-moved")
-    os.symlink(target, directory)
-
-
-def _undo_swap(namespace: str) -> None:
-    directory = naming.lock_dir(namespace)
-    if os.path.islink(directory):
-        os.unlink(directory)
-    if os.path.isdir(directory + "-moved"):
-        shutil.rmtree(directory + "-moved")
-
-
 def test_releasing_a_lock_never_removes_a_file_through_a_swapped_directory(
         ns, tmp_path, monkeypatch):
     """In a namespace shared with a group, the member who made the lock directory may
@@ -342,13 +321,13 @@ def test_releasing_a_lock_never_removes_a_file_through_a_swapped_directory(
     elsewhere = tmp_path / "etc"
     elsewhere.mkdir()
     (elsewhere / "target").write_text("precious")
-    run_as(THIRD_UID, SHARED_GID, _make_shared_lock_dir, ns)
+    run_as(THIRD_UID, SHARED_GID, make_shared_lock_dir, ns)
     real_unlink = os.unlink
     swapped = []
 
     def unlink_after_the_swap(path, *args, **kwargs):
         if str(path).endswith("target") and not swapped:
-            run_as(THIRD_UID, SHARED_GID, _swap_for_symlink, ns, str(elsewhere))
+            run_as(THIRD_UID, SHARED_GID, swap_for_symlink, ns, str(elsewhere))
             swapped.append(True)
         return real_unlink(path, *args, **kwargs)
     try:
@@ -361,7 +340,7 @@ def test_releasing_a_lock_never_removes_a_file_through_a_swapped_directory(
         assert (elsewhere / "target").read_text() == "precious"
     finally:
         monkeypatch.setattr(os, "unlink", real_unlink)
-        _undo_swap(ns)
+        undo_swap(ns)
         purge(ns)
 
 
@@ -377,15 +356,15 @@ def test_who_holds_a_lock_is_never_read_through_a_swapped_directory(ns, tmp_path
     outside = elsewhere / "x"
     outside.write_text("")
     os.chmod(outside, 0o600)
-    run_as(THIRD_UID, SHARED_GID, _make_shared_lock_dir, ns)
+    run_as(THIRD_UID, SHARED_GID, make_shared_lock_dir, ns)
     fd = os.open(outside, os.O_RDONLY)
     try:
         fcntl.flock(fd, fcntl.LOCK_SH)  # somebody of ours holds that other file
-        run_as(THIRD_UID, SHARED_GID, _swap_for_symlink, ns, str(elsewhere))
+        run_as(THIRD_UID, SHARED_GID, swap_for_symlink, ns, str(elsewhere))
         assert shmbus.FileLock("x").holders() == []
     finally:
         os.close(fd)
-        _undo_swap(ns)
+        undo_swap(ns)
         purge(ns)
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import threading
 
 import pytest
@@ -28,7 +27,8 @@ from balancer import Balancer, Worker, stats
 from shmbus import lockdir, naming
 from tools.cli import main
 
-from .security import THIRD_UID, needs_root, purge, run_as
+from .security import (THIRD_UID, make_shared_lock_dir, needs_root, purge, run_as,
+                       swap_for_symlink, undo_swap)
 
 pytestmark = [needs_root, pytest.mark.timeout(30)]
 
@@ -78,27 +78,6 @@ def test_the_tools_skip_stats_nested_deeper_than_the_parser_recurses(ns, monkeyp
 # -- the lock directory's path leads elsewhere between the check and the use ----------
 
 
-def _make_shared_lock_dir(namespace: str) -> None:
-    """(As a member) make the namespace's lock directory: the member owns it."""
-    os.close(lockdir.open_dir(namespace))
-
-
-def _swap_for_symlink(namespace: str, target: str) -> None:
-    """(As the member who owns the lock directory) move it aside and put a symbolic
-    link to ``target`` in its place: /dev/shm is sticky, but the directory is his."""
-    directory = naming.lock_dir(namespace)
-    os.rename(directory, directory + "-moved")
-    os.symlink(target, directory)
-
-
-def _undo_swap(namespace: str) -> None:
-    directory = naming.lock_dir(namespace)
-    if os.path.islink(directory):
-        os.unlink(directory)
-    if os.path.isdir(directory + "-moved"):
-        shutil.rmtree(directory + "-moved")
-
-
 def _elsewhere(tmp_path, name: str, content: str) -> str:
     """A directory outside /dev/shm holding a file ``name`` of ours."""
     elsewhere = tmp_path / "etc"
@@ -144,7 +123,7 @@ def test_gc_never_removes_a_file_through_a_replaced_lock_directory(ns, tmp_path,
         assert os.listdir(directory + "-moved") == []  # removed where it was checked
     finally:
         monkeypatch.setattr(os, "unlink", real_unlink)
-        _undo_swap(ns)
+        undo_swap(ns)
         purge(ns)
 
 
@@ -159,14 +138,14 @@ def test_inspect_never_opens_a_stats_file_through_a_swapped_lock_directory(
     elsewhere = _elsewhere(tmp_path, "g@stats", json.dumps(_stats_of("g", "OUTSIDE")))
     outside = os.stat(f"{elsewhere}/g@stats")
     shmbus.Producer("r", capacity=1 << 14).close()  # (its last lock removes the directory)
-    run_as(THIRD_UID, SHARED_GID, _make_shared_lock_dir, ns)
+    run_as(THIRD_UID, SHARED_GID, make_shared_lock_dir, ns)
     stats.write(ns, "g", _stats_of("g", "INSIDE"))
     real_open = os.open
     swapped, opened = [], []
 
     def open_after_the_swap(path, *args, **kwargs):
         if str(path).endswith("g@stats") and not swapped:
-            run_as(THIRD_UID, SHARED_GID, _swap_for_symlink, ns, elsewhere)
+            run_as(THIRD_UID, SHARED_GID, swap_for_symlink, ns, elsewhere)
             swapped.append(True)
         fd = real_open(path, *args, **kwargs)
         st = os.fstat(fd)
@@ -182,7 +161,7 @@ def test_inspect_never_opens_a_stats_file_through_a_swapped_lock_directory(
         assert "balancer g (input)" in r.output and "INSIDE" in r.output
     finally:
         monkeypatch.setattr(os, "open", real_open)
-        _undo_swap(ns)
+        undo_swap(ns)
         purge(ns)
 
 
@@ -194,7 +173,7 @@ def test_locks_never_lists_a_directory_through_a_swapped_lock_directory(
     he cannot see)."""
     monkeypatch.setenv("SHMBUS_GROUP", str(SHARED_GID))
     elsewhere = _elsewhere(tmp_path, "someone-elses-secret", "")
-    run_as(THIRD_UID, SHARED_GID, _make_shared_lock_dir, ns)
+    run_as(THIRD_UID, SHARED_GID, make_shared_lock_dir, ns)
     lock = shmbus.FileLock("ours")
     lock.acquire(timeout=1)
     real_listdir = os.listdir
@@ -202,7 +181,7 @@ def test_locks_never_lists_a_directory_through_a_swapped_lock_directory(
 
     def listdir_after_the_swap(path=".", *args, **kwargs):
         if path != naming.SHM_DIR and not swapped:
-            run_as(THIRD_UID, SHARED_GID, _swap_for_symlink, ns, elsewhere)
+            run_as(THIRD_UID, SHARED_GID, swap_for_symlink, ns, elsewhere)
             swapped.append(True)
         return real_listdir(path, *args, **kwargs)
     try:
@@ -215,7 +194,7 @@ def test_locks_never_lists_a_directory_through_a_swapped_lock_directory(
     finally:
         monkeypatch.setattr(os, "listdir", real_listdir)
         lock.release()
-        _undo_swap(ns)
+        undo_swap(ns)
         purge(ns)
 
 
