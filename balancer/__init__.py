@@ -1,7 +1,7 @@
 """The shmbus balancer: work queues over rings (round-robin, consistent hash).
 
 ``Balancer(group, inputs, policy=...)`` reads input rings and gives each message to
-exactly one ``Worker(group, name)``; see :mod:`balancer.balancer`.
+exactly one ``Worker(group, name)``; see :mod:`shmbus.balancer.balancer`.
 """
 
 from .balancer import Balancer

@@ -10,11 +10,11 @@ At-least-once: input messages are released only after they are in a worker ring.
 a worker leaves or dies, what it had not acknowledged is read back from its ring and
 dispatched again (for consistent hashing, to the key's new owner, before any newer
 message for that key), counted as redelivered.  A message the worker had received (see
-:mod:`balancer.worker`) counts one delivery more; one it had not received yet keeps
+:mod:`shmbus.balancer.worker`) counts one delivery more; one it had not received yet keeps
 its count.  A message delivered ``max_deliveries`` times goes to the group's
 dead-letter ring ``GROUP.dlq`` instead.  Duplicates happen only for messages in flight
 at a crash.  A message no worker can take waits in its input ring (back-pressure), not
-in the balancer's memory.  Membership and redelivery: :mod:`balancer.roster`.
+in the balancer's memory.  Membership and redelivery: :mod:`shmbus.balancer.roster`.
 
 Round-robin splits what it reads from an input (up to 512 messages at a time) into one
 share per worker, in turn, as equal as their room allows, skipping workers that are
@@ -22,7 +22,7 @@ full (``prefetch`` unacknowledged messages, or a full ring) or dead.  Consistent
 hashing never reroutes a key while its owner lives: a message whose owner is busy
 waits (as does all dispatching while a live worker's ring is still held by a previous
 leader), and a key that moves to a joining worker waits until the worker holding older
-messages of it has acknowledged them (:mod:`balancer.handoff`), so per-key order
+messages of it has acknowledged them (:mod:`shmbus.balancer.handoff`), so per-key order
 holds; with ``load_factor`` (bounded loads) a key may go to the next worker when its
 owner is over the bound, which trades per-key order for balance.
 

@@ -14,19 +14,19 @@ import uuid
 
 import shmbus
 
-from tools.benchkit import harness
-from tools.benchkit.transports import SPAWN
+from shmbus.tools.benchkit import harness
+from shmbus.tools.benchkit.transports import SPAWN
 
 
 def _balancer(ns, ttl):
-    from balancer import Balancer
+    from shmbus.balancer import Balancer
     b = Balancer("g", ["in"], namespace=ns, lease_ttl=ttl)
     signal.signal(signal.SIGTERM, lambda *a: b.stop(0))
     b.run()
 
 
 def failover(ttl: float) -> dict:
-    from balancer import read_stats
+    from shmbus.balancer import read_stats
     from shmbus.cleanup import collect
     ns = f"fbench{os.getpid()}x{uuid.uuid4().hex[:6]}"
     shmbus.Producer("in", capacity=1 << 16, namespace=ns).close()

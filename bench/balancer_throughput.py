@@ -19,14 +19,14 @@ import uuid
 
 import shmbus
 
-from tools.benchkit import harness
-from tools.benchkit.transports import SPAWN, Shmbus
+from shmbus.tools.benchkit import harness
+from shmbus.tools.benchkit.transports import SPAWN, Shmbus
 
 
 def _worker(ns, group, index, n, total, out, ready):
     """Receive until the workers together have ``n`` messages (the split between
     them is the policy's business); report when this one got its first and last."""
-    from balancer import Worker
+    from shmbus.balancer import Worker
     with Worker(group, f"w{index}", namespace=ns, capacity=8 << 20) as w:
         ready.set()
         first = last = None
@@ -46,7 +46,7 @@ def _worker(ns, group, index, n, total, out, ready):
 
 def _balancer(ns, group, policy):
     import signal
-    from balancer import Balancer
+    from shmbus.balancer import Balancer
     b = Balancer(group, ["in"], policy=policy, namespace=ns, prefetch=100_000)
     signal.signal(signal.SIGTERM, lambda *a: b.stop(0))
     b.run()
@@ -66,7 +66,7 @@ def _keys() -> list[bytes]:
 
 
 def run_balanced(policy: str, n: int) -> dict:
-    from balancer import read_stats
+    from shmbus.balancer import read_stats
     from shmbus.cleanup import collect
     ns, group = f"bbench{os.getpid()}x{uuid.uuid4().hex[:6]}", "g"
     n -= n % 512

@@ -32,7 +32,7 @@ from collections import Counter
 
 import shmbus
 
-from tools.benchkit.transports import SPAWN
+from shmbus.tools.benchkit.transports import SPAWN
 
 PRODUCERS, WORKERS, GROUP, KEYS = 2, 3, "g", 16
 
@@ -92,7 +92,7 @@ def _consume(sub, log) -> None:
 
 
 def worker(ns: str, logdir: str, i: int) -> None:
-    from balancer import Worker
+    from shmbus.balancer import Worker
     with Worker(GROUP, f"w{i}", namespace=ns) as w, _log(f"{logdir}/worker{i}") as log:
         _consume(w, log)
 
@@ -104,7 +104,7 @@ def durable(ns: str, logdir: str, i: int) -> None:
 
 
 def balancer(ns: str) -> None:
-    from balancer import Balancer
+    from shmbus.balancer import Balancer
     Balancer(GROUP, [f"in{i}" for i in range(PRODUCERS)], policy="consistent-hash",
              namespace=ns, lease_ttl=1.0, prefetch=200).run()
 
@@ -232,7 +232,7 @@ def run(seconds: float = 20, seed: int = 1, kills_per_second: float = 2.0,
     rng = random.Random(seed)
     ns = f"chaos{os.getpid()}x{uuid.uuid4().hex[:4]}"
     logdir = tempfile.mkdtemp(prefix="shmbus-chaos-")
-    from balancer.membership import input_durable
+    from shmbus.balancer.membership import input_durable
     for i in range(PRODUCERS):
         shmbus.Producer(f"in{i}", capacity=1 << 18, namespace=ns).close()
         # The cursors exist before the first message, so they see every message.

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import argparse
 
-from tools.benchkit import harness
-from tools.benchkit.transports import Iceoryx2, Shmbus, Zmq
+from shmbus.tools.benchkit import harness
+from shmbus.tools.benchkit.transports import Iceoryx2, Shmbus, Zmq
 
 
 def main(argv=None) -> dict:

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import argparse
 
-from tools.benchkit import harness
-from tools.benchkit.transports import FasterFifo, Iceoryx2, MpPipe, MpQueue, Shmbus, Zmq
+from shmbus.tools.benchkit import harness
+from shmbus.tools.benchkit.transports import FasterFifo, Iceoryx2, MpPipe, MpQueue, Shmbus, Zmq
 
 NOTES = {"iceoryx2": "polls: its Python binding has no blocking receive",
          "shmbus[spin]": "spins by design (for latency at the price of a core)"}

@@ -19,8 +19,8 @@ import uuid
 
 import shmbus
 
-from tools.benchkit import harness
-from tools.benchkit.transports import SPAWN
+from shmbus.tools.benchkit import harness
+from shmbus.tools.benchkit.transports import SPAWN
 
 
 def _loop(acquire_release, seconds: float) -> float:

@@ -19,8 +19,8 @@ import time
 
 import numpy as np
 
-from tools.benchkit import harness
-from tools.benchkit.transports import FasterFifo, Iceoryx2, MpPipe, MpQueue, Shmbus, Zmq
+from shmbus.tools.benchkit import harness
+from shmbus.tools.benchkit.transports import FasterFifo, Iceoryx2, MpPipe, MpQueue, Shmbus, Zmq
 
 SIZES = {64: 300_000, 65536: 20_000, 1 << 20: 2_000}
 QUICK = {64: 60_000, 65536: 3_000, 1 << 20: 300}
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = harness.result("one_to_one_throughput", args.json, repeats=args.repeats,
                             results=summary, memcpy_bytes_per_s=memcpy, notes=notes)
     if args.plot:
-        from tools.benchkit.plot import throughput_vs_size
+        from shmbus.tools.benchkit.plot import throughput_vs_size
         throughput_vs_size(summary, args.plot, memcpy)
     return result
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import argparse
 
-from tools.benchkit import harness
-from tools.benchkit.transports import FasterFifo, Iceoryx2, MpPipe, MpQueue, Shmbus, Zmq
+from shmbus.tools.benchkit import harness
+from shmbus.tools.benchkit.transports import FasterFifo, Iceoryx2, MpPipe, MpQueue, Shmbus, Zmq
 
 
 def main(argv=None) -> dict:
@@ -54,7 +54,7 @@ def main(argv=None) -> dict:
     result = harness.result("ping_pong_latency", args.json, rounds=args.rounds,
                             results=summary, notes=notes)
     if args.plot:
-        from tools.benchkit.plot import latency_cdf
+        from shmbus.tools.benchkit.plot import latency_cdf
         latency_cdf(summary, args.plot)
     return result
 

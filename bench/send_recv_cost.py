@@ -22,8 +22,8 @@ import uuid
 import shmbus
 from shmbus.forward import forward, take_run
 
-from tools.benchkit import harness
-from tools.benchkit.transports import SPAWN, Shmbus
+from shmbus.tools.benchkit import harness
+from shmbus.tools.benchkit.transports import SPAWN, Shmbus
 
 BATCH = 256
 

@@ -1,6 +1,6 @@
-"""``python -m shmbus``: the ``shmbus`` command (see :mod:`tools.cli`)."""
+"""``python -m shmbus``: the ``shmbus`` command (see :mod:`shmbus.tools.cli`)."""
 
-from tools.cli import main
+from shmbus.tools.cli import main
 
 if __name__ == "__main__":
     main()

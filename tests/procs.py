@@ -143,7 +143,7 @@ def run_balancer(ns: str, group: str, inputs: list, policy: str, ttl: float = 1.
                  prefetch: int = 64, max_deliveries: int = 5) -> None:
     """Run a balancer (leader or standby) until killed or terminated."""
     import signal
-    from balancer import Balancer
+    from shmbus.balancer import Balancer
     b = Balancer(group, inputs, policy=policy, namespace=ns, lease_ttl=ttl,
                  prefetch=prefetch, max_deliveries=max_deliveries)
     signal.signal(signal.SIGTERM, lambda *a: b.stop(0))
@@ -153,7 +153,7 @@ def run_balancer(ns: str, group: str, inputs: list, policy: str, ttl: float = 1.
 def run_worker(ns: str, group: str, name: str, results, stop, hang_after: int = -1) -> None:
     """Receive messages, report (worker, key, payload, deliveries) for each; with
     ``hang_after`` >= 0, stop releasing after that many and wait to be killed."""
-    from balancer import Worker
+    from shmbus.balancer import Worker
     with Worker(group, name, namespace=ns) as w:
         got = 0
         while not stop.is_set():

@@ -9,7 +9,7 @@ from collections import Counter, defaultdict
 import pytest
 
 import shmbus
-from balancer import Balancer, Worker, read_stats
+from shmbus.balancer import Balancer, Worker, read_stats
 
 from . import procs as P
 from .support import SPAWN, await_until, kill9, start
@@ -207,7 +207,7 @@ def test_workers_join_and_leave_while_messages_flow(group, ns, procs, policy):
 def test_inspect_and_top_show_the_balancer(group, ns, procs):
     from click.testing import CliRunner
 
-    from tools.cli import main
+    from shmbus.tools.cli import main
     results, stop = SPAWN.Queue(), SPAWN.Event()
     procs.append(start(P.run_balancer, ns, group, ["in"], "round-robin"))
     procs.append(start(P.run_worker, ns, group, "w", results, stop))
@@ -224,7 +224,7 @@ def test_inspect_and_top_show_the_balancer(group, ns, procs):
 def test_consistent_hash_waits_while_a_live_workers_ring_is_held(group, ns):
     """A registered worker whose ring a previous leader still holds owns keys: no
     message may go elsewhere meanwhile (it would overtake what that worker holds)."""
-    from balancer.membership import worker_ring
+    from shmbus.balancer.membership import worker_ring
     w1, w2 = Worker(group, "w1"), Worker(group, "w2")
     previous_leader = shmbus.Producer(worker_ring(group, "w1"))
     b = Balancer(group, ["in"], policy="consistent-hash", poll=0.005)
@@ -356,8 +356,8 @@ def test_a_worker_publishes_what_it_has_received(ns):
     counts as delivered if the worker dies) to the end of what it returned."""
     import numpy as np
 
-    from balancer.membership import worker_ring
-    from balancer.worker import received_position
+    from shmbus.balancer.membership import worker_ring
+    from shmbus.balancer.worker import received_position
     try:
         with Worker("g", "w") as w, shmbus.Producer(worker_ring("g", "w")) as pub:
             start_ = w.position

@@ -14,7 +14,7 @@ from collections import defaultdict
 import pytest
 
 import shmbus
-from balancer import Balancer, Worker
+from shmbus.balancer import Balancer, Worker
 
 from . import procs as P
 from .support import SPAWN, await_until, kill9, start

@@ -8,7 +8,7 @@ import time
 import pytest
 
 import shmbus
-from balancer import Balancer, Worker
+from shmbus.balancer import Balancer, Worker
 from shmbus.cleanup import collect
 
 from .support import await_until

@@ -7,8 +7,8 @@ import json
 import pytest
 
 from bench import one_to_one_throughput
-from tools.benchkit import harness
-from tools.benchkit.transports import MpPipe, Shmbus
+from shmbus.tools.benchkit import harness
+from shmbus.tools.benchkit.transports import MpPipe, Shmbus
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 import shmbus
-from tools.cli import main
+from shmbus.tools.cli import main
 
 from . import procs as P
 from .support import SPAWN, kill9, start
@@ -200,7 +200,7 @@ def test_balancer_run_command(ns, procs):
 
 
 def test_demo_leftover_check_sees_semaphores(ns):
-    from tools.demo import leftovers
+    from shmbus.tools.demo import leftovers
     sem = posix_ipc.Semaphore(f"/{ns}.demo.in@c0", posix_ipc.O_CREX)
     try:
         assert leftovers(ns) == [f"sem.{ns}.demo.in@c0"]

@@ -328,7 +328,7 @@ def test_inspecting_a_cursor_far_behind_the_tail_with_padding_at_index_0_ends(ns
     write position one padding record (one lap) at a time."""
     from click.testing import CliRunner
 
-    from tools.cli import main
+    from shmbus.tools.cli import main
 
     pub = shmbus.Producer("c", capacity=CAP, on_full="overwrite")
     shmbus.Consumer("c", durable="slow").close()   # its cursor stays at 0

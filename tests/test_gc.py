@@ -14,7 +14,7 @@ import shmbus
 from shmbus import cleanup, naming
 from shmbus.cleanup import collect
 from shmbus.lock import FileLock, lock_holders
-from tools.cli import main
+from shmbus.tools.cli import main
 
 from . import procs as P
 from .support import SPAWN, kill9, start

@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 
-from balancer.policies import ConsistentHash, RoundRobin, hash64, policy
+from shmbus.balancer.policies import ConsistentHash, RoundRobin, hash64, policy
 
 KEYS = [f"key-{i}".encode() for i in range(100_000)]
 

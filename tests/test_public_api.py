@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 
-import balancer
+from shmbus import balancer
 import shmbus
 
 PUBLIC = {"Producer", "Consumer", "Message", "FileLock", "Lease", "Fence", "WaitStrategy",

@@ -31,7 +31,7 @@ import struct
 import pytest
 
 import shmbus
-from balancer import stats
+from shmbus.balancer import stats
 from shmbus import liveness, naming
 
 from .security import (OTHER_GID, OTHER_UID, THIRD_UID, Victim, make_shared_lock_dir,

@@ -23,9 +23,9 @@ import pytest
 from click.testing import CliRunner
 
 import shmbus
-from balancer import Balancer, Worker, stats
+from shmbus.balancer import Balancer, Worker, stats
 from shmbus import lockdir, naming
-from tools.cli import main
+from shmbus.tools.cli import main
 
 from .security import (THIRD_UID, make_shared_lock_dir, needs_root, purge, run_as,
                        swap_for_symlink, undo_swap)

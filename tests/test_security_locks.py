@@ -20,7 +20,7 @@ import time
 import pytest
 
 import shmbus
-from balancer import stats
+from shmbus.balancer import stats
 from shmbus import naming
 
 from .security import (OTHER_GID, OTHER_UID, THIRD_GID, THIRD_UID, Victim, needs_root,

@@ -8,7 +8,7 @@ from click.testing import CliRunner
 
 import shmbus
 from shmbus.layout import RECORD, REC_PAD
-from tools.cli import main
+from shmbus.tools.cli import main
 
 from . import procs as P
 from .support import SPAWN, start

@@ -10,8 +10,8 @@ import pytest
 from click.testing import CliRunner
 
 import shmbus
-from tools.cli import main
-from tools.tail import escape
+from shmbus.tools.cli import main
+from shmbus.tools.tail import escape
 
 pytestmark = pytest.mark.timeout(60)
 

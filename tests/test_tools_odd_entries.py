@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 import shmbus
 from shmbus import naming
-from tools.cli import main
+from shmbus.tools.cli import main
 
 from .security import OTHER_GID, OTHER_UID, needs_root, run_as
 

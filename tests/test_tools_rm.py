@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 import shmbus
 from shmbus import naming
-from tools.cli import main
+from shmbus.tools.cli import main
 
 from . import procs as P
 from .support import SPAWN, kill9, start

@@ -33,8 +33,8 @@ def command() -> None:
 def run(inputs, group, policy, prefetch, max_deliveries, load_factor, lease_ttl, seconds,
         namespace) -> None:
     """Dispatch messages of the INPUT rings to the group's workers until Ctrl-C."""
-    from balancer import Balancer
-    from balancer.policies import ConsistentHash, RoundRobin
+    from shmbus.balancer import Balancer
+    from shmbus.balancer.policies import ConsistentHash, RoundRobin
 
     chosen = (ConsistentHash(load_factor=load_factor) if policy == "consistent-hash"
               else RoundRobin())

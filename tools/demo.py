@@ -28,7 +28,7 @@ def _produce(ns: str, stop) -> None:
 
 
 def _balance(ns: str, policy: str, stop) -> None:
-    from balancer import Balancer
+    from shmbus.balancer import Balancer
     b = Balancer(GROUP, [INPUT], policy=policy, namespace=ns)
     b.start()
     stop.wait()
@@ -36,7 +36,7 @@ def _balance(ns: str, policy: str, stop) -> None:
 
 
 def _work(ns: str, name: str, stop, counts) -> None:
-    from balancer import Worker
+    from shmbus.balancer import Worker
     with Worker(GROUP, name, namespace=ns) as w:
         n = 0
         while not stop.is_set():
@@ -60,7 +60,7 @@ def leftovers(ns: str) -> list[str]:
               default="round-robin", show_default=True)
 def command(seconds: float, workers: int, policy: str) -> None:
     """Run a producer, a balancer and workers for a few seconds; show progress."""
-    from balancer import read_stats
+    from shmbus.balancer import read_stats
     from shmbus.cleanup import collect
 
     ns = f"demo{os.getpid()}"
