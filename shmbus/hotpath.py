@@ -6,7 +6,7 @@ and a pure-Python consumer, or the reverse, interoperate on one ring.
 
 ``SHMBUS_PURE_PYTHON=1`` forces the pure path; ``SHMBUS_REQUIRE_COMPILED=1`` makes
 ``import shmbus`` fail without the compiled one.  A built module is used only if it
-was built from the C source beside this file (its hash is compiled in): a stale build
+was built from the C sources beside this file (shmbus/csrc) (its hash is compiled in): a stale build
 (an installed copy older than the source tree the tests run from, say) is never
 mistaken for the current one.  When running from a source tree that was installed
 with ``pip install .`` (the README's test command), the module is found in the
@@ -35,10 +35,15 @@ def _flag(name: str) -> bool:
 
 
 def _source_hash() -> str | None:
+    """The hash setup.py compiles into the module (see its ``source_hash``)."""
+    h = hashlib.sha256()
     try:
-        return hashlib.sha256((_HERE / "_hotpath.c").read_bytes()).hexdigest()[:16]
+        paths = sorted((_HERE / "csrc").glob("*.[ch]"))
+        for path in paths:
+            h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
     except OSError:
         return None
+    return h.hexdigest()[:16] if paths else None
 
 
 def _candidates() -> list[Path]:
@@ -81,7 +86,7 @@ def load_native() -> tuple[ModuleType | None, str]:
             stale.append(f"{path}: {e}")
             continue
         if want is not None and getattr(module, "SOURCE_HASH", None) != want:
-            stale.append(f"{path} was built from another version of _hotpath.c")
+            stale.append(f"{path} was built from another version of shmbus/csrc")
             continue
         if getattr(module, "RECORD_FORMAT", None) != layout.RECORD.format:
             stale.append(f"{path} writes records as {module.RECORD_FORMAT!r}, the layout "

@@ -42,7 +42,7 @@ from .errors import PermissionDenied
 __all__ = ["WaitStrategy", "strategy", "fence", "Sleeper", "STRATEGIES"]
 
 _SPIN_CHUNK = 4096  # compiled spins between two looks at closing, deadline and signals
-# (shmbus/_hotpath.c's SPIN_CHUNK: a compiled recv spins at most that much itself)
+# (shmbus/csrc/hotpath.h: SPIN_CHUNK: a compiled recv spins at most that much itself)
 
 _fence_lock = threading.Lock()
 

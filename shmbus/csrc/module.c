@@ -1,0 +1,37 @@
+/* The module shmbus._hotpath: its types and functions, and what it was built from. */
+
+#include "hotpath.h"
+
+static PyMethodDef hotpath_functions[] = {
+    {"spin_above", (PyCFunction)(void (*)(void))spin_above, METH_FASTCALL,
+     spin_above__doc__},
+    {NULL}
+};
+
+#ifndef SHMBUS_SOURCE_HASH
+#define SHMBUS_SOURCE_HASH "unknown"
+#endif
+
+static struct PyModuleDef hotpath_module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "shmbus._hotpath",
+    .m_doc = "shmbus's compiled hot path (see shmbus/hotpath.py).",
+    .m_size = -1,
+    .m_methods = hotpath_functions,
+};
+
+PyMODINIT_FUNC
+PyInit__hotpath(void)
+{
+    PyObject *m = PyModule_Create(&hotpath_module);
+    if (m == NULL)
+        return NULL;
+    if (PyModule_AddType(m, &SequencerType) < 0 || PyModule_AddType(m, &ReaderType) < 0 ||
+            PyModule_AddStringConstant(m, "SOURCE_HASH", SHMBUS_SOURCE_HASH) < 0 ||
+            PyModule_AddStringConstant(m, "RECORD_FORMAT", RECORD_FORMAT) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
+
