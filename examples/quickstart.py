@@ -45,7 +45,8 @@ def consume(ns: str, durable: str | None, ready) -> None:
 
 
 def main() -> None:
-    ns = f"quickstart{os.getpid()}"
+    # A namespace of its own (SHMBUS_NAMESPACE if set: the tests run it in theirs).
+    ns = os.environ.get("SHMBUS_NAMESPACE") or f"quickstart{os.getpid()}"
     ctx = mp.get_context("spawn")
     shmbus.Producer(RING, capacity=1 << 22, namespace=ns).close()
     try:
