@@ -24,6 +24,7 @@ from operator import attrgetter
 from . import hotpath, layout, liveness, naming, ring
 from .errors import CorruptRing, DurableBusy, RingNotFound, Timeout
 from .handle import Handle
+from .introspect import messages_from
 from .layout import (FLAGGED_SLOTS, H_GATE, H_PRODUCER_PID, H_PRODUCER_SLEEP,
                      H_SCAN, H_TAIL, H_WRITE, RECORD, RECORD_HEADER, REC_PAD, S_LOST, S_NEXT_SEQ,
                      S_READ, S_SLEEP, SLEEPERS_OFFSET, slot_word)
@@ -541,6 +542,30 @@ class Consumer(Handle):
     def lag(self) -> int:
         """Bytes published but not yet received."""
         return max(0, self._words[H_WRITE] - self._pos)
+
+    @property
+    def pending(self) -> int:
+        """Messages published but not yet received (:attr:`lag` counts them in bytes),
+        counted by seq: a snapshot, more may arrive meanwhile.  On an ``overwrite``
+        ring, messages the producer overwrote before they were received are not
+        counted (they are :attr:`lost`).  Reads a few records: not for every message.
+        Raises :class:`Closed` on a closed consumer."""
+        if self._closed:
+            raise self._closed_error()
+        w, cap = self._words, self.capacity
+        n = messages_from(w, self._data, cap, self._pos, self._expect, name=self.name)
+        # None: a producer too fast to look at consistently; the smallest record size
+        # bounds the count from above.
+        return n if n is not None else max(0, w[H_WRITE] - self._pos) // RECORD_HEADER
+
+    def __len__(self) -> int:
+        """``len(sub)`` is :attr:`pending`: messages waiting to be received."""
+        return self.pending
+
+    def __bool__(self) -> bool:
+        """Always true, like an open file: an open consumer with nothing waiting
+        (``len(sub) == 0``) is not false."""
+        return True
 
     def close(self, *, release: bool = True) -> None:
         """Leave the ring (idempotent, from any thread: a thread blocked in a receive

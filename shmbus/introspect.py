@@ -20,8 +20,8 @@ from .layout import H_TAIL, H_WRITE, REC_PAD
 from .lock import lock_holders
 from .segment import Segment
 
-__all__ = ["list_rings", "inspect", "list_locks", "entry_problem", "open_entry",
-           "read_entry"]
+__all__ = ["list_rings", "inspect", "list_locks", "messages_from", "entry_problem",
+           "open_entry", "read_entry"]
 
 _TRIES = 100  # looks at a ring that a live producer keeps overwriting
 _KIND = {"file": (stat.S_ISREG, "a regular file"), "dir": (stat.S_ISDIR, "a directory")}
@@ -179,13 +179,19 @@ def inspect(name: str, namespace: str | None = None) -> dict:
                 "alive": liveness.liveness(pid, start, int(s["pid_ns"])).value if pid else None,
                 "position": read, "lag_bytes": max(0, write - read),
                 "next_seq": _seq_at(seg, read, write), "lost": int(s["lost"]),
-                "lag_messages": 0,
+                "lag_messages": 0, "_stored_next": int(s["next_seq"]),
             })
         oldest = _oldest_seq(seg, h)  # before counting: oldest <= messages
         messages = _message_count(seg, h)
         for c in consumers:
-            if c["next_seq"] is not None:
-                c["lag_messages"] = max(0, messages - c["next_seq"])
+            stored = c.pop("_stored_next")
+            # The seq at the slot's position: from its record, else (a lapped slot of
+            # an overwrite ring) from the next seq the consumer stored at its last
+            # release; unknown (None) if neither says.
+            first = c["next_seq"] if c["next_seq"] is not None else \
+                stored - 1 if stored else None
+            c["lag_messages"] = 0 if c["lag_bytes"] == 0 else \
+                None if first is None else max(0, messages - first)
         return {
             "name": name, "namespace": ns, "layout_version": h["version"],
             "capacity": cap,
@@ -198,6 +204,37 @@ def inspect(name: str, namespace: str | None = None) -> dict:
         }
     finally:
         seg.close()
+
+
+def messages_from(words: memoryview, data: memoryview, capacity: int, pos: int,
+                  first_seq: int | None = None, *, name: str = "") -> int | None:
+    """How many messages are published at or after byte position ``pos`` (a record
+    boundary, such as a consumer's position), counted by seq: the seq after the last
+    published record minus the seq at ``pos`` (``first_seq`` if the caller knows it,
+    else read from the record there).  Where the producer overwrote ``pos`` (an
+    overwrite ring), counting starts at the oldest message still in the ring.  Reads
+    only; a snapshot of a ring a live producer may be writing.  None if unknown: a
+    producer publishing too fast for a consistent look (rare), or nothing readable at
+    ``pos``.  Raises :class:`CorruptRing` for an intact record that breaks the ring's
+    rules."""
+    write = words[H_WRITE]
+    if pos >= write:
+        return 0
+    last = ring.last_record(words, data, capacity, name=name)
+    if last is None:
+        return None
+    if words[H_TAIL] > pos:  # overwritten: what is left starts at the oldest record
+        first_seq = _oldest_in(words, data, capacity, name)
+    elif first_seq is None:
+        try:
+            first_seq = ring.seq_at(data, capacity, pos, write, words[H_TAIL], name=name)
+        except CorruptRing:
+            if words[H_TAIL] <= pos:
+                raise
+            first_seq = _oldest_in(words, data, capacity, name)
+    if first_seq is None:
+        return None
+    return max(0, last.seq + 1 - first_seq)
 
 
 # A live producer keeps writing while we look, and may overwrite (below its tail) what
@@ -227,15 +264,18 @@ def _message_count(seg: Segment, h: dict) -> int:
 
 def _oldest_seq(seg: Segment, h: dict) -> int | None:
     """The seq of the oldest message the ring still holds (None if it holds none)."""
-    w, data, cap = seg.words, seg.data, seg.capacity
+    return _oldest_in(seg.words, seg.data, seg.capacity, seg.ring)
+
+
+def _oldest_in(w: memoryview, data: memoryview, cap: int, name: str) -> int | None:
     for _ in range(_TRIES):
-        pos = ring.oldest(w, data, cap, layout.block_shift(cap), name=seg.ring)
+        pos = ring.oldest(w, data, cap, layout.block_shift(cap), name=name)
         write = w[H_WRITE]
-        got = ring.read_checked(w, data, cap, pos, write, name=seg.ring) \
+        got = ring.read_checked(w, data, cap, pos, write, name=name) \
             if pos < write else None
         if got is not None and got[0].flags & REC_PAD:
             pos += got[0].size
-            got = ring.read_checked(w, data, cap, pos, write, name=seg.ring) \
+            got = ring.read_checked(w, data, cap, pos, write, name=name) \
                 if pos < write else None
         if got is not None:
             return got[0].seq

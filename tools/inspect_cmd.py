@@ -34,7 +34,7 @@ def command(name: str, namespace: str | None, as_json: bool) -> None:
     ]
     click.echo("\n".join(lines))
     rows = [[c["slot"], c["durable"] or "-", c["pid"] or "-", c["alive"] or "detached",
-             c["position"], f"{c['lag_messages']} ({fmt.size(c['lag_bytes'])})",
+             c["position"], f"{_or_unknown(c['lag_messages'])} ({fmt.size(c['lag_bytes'])})",
              "-" if c["next_seq"] is None else c["next_seq"], c["lost"]]
             for c in info["consumers"]]
     if rows:
@@ -58,3 +58,7 @@ def balancer_stats_for(ring: str, namespace: str | None) -> tuple[list[dict], li
     groups, problems = read_groups(namespace)
     return [s for s in groups if ring in s["input_lag_bytes"]
             or ring.startswith(s["group"] + ".w.")], problems
+
+
+def _or_unknown(value: object) -> object:
+    return "?" if value is None else value
