@@ -46,7 +46,8 @@ from operator import itemgetter
 import shmbus
 from shmbus import layout, naming
 from shmbus.forward import forward, give_back, run_message, take_run
-from shmbus.errors import DurableBusy, LeaseLost, ShmbusError, Timeout
+from shmbus.errors import DurableBusy, LeaseLost, RingNotFound, ShmbusError, Timeout
+from shmbus.segment import Segment
 
 from . import membership, stats
 from .handoff import Handoffs
@@ -71,6 +72,15 @@ class Balancer(Roster):
     may hold; ``max_deliveries``: deliveries before a message goes to ``GROUP.dlq``;
     ``lease_ttl``: seconds a dead or hung leader blocks its standby.  ``run()`` blocks
     (as standby until it leads); ``start()`` runs it in a thread; ``stop()`` ends it.
+
+    **Decision: a context manager starts and stops it.**  ``with Balancer(...) as b:``
+    runs it in a background thread (as :meth:`start`, unless it was started already)
+    and on exit stops it (:meth:`stop`) and raises what ended the thread, if anything
+    did.  ``run()`` and ``start()`` raise :class:`shmbus.RingNotFound` in the caller
+    when an input ring does not exist (create it first: a ``Producer`` with a
+    ``capacity``); an error that ends the background thread later (an input removed
+    while it runs, say) is logged and raised again, once, by the next :meth:`stop`,
+    :meth:`join` or exit of the ``with`` block, so it is never lost in a thread.
     """
 
     def __init__(self, group: str, inputs: list[str], *, policy: str | Policy = "round-robin",
@@ -98,6 +108,7 @@ class Balancer(Roster):
         self._finished.set()
         self._runner: threading.Thread | None = None
         self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None  # what ended the background thread
         self._consumers: list[shmbus.Consumer] = []
         self._pending: collections.deque = collections.deque()
         self._gone: dict[str, str] = {}  # gone workers whose leftovers wait: name -> ring
@@ -118,26 +129,84 @@ class Balancer(Roster):
     # -- lifetime ---------------------------------------------------------------------
 
     def start(self) -> threading.Thread:
-        self._thread = threading.Thread(target=self.run, name=f"balancer-{self.group}",
-                                        daemon=True)
+        """Run the balancer in a background (daemon) thread and return the thread.
+        Raises :class:`shmbus.RingNotFound` here if an input ring does not exist, and
+        RuntimeError if it was started already."""
+        if self._thread is not None and self._thread.is_alive():
+            raise RuntimeError(f"balancer of group {self.group!r} is already started")
+        self._check_inputs()
+        self._error = None
+        self._finished.clear()  # so that a join() right after this waits for the thread
+        self._thread = threading.Thread(target=self._run_in_thread,
+                                        name=f"balancer-{self.group}", daemon=True)
         self._thread.start()
         return self._thread
+
+    def _run_in_thread(self) -> None:
+        try:
+            self.run()
+        except BaseException as e:  # kept for stop()/join(): never lost in the thread
+            self._error = e
+            _log.error("balancer of group %r stopped: %s: %s (stop() or join() raises "
+                       "it)", self.group, type(e).__name__, e)
+
+    def _check_inputs(self) -> None:
+        """Raise :class:`shmbus.RingNotFound` unless every input ring exists."""
+        for name in self.inputs:
+            try:
+                Segment.open(self.namespace, name).close()
+            except RingNotFound as e:
+                raise RingNotFound(
+                    f"input ring {name!r} of balancer group {self.group!r} does not exist "
+                    f"(namespace {self.namespace!r}): create it first (a Producer with a "
+                    "capacity, or `shmbus send NAME --capacity SIZE`), then start the "
+                    "balancer", name=name) from e
 
     def stop(self, timeout: float = 10.0) -> bool:
         """End :meth:`run` (from any thread, or a signal handler): a running balancer
         notices within about ``_STOP_LATENCY`` seconds whatever it was doing, lets go of
         what it holds (inputs, worker rings, the lease) and returns.  Waits up to
         ``timeout`` seconds for that (not when called from the thread running it);
-        returns whether ``run`` has ended.  A later ``run`` returns at once."""
+        returns whether ``run`` has ended.  A later ``run`` returns at once.  Raises
+        what ended the background thread of :meth:`start`, if anything did (once)."""
         self._stop.set()
         if self._runner is threading.current_thread():
             return False
-        return self._finished.wait(timeout)
+        return self.join(timeout)
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait up to ``timeout`` seconds (None: forever) for :meth:`run` to end (it
+        ends by :meth:`stop`, ``duration`` or an error); return whether it has.  Raises
+        what ended the background thread of :meth:`start`, if anything did (once: a
+        later ``join`` or ``stop`` returns normally)."""
+        ended = self._finished.wait(timeout)
+        if ended and self._thread is not None:
+            self._thread.join(timeout)  # _error is set before the thread ends
+        error, self._error = self._error, None
+        if error is not None:
+            raise error
+        return ended
+
+    def __enter__(self) -> "Balancer":
+        if self._thread is None or not self._thread.is_alive():
+            self.start()
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.stop()
+            return
+        try:  # an error in the block goes first; the thread's is chained to it
+            self.stop()
+        except BaseException as error:
+            exc.__context__ = error
 
     def run(self, duration: float | None = None) -> None:
         """Wait to lead, then dispatch until :meth:`stop` (or ``duration`` seconds).
         A leader that loses its lease (it was paused past its ttl) stops dispatching at
-        once and goes back to waiting as a standby."""
+        once and goes back to waiting as a standby.  Raises
+        :class:`shmbus.RingNotFound` at once if an input ring does not exist."""
+        self._check_inputs()
         self._finished.clear()
         self._runner = threading.current_thread()
         try:

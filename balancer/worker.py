@@ -11,10 +11,11 @@ Only the worker's own consumer writes that word; one store per receive call.
 from __future__ import annotations
 
 import shmbus
-from shmbus import layout, naming
+from shmbus import layout, liveness, naming
 from shmbus.consumer import Consumer
-from shmbus.errors import RingBusy
-from shmbus.layout import H_WRITE, S_READ, S_RECEIVED, slot_word
+from shmbus.errors import RingBusy, Timeout
+from shmbus.layout import (H_PRODUCER_PID, H_PRODUCER_PID_NS, H_PRODUCER_START, H_WRITE,
+                           S_READ, S_RECEIVED, slot_word)
 from shmbus.lock import FileLock
 from shmbus.segment import Segment
 
@@ -33,6 +34,10 @@ class Worker(shmbus.Consumer):
     its ring keeps its count.
 
     Raises :class:`shmbus.RingBusy` if a live worker with that name is registered.
+    A receive that times out while no live balancer of the group writes into this
+    worker's ring raises a :class:`shmbus.Timeout` that says so (its ``balancer``
+    field is False).  ``len(worker)`` / ``worker.pending``: messages waiting in its
+    ring (dispatched to it, not yet received).
     """
 
     def __init__(self, group: str, name: str, *, capacity: int = 1 << 20,
@@ -69,13 +74,19 @@ class Worker(shmbus.Consumer):
         recv, recv_many = self.recv, self.recv_many
 
         def worker_recv(timeout: float | None = None):
-            msg = recv(timeout)
+            try:
+                msg = recv(timeout)
+            except Timeout as e:
+                raise me._timeout(e) from None
             pos = me._pos
             words[word] = pos if pos > floor else floor
             return msg
 
         def worker_recv_many(max_messages: int, timeout: float | None = None):
-            batch = recv_many(max_messages, timeout)
+            try:
+                batch = recv_many(max_messages, timeout)
+            except Timeout as e:
+                raise me._timeout(e) from None
             pos = me._pos
             words[word] = pos if pos > floor else floor
             return batch
@@ -83,8 +94,31 @@ class Worker(shmbus.Consumer):
         self.recv, self.recv_many = worker_recv, worker_recv_many
         self._received_floor = floor
 
+    def _timeout(self, error: Timeout) -> Timeout:
+        """``error``, or when no live balancer produces into this worker's ring (none
+        of the group leads, or the leader has not taken this worker on yet), a
+        :class:`Timeout` that says so: waiting longer would not help."""
+        if self._balancer_attached():
+            return error
+        ring = membership.worker_ring(self.group, self.worker)
+        return Timeout(
+            f"{error}: no balancer of group {self.group!r} has taken this worker on (no "
+            f"live process writes into its ring {ring!r}, namespace {self.namespace!r}): "
+            f"start one, e.g. `shmbus balancer run INPUT --group {self.group}`, in the "
+            "same namespace", **error.fields, group=self.group, balancer=False)
+
+    def _balancer_attached(self) -> bool:
+        """Whether a live process (the group's leader) produces into our ring."""
+        w = self._words
+        pid = w[H_PRODUCER_PID]
+        return bool(pid) and not liveness.is_dead(pid, w[H_PRODUCER_START],
+                                                  w[H_PRODUCER_PID_NS])
+
     def recv_array(self, dtype, max_messages: int, timeout: float | None = None):
-        array = super().recv_array(dtype, max_messages, timeout)
+        try:
+            array = super().recv_array(dtype, max_messages, timeout)
+        except Timeout as e:
+            raise self._timeout(e) from None
         self._words[slot_word(self.slot) + S_RECEIVED] = max(self._pos,
                                                              self._received_floor)
         return array
