@@ -24,6 +24,7 @@ from operator import attrgetter
 from . import hotpath, layout, liveness, naming, ring
 from .errors import CorruptRing, DurableBusy, RingNotFound, Timeout
 from .handle import Handle
+from .objects import ObjectReceiver
 from .introspect import messages_from
 from .layout import (FLAGGED_SLOTS, H_GATE, H_PRODUCER_PID, H_PRODUCER_SLEEP,
                      H_SCAN, H_TAIL, H_WRITE, RECORD, RECORD_HEADER, REC_PAD, S_LOST, S_NEXT_SEQ,
@@ -43,7 +44,7 @@ _LINK_CHECK = 1.0  # seconds of waiting between checks that the ring still exist
 _STARTS = ("latest", "earliest")
 
 
-class Consumer(Handle):
+class Consumer(ObjectReceiver, Handle):
     """A reader of ring ``name`` that receives every message, in order.
 
     ``durable=NAME`` keeps the read position in the ring after this process exits or

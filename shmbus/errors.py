@@ -25,6 +25,8 @@ __all__ = [
     "ShmFull",
     "Closed",
     "PermissionDenied",
+    "FrameError",
+    "CodecUnavailable",
 ]
 
 
@@ -109,3 +111,14 @@ class PermissionDenied(ShmbusError, PermissionError):
     """Something shmbus was to open in ``/dev/shm`` is not ours (another owner, an
     unexpected type or permission bits, a symlink), or we may not open it: ``path``,
     ``owner`` and the message say what was found and what to do."""
+
+
+class FrameError(ShmbusError, ValueError):
+    """``recv_obj`` met a message that is not an object frame (sent with ``send``), or
+    one whose frame is damaged or cannot be decoded here; the message was received all
+    the same: ``msg`` holds it (not pickled with the error)."""
+
+
+class CodecUnavailable(ShmbusError, ImportError):
+    """An object codec's library (msgpack, msgspec) is not installed in this process;
+    ``codec`` names it."""

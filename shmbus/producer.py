@@ -24,6 +24,7 @@ from .arrays import send_array, send_uniform
 from .claim import Claim
 from .errors import LayoutMismatch, MessageTooLarge, RingBusy, ShmbusError
 from .handle import Handle
+from .objects import ObjectSender
 from .layout import (H_COUNT, H_GENERATION, H_LAST, H_PRODUCER_EPOCH, H_PRODUCER_PID,
                      H_PRODUCER_SINCE, H_PRODUCER_SLEEP, H_PRODUCER_START, H_SCAN,
                      H_SLEEPERS, H_TAIL, H_WRITE, RECORD, RECORD_HEADER, S_READ,
@@ -75,7 +76,7 @@ def _key_bytes(key: object) -> bytes:
     return key
 
 
-class Producer(Room, Handle):
+class Producer(ObjectSender, Room, Handle):
     """The single producer of ring ``name``; opens it, or creates it when
     ``capacity`` (bytes, rounded up to a power of two) is given.
 

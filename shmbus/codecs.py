@@ -1,0 +1,274 @@
+"""Object frames: the payload format of ``send_obj``/``recv_obj``, and its codecs.
+
+One frame is one message's payload, little-endian::
+
+     0       4     5     6       8              16
+    +-------+-----+-----+-------+---------------+
+    | magic | ver |codec| nbuf  | stream length |   header: MAGIC, FRAME_VERSION,
+    +-------+-----+-----+-------+---------------+   codec id, buffer count (u16), u64
+    | offset (u64)  | length (u64)  |  x nbuf       the out-of-band buffers: offset from
+    +---------------+---------------+               the payload's start, and length
+    | stream: the codec's bytes (pickle, JSON, MessagePack) |
+    +--------------------------------------------------------+
+    | pad | buffer 0 | pad | buffer 1 | ...                  |  pickle only: each buffer
+    +--------------------------------------------------------+  8-byte aligned in the ring
+
+Only ``pickle`` frames carry out-of-band buffers: pickle protocol 5 hands every
+``PickleBuffer`` (what a contiguous numpy array gives it) to a callback instead of
+copying it into the stream; the frame copies each once into the ring, and the receiver
+passes read-only views of them back to ``pickle.loads``, so arrays come out as views
+into the ring.  Buffers start 8-byte aligned in the ring (a record starts 8-aligned,
+then its 24-byte header and the key), which keeps numpy's ``aligned`` flag for every
+usual dtype; the offsets are recorded, so the receiver never depends on it.
+
+:func:`parse` checks every length against the payload before slicing: a damaged frame
+raises :class:`FrameError`, never reads outside its message.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import struct
+from typing import Any, Callable, Collection, NamedTuple
+
+from .errors import CodecUnavailable, FrameError, PermissionDenied
+from .layout import ALIGN, RECORD_HEADER
+
+__all__ = ["MAGIC", "FRAME_VERSION", "CODECS", "Frame", "encode_parts", "frame_into",
+           "frame_bytes", "parse", "decode", "codec_of"]
+
+MAGIC = b"SBOF"  # "shmbus object frame"
+FRAME_VERSION = 1
+HEAD = struct.Struct("<4sBBHQ")  # magic, version, codec id, nbuf, stream length
+HEAD_SIZE = HEAD.size  # 16
+ENTRY_SIZE = 16  # one out-of-band buffer: offset, length
+MAX_BUFFERS = 0xFFFF
+
+
+class Codec(NamedTuple):
+    """``dumps(obj) -> bytes-like``; ``loads(stream, buffers) -> obj``; ``module`` is
+    what must be importable (None: the standard library)."""
+    name: str
+    id: int
+    module: str | None
+    dumps: Callable[[Any], Any]
+    loads: Callable[[memoryview, list], Any]
+
+
+def _json_dumps(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _json_loads(stream: memoryview, buffers: list) -> Any:
+    return json.loads(bytes(stream))
+
+
+def _pickle_loads(stream: memoryview, buffers: list) -> Any:
+    return pickle.loads(stream, buffers=buffers)
+
+
+def _msgpack_dumps(obj: Any) -> bytes:
+    import msgpack
+    return msgpack.packb(obj)
+
+
+def _msgpack_loads(stream: memoryview, buffers: list) -> Any:
+    import msgpack
+    return msgpack.unpackb(stream, strict_map_key=False)
+
+
+def _msgspec_dumps(obj: Any) -> bytes:
+    import msgspec
+    return msgspec.msgpack.encode(obj)
+
+
+def _msgspec_loads(stream: memoryview, buffers: list) -> Any:
+    import msgspec
+    return msgspec.msgpack.decode(stream)
+
+
+PICKLE_ID = 1
+CODECS: dict[str, Codec] = {c.name: c for c in (
+    Codec("pickle", PICKLE_ID, None, pickle.dumps, _pickle_loads),
+    Codec("json", 2, None, _json_dumps, _json_loads),
+    Codec("msgpack", 3, "msgpack", _msgpack_dumps, _msgpack_loads),
+    Codec("msgspec", 4, "msgspec", _msgspec_dumps, _msgspec_loads),
+)}
+_BY_ID = {c.id: c for c in CODECS.values()}
+_KNOWN = ", ".join(f"{c.id} ({c.name})" for c in CODECS.values())
+_available: dict[str, bool] = {}
+
+
+def _installed(codec: Codec) -> bool:
+    """Whether the codec's library imports here (looked up once per process)."""
+    if codec.module is None:
+        return True
+    ok = _available.get(codec.module)
+    if ok is None:
+        try:
+            __import__(codec.module)
+            ok = True
+        except ImportError:
+            ok = False
+        _available[codec.module] = ok
+    return ok
+
+
+def codec_of(name: str) -> Codec:
+    """The codec called ``name``: ValueError for an unknown name,
+    :class:`CodecUnavailable` if its library is not installed."""
+    codec = CODECS.get(name) if isinstance(name, str) else None
+    if codec is None:
+        raise ValueError(f"unknown codec {name!r}: use one of {sorted(CODECS)}")
+    if not _installed(codec):
+        raise CodecUnavailable(
+            f"codec {name!r} needs the {codec.module} package, which is not installed in "
+            f"this process: `pip install {codec.module}` (in every process that sends or "
+            "receives it), or use codec='pickle' or 'json'", codec=name)
+    return codec
+
+
+class Frame(NamedTuple):
+    """An encoded object: the header, table and stream (``head``), the out-of-band
+    buffers and where each goes, and the frame's total ``size``."""
+    head: bytes
+    buffers: list
+    offsets: list
+    size: int
+
+
+def encode_parts(obj: Any, codec: Codec, key_length: int = 0) -> Frame:
+    """Encode ``obj``; buffers are placed for a payload that follows a key of
+    ``key_length`` bytes (so that they start 8-byte aligned in the ring)."""
+    if codec.id != PICKLE_ID:
+        stream = codec.dumps(obj)
+        return Frame(HEAD.pack(MAGIC, FRAME_VERSION, codec.id, 0, len(stream)) + stream,
+                     [], [], HEAD_SIZE + len(stream))
+    bufs: list = []
+    stream = pickle.dumps(obj, 5, buffer_callback=bufs.append)
+    if not bufs:
+        return Frame(HEAD.pack(MAGIC, FRAME_VERSION, PICKLE_ID, 0, len(stream)) + stream,
+                     [], [], HEAD_SIZE + len(stream))
+    if len(bufs) > MAX_BUFFERS:
+        raise ValueError(f"object holds {len(bufs)} out-of-band buffers; a frame carries "
+                         f"at most {MAX_BUFFERS}: send it in parts")
+    raws = []
+    for b in bufs:
+        try:
+            raws.append(b.raw())
+        except BufferError:  # not contiguous: its bytes in order, copied
+            raws.append(memoryview(memoryview(b).tobytes(order="A")))
+    base = (RECORD_HEADER + key_length) % ALIGN  # the payload's offset from alignment
+    at = HEAD_SIZE + ENTRY_SIZE * len(raws) + len(stream)
+    offsets, table = [], []
+    for raw in raws:
+        at += -(base + at) % ALIGN
+        offsets.append(at)
+        table += (at, raw.nbytes)
+        at += raw.nbytes
+    head = b"".join((HEAD.pack(MAGIC, FRAME_VERSION, PICKLE_ID, len(raws), len(stream)),
+                     struct.pack(f"<{len(table)}Q", *table), stream))
+    return Frame(head, raws, offsets, at)
+
+
+def frame_into(frame: Frame, view: memoryview) -> None:
+    """Write ``frame`` into ``view`` (exactly ``frame.size`` writable bytes)."""
+    n = len(frame.head)
+    view[:n] = frame.head
+    for off, raw in zip(frame.offsets, frame.buffers):
+        if off > n:
+            view[n:off] = bytes(off - n)  # the padding: no stale bytes from the ring
+        n = off + raw.nbytes
+        view[off:n] = raw
+
+
+def frame_bytes(obj: Any, codec: str = "pickle", key_length: int = 0) -> bytearray:
+    """The whole frame of ``obj`` as a new bytearray (e.g. for ``send_many``; arrays
+    land aligned when the message's key is ``key_length`` bytes long)."""
+    frame = encode_parts(obj, codec_of(codec), key_length)
+    out = bytearray(frame.size)
+    frame_into(frame, memoryview(out))
+    return out
+
+
+def _bad(what: str, found: str, todo: str, where: str, **fields: object) -> FrameError:
+    return FrameError(f"{where} {what}, found {found}: {todo}", **fields)
+
+
+def parse(data: memoryview, *, copy: bool = False,
+          accept: Collection[str] | None = None, where: str = "message",
+          **fields: object) -> tuple[Codec, memoryview, list]:
+    """Check a frame and return its codec, its stream and its out-of-band buffers
+    (read-only views of ``data``, or writable copies with ``copy``).  ``accept`` is
+    the codecs that may be decoded (None: all).  Raises :class:`FrameError` (not a
+    frame, an unknown version or codec, lengths outside the payload),
+    :class:`CodecUnavailable`, :class:`PermissionDenied` (a codec not accepted)."""
+    n = len(data)
+    if n < HEAD_SIZE or data[:4] != MAGIC:
+        raise _bad("is not an object frame", f"{bytes(data[:8])!r}"
+                   f"{'...' if n > 8 else ''} ({n} bytes)",
+                   f"expected one that starts with {MAGIC!r} (sent with send_obj); "
+                   "it was received all the same (the exception's `msg` is it): "
+                   "receive messages that are not objects with recv()", where, expected=MAGIC, **fields)
+    _, version, cid, nbuf, slen = HEAD.unpack_from(data)
+    if version != FRAME_VERSION:
+        raise _bad(f"has object frame version {version}", f"version {version}",
+                   f"this shmbus reads version {FRAME_VERSION}: use the same shmbus "
+                   "version on both sides", where, expected=FRAME_VERSION, found=version,
+                   **fields)
+    codec = _BY_ID.get(cid)
+    if codec is None:
+        raise _bad("has an unknown codec", f"codec id {cid}", f"this shmbus knows {_KNOWN}: "
+                   "use the same shmbus version on both sides", where, found=cid, **fields)
+    if accept is not None and codec.name not in accept:
+        raise PermissionDenied(
+            f"{where} was sent with codec {codec.name!r}, which this receive does not "
+            f"accept ({sorted(accept)})" + (
+                ": unpickling runs code, and this namespace is shared with a group "
+                "($SHMBUS_GROUP), whose every member can write the ring; have senders "
+                "use codec='json' (or 'msgpack'), or pass accept={'pickle', ...} if you "
+                "trust every member" if codec.id == PICKLE_ID else
+                ": pass accept= with it, or have the sender use another codec"),
+            codec=codec.name, **fields)
+    if not _installed(codec):
+        raise CodecUnavailable(
+            f"{where} was sent with codec {codec.name!r}, which needs the {codec.module} "
+            f"package, not installed in this process: `pip install {codec.module}`",
+            codec=codec.name, **fields)
+    table_end = HEAD_SIZE + ENTRY_SIZE * nbuf
+    stream_end = table_end + slen
+    if stream_end > n or (nbuf and codec.id != PICKLE_ID):
+        raise _bad("is a damaged object frame", f"{nbuf} buffers and a {slen}-byte "
+                   f"stream in {n} bytes", "the sender wrote something else than "
+                   "send_obj does; receive it with recv() to inspect it", where, **fields)
+    buffers: list = []
+    if nbuf:
+        table = struct.unpack_from(f"<{2 * nbuf}Q", data, HEAD_SIZE)
+        src = data if copy else data.toreadonly()
+        at = stream_end
+        for i in range(0, 2 * nbuf, 2):
+            off, length = table[i], table[i + 1]
+            if off < at or off + length > n:
+                raise _bad("is a damaged object frame", f"buffer {i // 2} at "
+                           f"[{off}, {off + length}) where [{at}, {n}) was expected",
+                           "receive it with recv() to inspect it", where, **fields)
+            at = off + length
+            buffers.append(bytearray(src[off:at]) if copy else src[off:at])
+    return codec, data[table_end:stream_end], buffers
+
+
+def decode(data: memoryview, *, copy: bool = False,
+           accept: Collection[str] | None = None, where: str = "message",
+           **fields: object) -> Any:
+    """The object of frame ``data`` (see :func:`parse`); a stream the codec cannot
+    read (or a class the receiver cannot import) raises :class:`FrameError` too."""
+    codec, stream, buffers = parse(data, copy=copy, accept=accept, where=where, **fields)
+    try:
+        return codec.loads(stream, buffers)
+    except Exception as e:
+        raise FrameError(
+            f"{where}: codec {codec.name!r} could not rebuild the object ({type(e).__name__}"
+            f": {e}): if it names a class or module, make it importable in this process; "
+            "otherwise the sender wrote something else than send_obj does",
+            codec=codec.name, **fields) from e
