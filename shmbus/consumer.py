@@ -522,6 +522,34 @@ class Consumer(ObjectReceiver, Handle):
                     "waited on it; every message it held was received: open a new "
                     "Consumer if the ring is created again", name=self.name)
 
+    # -- waiting in a selector, a Poller or an event loop (see shmbus.wakeup) -----------
+
+    def fileno(self) -> int:
+        """A descriptor that becomes readable when a message arrives while this
+        consumer is armed (:meth:`arm`): for ``selectors``, :class:`shmbus.Poller`,
+        event loops.  Its wake-up FIFO is created on first use, removed on close."""
+        if self._closed:
+            raise self._closed_error()
+        return self._sleeper.fileno()
+
+    def arm(self) -> bool:
+        """Ask to be woken through :meth:`fileno`; True (and not armed) if a receive
+        would find something now.  Then watch the descriptor with a timeout of at most
+        10 ms, 0.5 s once 10 ms have passed (:mod:`shmbus.wakeup` says why), and call
+        :meth:`disarm` before receiving."""
+        return self._sleeper.arm(self.ready)
+
+    def disarm(self) -> None:
+        """Stop being woken through :meth:`fileno` (reads it empty)."""
+        self._sleeper.disarm()
+
+    def ready(self) -> bool:
+        """Whether a receive would not wait now (a message, or the consumer closed)."""
+        try:
+            return self._closed or self._words[H_WRITE] > self._cur.pos
+        except AttributeError:  # closed by another thread meanwhile
+            return True
+
     # -- iteration and lifetime ---------------------------------------------------------
 
     def __iter__(self) -> "Consumer":

@@ -165,11 +165,11 @@ def remove_file(ns: str, name: str, *, rmdir: bool = False) -> None:
 
 
 def check(st: os.stat_result, path: str, kind: str, group: int | None = None) -> None:
-    """Raise :class:`PermissionDenied` unless ``st`` describes a ``kind`` ("directory"
-    or "regular file") we may trust: owned by us without group or other permission
-    bits, or, when the namespace is shared with ``group``, of that group without other
-    permission bits."""
-    is_kind = stat.S_ISDIR if kind == "directory" else stat.S_ISREG
+    """Raise :class:`PermissionDenied` unless ``st`` describes a ``kind`` ("directory",
+    "regular file" or "FIFO") we may trust: owned by us without group or other
+    permission bits, or, when the namespace is shared with ``group``, of that group
+    without other permission bits."""
+    is_kind = {"directory": stat.S_ISDIR, "FIFO": stat.S_ISFIFO}.get(kind, stat.S_ISREG)
     mode = stat.S_IMODE(st.st_mode)
     me = os.geteuid()
     if not is_kind(st.st_mode):

@@ -169,8 +169,9 @@ def test_a_forked_child_can_open_its_own(ns):
 
 
 def test_wait_strategy_without_sleep_never_sleeps(ns):
-    """``WaitStrategy.sleep`` was accepted and ignored."""
-    never = shmbus.WaitStrategy("busy", spin=10, yield_for=0.0, sleep=False)
+    """``WaitStrategy.sleep`` was accepted and ignored (now: a strategy that never
+    sleeps is a ``Yielding``)."""
+    never = shmbus.Yielding(spins=10)
     with shmbus.Producer("r", capacity=4096), shmbus.Consumer("r", wait=never) as sub:
         word = slot_word(sub.slot) + S_SLEEP
         before = sub._words[word]

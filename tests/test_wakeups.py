@@ -24,8 +24,7 @@ from .support import SPAWN, start
 pytestmark = pytest.mark.timeout(60)
 
 # Sleep at once, for up to 30 s at a time.
-LONG_SLEEPS = shmbus.WaitStrategy("long-sleeps", spin=0, yield_for=0.0, sleep=True,
-                                  max_sleep=30.0, long_sleep=30.0)
+LONG_SLEEPS = shmbus.Sleeping(max_sleep=30.0, long_sleep=30.0)
 
 
 @pytest.mark.parametrize("how", ["send", "send_many", "claim", "send_array"])
