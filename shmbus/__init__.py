@@ -9,14 +9,11 @@ from .consumer import Consumer, Message
 from .errors import (AlreadyHeld, Closed, CorruptRing, DurableBusy, InvalidName, LayoutMismatch, LeaseLost,
                      MessageTooLarge, NotHeld, PermissionDenied, RingBusy, RingNotFound, ShmbusError,
                      ShmFull, Timeout)
-from .errors import CodecUnavailable, FrameError
 from .hotpath import compiled
-from .inbox import Inbox
 from .introspect import inspect, list_locks, list_rings
 from .lease import Fence, Lease, list_leases
 from .layout import LAYOUT_VERSION
 from .lock import FileLock
-from .outbox import Outbox
 from .producer import Producer
 from .unlink import unlink
 from .wait import Adaptive, BusySpin, Sleeping, WaitStrategy, Yielding
@@ -24,11 +21,10 @@ from .wait import Adaptive, BusySpin, Sleeping, WaitStrategy, Yielding
 __version__ = "0.1.0"
 
 __all__ = [
-    "Producer", "Consumer", "Message", "Inbox", "Outbox", "FileLock", "Lease", "Fence", "WaitStrategy",
+    "Producer", "Consumer", "Message", "FileLock", "Lease", "Fence", "WaitStrategy",
     "BusySpin", "Yielding", "Sleeping", "Adaptive",
     "list_rings", "inspect", "list_locks", "list_leases", "unlink", "LAYOUT_VERSION",
     "ShmbusError", "RingNotFound", "RingBusy", "DurableBusy", "LayoutMismatch",
     "CorruptRing", "MessageTooLarge", "InvalidName", "Timeout", "LeaseLost", "NotHeld",
     "ShmFull", "Closed", "PermissionDenied", "AlreadyHeld", "compiled",
-    "FrameError", "CodecUnavailable",
 ]
