@@ -185,11 +185,15 @@ def inspect(name: str, namespace: str | None = None) -> dict:
         messages = _message_count(seg, h)
         for c in consumers:
             stored = c.pop("_stored_next")
-            # The seq at the slot's position: from its record, else (a lapped slot of
-            # an overwrite ring) from the next seq the consumer stored at its last
-            # release; unknown (None) if neither says.
-            first = c["next_seq"] if c["next_seq"] is not None else \
-                stored - 1 if stored else None
+            # Messages it can still receive (as Consumer.pending counts them): from the
+            # seq at its position, or where the producer overwrote that (a lapped slot
+            # of an overwrite ring), from the oldest message left; else from the next
+            # seq the consumer stored at its last release; None if nothing says.
+            first = c["next_seq"]
+            if first is None and c["position"] < tail:
+                first = oldest
+            if first is None and stored:
+                first = stored - 1
             c["lag_messages"] = 0 if c["lag_bytes"] == 0 else \
                 None if first is None else max(0, messages - first)
         return {
@@ -201,6 +205,8 @@ def inspect(name: str, namespace: str | None = None) -> dict:
             "write": write, "tail": tail, "fill": min(1.0, (write - tail) / cap),
             "messages": messages, "oldest_seq": oldest,
             "producer": producer, "consumers": consumers,
+            # the producer sleeps for room (block rings): a consumer holds it back
+            "producer_waiting": bool(h["producer_sleep"] & 1) and producer is not None,
         }
     finally:
         seg.close()

@@ -140,7 +140,8 @@ def test_tail_and_top_against_another_process(ns, procs):
     r = run("top", "--once", "--interval", "0.1")
     assert r.exit_code == 0 and "live" in r.output and "audit" in r.output
     data = json.loads(run("top", "--iterations", "1", "--interval", "0.1", "--json").output)
-    assert any(row.get("consumer") == "audit" for row in data)
+    (ring,) = [r for r in data["rings"] if r["name"] == "live"]
+    assert [c["name"] for c in ring["consumers"]] == ["audit"]
     procs[-1].join(30)
     shmbus.unlink("live")
 
@@ -208,3 +209,54 @@ def test_demo_leftover_check_sees_semaphores(ns):
         sem.unlink()
         sem.close()
     assert leftovers(ns) == []
+
+
+VERBS = [["ls"], ["inspect"], ["top"], ["metrics"], ["tail"], ["send"], ["rm"], ["gc"],
+         ["locks"], ["doctor"], ["balancer"], ["balancer", "run"], ["demo"], ["bench"]]
+
+
+@pytest.mark.parametrize("verb", VERBS, ids=" ".join)
+def test_help_of_each_verb_shows_an_example(verb):
+    r = run(*verb, "--help")
+    assert r.exit_code == 0, r.output
+    example = r.output[r.output.index("Example"):]
+    assert f"shmbus {' '.join(verb)} " in example, r.output
+
+
+def test_every_verb_is_in_the_help_test():
+    listed = {v[0] for v in VERBS}
+    assert set(main.commands) - {"bridge"} <= listed  # bridge: its own tests
+
+
+def test_send_capacity_accepts_sizes_as_ls_prints_them(ns):
+    for given, capacity in (("64K", 1 << 16), ("1M", 1 << 20), ("8192", 8192),
+                            ("0.5M", 1 << 19), ("16KiB", 1 << 14), ("5000", 8192)):
+        r = run("send", "s", "x", "--capacity", given)
+        assert r.exit_code == 0, (given, r.output)
+        assert shmbus.inspect("s")["capacity"] == capacity, given
+        printed = json.loads(run("ls", "--json").output)[0]["capacity"]
+        assert printed == capacity
+        shmbus.unlink("s")
+    from shmbus.tools import fmt  # what ls prints reads back as the same size
+    assert run("send", "s", "x", "--capacity", fmt.size(1 << 15)).exit_code == 0
+    assert shmbus.inspect("s")["capacity"] == 1 << 15
+    assert "32K" in run("ls").output
+    shmbus.unlink("s")
+
+
+@pytest.mark.parametrize("given, problem", [
+    ("12Q", "is not a size: expected bytes (65536) or a number with K, M, G or T"),
+    ("1K", "out of range: expected 4K to 1T"), ("M", "is not a size"),
+    ("-1M", "is not a size"), ("2T", "out of range")])
+def test_send_capacity_refuses_what_is_not_a_size(ns, given, problem):
+    r = run("send", "s", "x", "--capacity", given)
+    assert r.exit_code == 2 and problem in r.output, r.output
+    assert "Traceback" not in r.output and shmbus.list_rings() == []
+
+
+def test_size_parses_what_ls_prints():
+    from shmbus.tools.options import Size
+    size = Size(0, 1 << 50)
+    assert [size.convert(v, None, None) for v in ("1.5G", "1M", "64k", "512B", "1.5K",
+                                                  "4096", " 2 M ")] == [
+        3 << 29, 1 << 20, 1 << 16, 512, 1536, 4096, 2 << 20]

@@ -7,15 +7,22 @@ import signal
 
 import click
 
-from .cli import namespace_option
+from .options import namespace_option
 
 
-@click.group("balancer")
+@click.group("balancer", epilog="""\b
+Example:
+  shmbus balancer run orders --group billing --policy consistent-hash""")
 def command() -> None:
     """Work queues: run the balancer of a group."""
 
 
-@command.command("run")
+@command.command("run", epilog="""\b
+Examples:
+  shmbus balancer run orders --group billing
+  shmbus balancer run orders refunds -g billing -p consistent-hash --prefetch 100
+\b
+Workers join in Python: shmbus.balancer.Worker("billing", "w1").""")
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("--group", "-g", required=True,
               help="Group name: [A-Za-z0-9_-], no dot (workers join it).")

@@ -8,10 +8,13 @@ import sys
 
 import click
 
-from .cli import emit_json, json_option
+from .options import emit_json, json_option
 
 
-@click.command("bench")
+@click.command("bench", epilog="""\b
+Examples:
+  shmbus bench
+  shmbus bench --messages 20000 --only multiprocessing.Pipe --json""")
 @click.option("--messages", type=int, default=100_000, show_default=True,
               help="64-byte messages per throughput run.")
 @click.option("--only", default=None, help="Comma-separated peer names to compare with.")

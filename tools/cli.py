@@ -8,12 +8,15 @@ traceback for an expected error.
 
 from __future__ import annotations
 
-import json
 import sys
 
 import click
 
 import shmbus
+
+# The shared options live in options.py (command modules import them from there); the
+# names stay importable from here for code that still does.
+from .options import emit_json, json_option, namespace_option  # noqa: F401
 
 
 class ShmbusGroup(click.Group):
@@ -31,18 +34,6 @@ class ShmbusGroup(click.Group):
             raise click.ClickException(f"{where}{e.strerror or e}") from None
 
 
-namespace_option = click.option(
-    "--namespace", "-n", default=None, envvar="SHMBUS_NAMESPACE",
-    help="Namespace of the rings (default: $SHMBUS_NAMESPACE, else shmbus-UID, one "
-    "per user).")
-json_option = click.option("--json", "as_json", is_flag=True,
-                           help="Print the result as JSON (stable keys).")
-
-
-def emit_json(data: object) -> None:
-    click.echo(json.dumps(data, indent=2, sort_keys=True))
-
-
 @click.group(cls=ShmbusGroup)
 @click.version_option(shmbus.__version__, prog_name="shmbus")
 def main() -> None:
@@ -52,8 +43,9 @@ def main() -> None:
 def _register() -> None:
     from . import (balancer_cmd, bench_cmd, demo, doctor, gc, inspect_cmd, locks, ls, rm,
                    send, tail, top)
+    from . import metrics
 
-    for module in (ls, inspect_cmd, top, tail, send, rm, gc, locks, doctor,
+    for module in (ls, inspect_cmd, top, metrics, tail, send, rm, gc, locks, doctor,
                    balancer_cmd, demo, bench_cmd):
         main.add_command(module.command)
 

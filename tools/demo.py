@@ -53,7 +53,10 @@ def leftovers(ns: str) -> list[str]:
     return naming.owned_entries(ns, os.listdir(naming.SHM_DIR))
 
 
-@click.command("demo")
+@click.command("demo", epilog="""\b
+Examples:
+  shmbus demo
+  shmbus demo --seconds 10 --workers 4""")
 @click.option("--seconds", type=float, default=5.0, show_default=True)
 @click.option("--workers", type=click.IntRange(1, 16), default=3, show_default=True)
 @click.option("--policy", type=click.Choice(["round-robin", "consistent-hash"]),

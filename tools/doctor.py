@@ -11,7 +11,7 @@ import click
 from shmbus import naming
 from shmbus.cleanup import collect
 
-from .cli import emit_json, json_option, namespace_option
+from .options import emit_json, json_option, namespace_option
 
 
 def checks(namespace: str | None) -> list[dict]:
@@ -65,7 +65,10 @@ def checks(namespace: str | None) -> list[dict]:
     return out
 
 
-@click.command("doctor")
+@click.command("doctor", epilog="""\b
+Examples:
+  shmbus doctor
+  shmbus doctor --json""")
 @namespace_option
 @json_option
 def command(namespace, as_json) -> None:

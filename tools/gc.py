@@ -6,10 +6,13 @@ import click
 
 from shmbus.cleanup import collect
 
-from .cli import emit_json, json_option, namespace_option
+from .options import emit_json, json_option, namespace_option
 
 
-@click.command("gc")
+@click.command("gc", epilog="""\b
+Examples:
+  shmbus gc --dry-run      say what would be removed, and what is kept and why
+  shmbus gc""")
 @click.option("--dry-run", is_flag=True, help="Only say what would be removed.")
 @click.option("--force", is_flag=True,
               help="Also remove rings whose durable consumers have unread messages.")

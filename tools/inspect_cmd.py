@@ -7,11 +7,14 @@ import click
 import shmbus
 
 from . import fmt
-from .cli import emit_json, json_option, namespace_option
+from .options import emit_json, json_option, namespace_option
 from .stats_files import read_groups
 
 
-@click.command("inspect")
+@click.command("inspect", epilog="""\b
+Examples:
+  shmbus inspect orders
+  shmbus inspect orders --json -n myapp""")
 @click.argument("name")
 @namespace_option
 @json_option

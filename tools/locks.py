@@ -9,7 +9,7 @@ import click
 import shmbus
 
 from . import fmt
-from .cli import emit_json, json_option, namespace_option
+from .options import emit_json, json_option, namespace_option
 
 
 def read_leases(namespace: str | None) -> tuple[list[dict], list[str]]:
@@ -24,7 +24,10 @@ def read_leases(namespace: str | None) -> tuple[list[dict], list[str]]:
         return [], [f"leases: skipped: {reason}"]
 
 
-@click.command("locks")
+@click.command("locks", epilog="""\b
+Examples:
+  shmbus locks
+  shmbus locks --json""")
 @namespace_option
 @json_option
 def command(namespace: str | None, as_json: bool) -> None:

@@ -7,10 +7,14 @@ import click
 import shmbus
 
 from . import fmt
-from .cli import emit_json, json_option, namespace_option
+from .options import emit_json, json_option, namespace_option
 
 
-@click.command("ls")
+@click.command("ls", epilog="""\b
+Examples:
+  shmbus ls
+  shmbus ls --locks -n myapp
+  shmbus ls --json""")
 @click.option("--locks", "-l", "with_locks", is_flag=True,
               help="Also list locks and leases (as `shmbus locks`).")
 @namespace_option

@@ -6,10 +6,13 @@ import click
 
 from shmbus.unlink import remove, remove_durable
 
-from .cli import namespace_option
+from .options import namespace_option
 
 
-@click.command("rm")
+@click.command("rm", epilog="""\b
+Examples:
+  shmbus rm orders
+  shmbus rm orders --durable billing     forget one durable cursor""")
 @click.argument("name")
 @click.option("--durable", "-d", default=None, help="Remove only this durable cursor.")
 @click.option("--force", is_flag=True,

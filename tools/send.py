@@ -10,8 +10,7 @@ import click
 import shmbus
 from shmbus import layout
 
-from .cli import namespace_option
-from .options import SECONDS
+from .options import SECONDS, Size, namespace_option
 
 
 def _arg_bytes(value: str, what: str) -> bytes:
@@ -24,7 +23,11 @@ def _arg_bytes(value: str, what: str) -> bytes:
                                  param_hint=what) from None
 
 
-@click.command("send")
+@click.command("send", epilog="""\b
+Examples:
+  shmbus send orders 'hello' --capacity 1M
+  seq 10 | shmbus send orders - --key batch-7
+  shmbus send frames - --whole < image.png""")
 @click.argument("name")
 @click.argument("data", required=False)
 @click.option("--key", "-k", default=None, help="Key of every message.")
@@ -32,9 +35,10 @@ def _arg_bytes(value: str, what: str) -> bytes:
               help="Send DATA this many times.")
 @click.option("--whole", is_flag=True, help="With '-': all of stdin is one message "
               "(default: one message per line).")
-@click.option("--capacity", type=click.IntRange(layout.MIN_CAPACITY, layout.MAX_CAPACITY),
-              default=None, help="Create the ring with this many bytes if it does not "
-              "exist (rounded up to a power of two).")
+@click.option("--capacity", type=Size(layout.MIN_CAPACITY, layout.MAX_CAPACITY),
+              default=None, help="Create the ring with this size if it does not exist: "
+              "bytes, or as `shmbus ls` prints sizes (64K, 1M, 1.5G); rounded up to a "
+              "power of two.")
 @click.option("--timeout", type=SECONDS, default=5.0, show_default=True,
               help="Seconds to wait for room in a full ring.")
 @namespace_option

@@ -22,8 +22,7 @@ import click
 import shmbus
 from shmbus.observer import Observed, Observer
 
-from .cli import namespace_option
-from .options import SECONDS
+from .options import SECONDS, namespace_option
 
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\\": "\\\\"}
 
@@ -68,7 +67,10 @@ def render(msg: Observed, fmt: str) -> str:
     return f"{msg.seq}\t{'-' if key is None else escape(key)}\t{escape(data)}"
 
 
-@click.command("tail")
+@click.command("tail", epilog="""\b
+Examples:
+  shmbus tail orders
+  shmbus tail orders --from earliest --count 10 --format json""")
 @click.argument("name")
 @click.option("--from", "start", type=click.Choice(["latest", "earliest"]),
               default="latest", show_default=True)
