@@ -38,7 +38,7 @@ import re
 
 import posix_ipc
 
-from . import layout, liveness, naming
+from . import layout, liveness, naming, wakefifo
 from .errors import LayoutMismatch, RingNotFound, ShmbusError
 from .introspect import _one_line, entry_problem, inspect, open_entry
 from .lease import Lease
@@ -307,6 +307,9 @@ class _Collector:
         ours = []
         for name in sorted(os.listdir(dir_fd)):
             path = f"{directory}/{name}"
+            if wakefifo.ring_of(name) is not None:  # not a lock: a waiter's FIFO
+                self._wake_fifo(dir_fd, name)
+                continue
             try:
                 problem = entry_problem(path, dir_fd=dir_fd)
             except FileNotFoundError:
@@ -321,6 +324,16 @@ class _Collector:
                 self._lock_file(directory, dir_fd, name, live_leases)
             except _ERRORS as e:
                 self._keep("lock", name, f"could not be checked: {_one_line(e)}")
+
+    def _wake_fifo(self, dir_fd: int, name: str) -> None:
+        """A wake-up FIFO (shmbus.wakefifo) goes when nobody reads it: its waiter is gone."""
+        try:
+            verdict = wakefifo.collect(self.ns, dir_fd, name, dry_run=self.dry_run)
+        except _ERRORS as e:
+            self._keep("fifo", name, f"could not be checked: {_one_line(e)}")
+            return
+        if verdict is not None:
+            (self._remove if verdict[0] else self._keep)("fifo", name, verdict[1])
 
     def _leases(self, dir_fd: int, names: list[str]) -> set[str]:
         """Remove leases whose holder is gone; return the names of live ones (tokens

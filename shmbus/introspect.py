@@ -318,8 +318,9 @@ def list_locks(namespace: str | None = None) -> list[dict]:
 def _lock_entry(directory: str, name: str, dir_fd: int) -> dict | None:
     """``list_locks``'s entry for file ``name`` of the lock directory open as
     ``dir_fd``, or None for what is not a lock file (or is gone)."""
-    if name.endswith(("@lease", "@fence", "@stats")) or name.endswith(".tmp"):
-        return None  # not flock-held: leases, fences, balancer stats
+    if name.endswith(("@lease", "@fence", "@stats")) or name.endswith(".tmp") or \
+            "@" in name and name.endswith(".wake"):
+        return None  # not flock-held: leases, fences, balancer stats, wake-up FIFOs
     path = f"{directory}/{name}"
     try:
         problem = entry_problem(path, own=False, dir_fd=dir_fd)

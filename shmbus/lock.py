@@ -473,6 +473,7 @@ def list_locks(namespace: str | None = None) -> list[dict]:
 
 
 def is_lease_file(name: str) -> bool:
-    """Lease, fence and balancer-stats files live beside lock files but are not
-    flock-held."""
-    return name.endswith(("@lease", "@fence", "@stats")) or name.endswith(".tmp")
+    """Lease, fence and balancer-stats files (and wake-up FIFOs) live beside lock
+    files but are not flock-held."""
+    return name.endswith(("@lease", "@fence", "@stats")) or name.endswith(".tmp") or \
+        "@" in name and name.endswith(".wake")

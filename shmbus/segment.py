@@ -27,7 +27,7 @@ import time
 
 import posix_ipc
 
-from . import layout, naming, ownership
+from . import layout, naming, ownership, wakefifo
 from .errors import CorruptRing, PermissionDenied, RingNotFound, ShmFull
 from .lock import FileLock
 
@@ -293,6 +293,10 @@ def remove_companions(ns: str, ring: str) -> list[str]:
     except (FileNotFoundError, NotADirectoryError):
         lock_files = []
     for name in lock_files:
+        if wakefifo.ring_of(name) == ring:  # a waiter's FIFO: goes once nobody reads it
+            if wakefifo.remove_unused(ns, name):
+                removed.append(f"{directory}/{name}")
+            continue
         if name.startswith(lock_prefix) and name != naming.ring_lock_name(ring, "create"):
             probe = FileLock(name, namespace=ns, _internal=True)
             if probe.try_acquire():  # releasing deletes the file nobody else holds

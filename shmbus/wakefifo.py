@@ -50,7 +50,7 @@ from .errors import PermissionDenied
 from .lock import FileLock
 
 __all__ = ["SUFFIX", "name_for", "ring_of", "create", "open_writer", "write", "drain",
-           "remove", "collect"]
+           "remove", "collect", "remove_unused"]
 
 SUFFIX = ".wake"
 _PATTERN = re.compile(r"(?P<ring>[A-Za-z0-9._-]{1,100})@(?:c[0-9]{1,4}|p)\.wake")
@@ -252,3 +252,19 @@ def collect(ns: str, dir_fd: int, name: str, *, dry_run: bool = False
         if not dry_run:
             os.unlink(name, dir_fd=dir_fd)
     return True, "wake-up FIFO nobody reads (its waiter is gone)"
+
+
+def remove_unused(ns: str, name: str) -> bool:
+    """For ``shmbus rm``: remove wake-up FIFO ``name`` of namespace ``ns`` if it is ours
+    and nobody reads it (see :func:`collect`); return whether it was removed."""
+    try:
+        dir_fd = lockdir.open_dir(ns, create=False)
+    except (FileNotFoundError, PermissionDenied):
+        return False
+    try:
+        verdict = collect(ns, dir_fd, name)
+    except Exception:  # a busy slots lock: gc removes it later
+        return False
+    finally:
+        os.close(dir_fd)
+    return verdict is not None and verdict[0]
