@@ -1,0 +1,190 @@
+"""``Inbound``: relay a JetStream subject into a ring (``shmbus bridge in``).
+
+::
+
+    JetStream ==durable pull consumer, fetch==> Inbound --send_many--> [ ring ] --> consumers
+        ^                                          |
+        +------- ack (AckAll) after the write -----+
+
+The bridge is the ring's producer.  It fetches batches from a durable JetStream pull
+consumer, writes each batch into the ring with one ``send_many`` and acknowledges the
+batch (one AckAll) only after its messages are in the ring: a crash, kill -9 included,
+loses nothing.
+
+**Decision:** the key of each message the bridge writes is the message's stream
+sequence in decimal ASCII (``b"1234"``): the ring itself then says what it holds.  A
+bridge that starts reads the ring's last message and, on every (re)connect, sets its
+JetStream consumer to deliver from the next stream sequence, and it drops anything
+delivered again at or below it; so nothing is written twice, whatever was or was not
+acknowledged before a crash.  (The sender's ring key and seq travel in the headers
+``Shmbus-Key`` / ``Shmbus-Seq``; they are not written into the ring.)  The JetStream
+consumer (``durable``, default ``shmbus-{host}-{namespace}-{ring}``) is deleted and
+created again at each connect for that: the ring, not the server, is the cursor.  A
+ring removed and created again empty is filled again from the start of the stream.
+
+On a ``block`` ring a full ring holds the bridge back (and, past the consumer's ack
+wait, JetStream redelivers; the redeliveries are dropped as above).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import shmbus
+from shmbus import naming
+from shmbus import ring as ring_records
+from shmbus.errors import RingNotFound, Timeout
+from shmbus.layout import RECORD_HEADER
+
+from .headers import consumer_name
+from .relay import Relay, ServerLost, log
+
+_FETCH_WAIT = 0.25  # seconds a fetch waits for messages (how soon stop is noticed)
+_SEND_WAIT = 0.25   # seconds a send waits for room in a full ring, between checks
+_ACK_WAIT = 300.0   # seconds before JetStream redelivers an unacknowledged message
+
+
+class Inbound(Relay):
+    """Relay JetStream subject ``subject`` on ``server`` into ring ``ring``; see the
+    module's docstring.  ``stream``: as for :class:`~shmbus.bridge.Outbound` (created
+    if missing).  ``capacity`` (and ``on_full``): create the ring if it does not
+    exist (without a capacity a missing ring is :class:`~shmbus.RingNotFound`).
+    ``batch``: messages per fetch.  ``durable``: the JetStream consumer's name.
+
+    ``run()``, ``start()``, ``stop()`` and the context manager as for ``Outbound``;
+    ``stats``: written, skipped (delivered again, already in the ring), connects,
+    failures, last_error.
+    """
+
+    direction = "in"
+
+    def __init__(self, server: str | list[str], subject: str, ring: str, *,
+                 stream: str | None = None, namespace: str | None = None,
+                 durable: str | None = None, capacity: int | None = None,
+                 on_full: str = "block", batch: int = 1024, **kwargs) -> None:
+        super().__init__(ring, server, subject, stream=stream, namespace=namespace,
+                         **kwargs)
+        if not isinstance(batch, int) or batch < 1:
+            raise ValueError(f"batch must be an int >= 1, got {batch!r}")
+        self.durable = durable or consumer_name(self.namespace, ring)
+        self.capacity, self.on_full, self.batch = capacity, on_full, batch
+        self.stats.update(written=0, skipped=0)
+        self.last = 0  # the stream sequence of the ring's last message (0: none)
+
+    def _open_ring(self) -> shmbus.Producer:
+        try:
+            return shmbus.Producer(self.ring, create=False, namespace=self.namespace)
+        except RingNotFound:
+            if self.capacity is None:
+                raise
+        return shmbus.Producer(self.ring, capacity=self.capacity, on_full=self.on_full,
+                               namespace=self.namespace)
+
+    def _last_written(self, producer: shmbus.Producer) -> int:
+        """The stream sequence in the key of the ring's last message (0 if the ring is
+        empty; its producer is us, so it cannot change meanwhile)."""
+        seg = producer._seg
+        rec = ring_records.last_record(seg.words, seg.data, seg.capacity, name=self.ring)
+        if rec is None:
+            return 0
+        start = (rec.pos & (seg.capacity - 1)) + RECORD_HEADER
+        key = bytes(seg.data[start:start + rec.key_length])
+        if not key.isdigit():
+            log.warning("bridge in %s: the ring's last message (seq %d) has key %r, not a "
+                        "stream sequence: relaying the whole stream", self.ring, rec.seq,
+                        key[:40])
+            return 0
+        return int(key)
+
+    async def _serve(self, end: float | None) -> None:
+        producer = self._open_ring()
+        try:
+            self.last = self._last_written(producer)
+            while not self._expired(end):
+                lost = asyncio.Event()
+                nc = await self._connect(lost.set)
+                if nc is None:
+                    continue
+                try:
+                    await self._relay(nc, producer, lost, end)
+                except ServerLost as e:
+                    await self._failed(str(e), None)
+                except Exception as e:  # noqa: BLE001 - nats-py's, asyncio's, OSError
+                    if isinstance(e, shmbus.ShmbusError):
+                        raise
+                    await self._failed(f"relaying from {self.server} failed", e)
+                finally:
+                    await self._close(nc)
+        finally:
+            producer.close()
+
+    async def _subscribe(self, js, stream: str):
+        """A pull subscription whose consumer delivers from the stream sequence after
+        the ring's last message."""
+        from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+        from nats.js.errors import NotFoundError
+        try:
+            await js.delete_consumer(stream, self.durable)
+        except NotFoundError:
+            pass
+        start = dict(deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+                     opt_start_seq=self.last + 1) if self.last else {}
+        await js.add_consumer(stream, ConsumerConfig(
+            durable_name=self.durable, ack_policy=AckPolicy.ALL, ack_wait=_ACK_WAIT,
+            filter_subject=self.subject, max_ack_pending=max(4 * self.batch, 1000),
+            **start))
+        return await js.pull_subscribe_bind(durable=self.durable, stream=stream)
+
+    async def _relay(self, nc, producer: shmbus.Producer, lost: asyncio.Event,
+                     end: float | None) -> None:
+        import nats.errors
+        js = nc.jetstream()
+        stream = await self._ensure_stream(js)
+        sub = await self._subscribe(js, stream)
+        self.connected.set()
+        self._backoff.reset()
+        log.info("bridge in %s: relaying from %s subject %s (stream %s) after stream "
+                 "sequence %d", self.ring, self.server, self.subject, stream, self.last)
+        stats = self.stats
+        while not self._expired(end):
+            if lost.is_set():
+                raise ServerLost(f"lost the connection to {self.server}")
+            try:
+                msgs = await sub.fetch(self.batch, timeout=_FETCH_WAIT)
+            except (nats.errors.TimeoutError, asyncio.TimeoutError):
+                continue  # nothing to fetch (nats-py raises either)
+            if not msgs:
+                continue
+            last = self.last
+            payloads, keys = [], []
+            for m in msgs:
+                sseq = m.metadata.sequence.stream
+                if sseq > last:
+                    payloads.append(m.data)
+                    keys.append(b"%d" % sseq)
+                    last = sseq
+            stats["skipped"] += len(msgs) - len(payloads)
+            if payloads:
+                written = stats["written"]
+                if not self._write(producer, payloads, keys):
+                    return  # stopped while the ring was full: nothing acknowledged
+                stats["written"] = written + len(payloads)
+            self.last = last
+            await msgs[-1].ack()  # AckAll: this one and every one before it
+
+    def _write(self, producer: shmbus.Producer, payloads: list, keys: list) -> bool:
+        """Write the batch into the ring, waiting for room while not stopped; False if
+        stopped first (what was written is in the ring, and the ring says so)."""
+        while True:
+            before = producer.seq
+            try:
+                producer.send_many(payloads, keys=keys, timeout=_SEND_WAIT)
+                return True
+            except Timeout:
+                done = producer.seq - before  # published before the ring filled up
+                if done:
+                    self.last = int(keys[done - 1])
+                    self.stats["written"] += done
+                payloads, keys = payloads[done:], keys[done:]
+                if self._stop.is_set():
+                    return False

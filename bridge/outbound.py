@@ -1,0 +1,226 @@
+"""``Outbound``: relay a ring to a JetStream subject (``shmbus bridge out``).
+
+::
+
+    producer --> [ ring ] --durable cursor--> Outbound ==publish, window==> JetStream
+                     ^                            |
+                     +------ release after ack ---+
+
+The bridge reads the ring as a durable consumer (``durable``, default
+``nats-bridge``) and publishes up to ``window`` messages before it waits for their
+acknowledgements, all on one reply subscription.  It releases ring messages only once
+JetStream has acknowledged them and every message before them: kill -9 of the bridge
+or of the server, or a network outage, loses nothing; what was published but not yet
+acknowledged is published again, and JetStream drops it as a duplicate
+(``Nats-Msg-Id``: the ring's identity and seq, see :mod:`shmbus.bridge.headers`) if
+it was stored within the stream's duplicate window.  Beyond the window, a bridge
+that (re)connects reads the last message stored on its subject and skips the ring
+messages up to it if it came from this ring.  The subject's order is the ring's
+order: a connection that fails is closed and replaced, and the publishing starts
+again at the first unacknowledged message.
+
+While the server is unreachable the bridge retries with backoff (0.1 s doubling to
+5 s) and says so (logger ``shmbus.bridge``, ``stats["last_error"]``).  Meanwhile its
+durable cursor stays put: on a ``block`` ring it holds the producer back once the ring
+is full (that is the promise: nothing acknowledged is lost); on an ``overwrite`` ring
+the producer goes on and the bridge counts what it lost (``stats["lost"]``, logged).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import shmbus
+from shmbus import naming
+from shmbus.errors import Timeout
+
+from .headers import MSG_ID, SEQ, key_header, msg_id, parse_msg_id, ring_identity
+from .relay import Relay, ServerLost, log
+
+_IDLE_WAIT = 0.05  # seconds a recv waits for the ring while nothing is in flight
+
+
+class _Acks:
+    """The replies to one window of publishes on one reply subscription: counted, and
+    checked only for an error (no JSON parsing per acknowledgement)."""
+
+    def __init__(self, cut: int) -> None:
+        self.cut = cut  # length of the reply prefix; the rest is the message's index
+        self.done = asyncio.Event()
+        self.lost = False
+        self.reset(0)
+
+    def reset(self, n: int) -> None:
+        self.status = bytearray(n)  # 0 waiting, 1 stored (or a duplicate), 2 refused
+        self.count, self.n = 0, n
+        self.error: str | None = None
+        self.done.clear()
+
+    async def on_reply(self, msg) -> None:
+        i = int(msg.subject[self.cut:])
+        data = msg.data
+        if i >= self.n or self.status[i]:
+            return  # not of this window (cannot happen on a fresh connection)
+        if data and b'"error"' not in data:
+            self.status[i] = 1
+        else:
+            self.status[i] = 2
+            if self.error is None:
+                hdr = msg.headers or {}
+                self.error = (data.decode("utf-8", "replace") if data else
+                              f"status {hdr.get('Status')} {hdr.get('Description', '')}"
+                              .strip())
+        self.count += 1
+        if self.count >= self.n:
+            self.done.set()
+
+    def on_lost(self) -> None:
+        self.lost = True
+        self.done.set()
+
+    def stored(self) -> int:
+        """How many of the window, from its start, are stored."""
+        bad = [i for i in (self.status.find(0), self.status.find(2)) if i >= 0]
+        return min(bad) if bad else self.n
+
+
+class Outbound(Relay):
+    """Relay ring ``ring`` to JetStream subject ``subject`` on ``server`` (a URL or a
+    list of URLs), see the module's docstring.  ``stream``: the stream to store in
+    (created if missing); None: the stream that captures the subject, else a new
+    ``shmbus-{subject}``.  ``namespace``: the ring's.  ``durable``: the bridge's
+    durable cursor in the ring.  ``window``: publishes in flight at most.
+    ``ack_timeout``: seconds to wait for a window's acknowledgements before the
+    connection is given up and replaced.
+
+    ``run()`` blocks (as a standby while another bridge relays this ring out),
+    ``start()`` runs it in a thread, ``stop()`` ends it; a context manager starts and
+    stops it.  ``stats``: published, acked, skipped (already in the stream), lost
+    (overwrite rings), connects, failures, last_error.  Raises
+    :class:`~shmbus.RingNotFound` if the ring does not exist (from ``run``).
+    """
+
+    direction = "out"
+
+    def __init__(self, ring: str, server: str | list[str], subject: str, *,
+                 stream: str | None = None, namespace: str | None = None,
+                 durable: str = "nats-bridge", window: int = 1024,
+                 ack_timeout: float = 5.0, **kwargs) -> None:
+        super().__init__(ring, server, subject, stream=stream, namespace=namespace,
+                         **kwargs)
+        naming.check_name(durable, "durable name")
+        if not isinstance(window, int) or window < 1:
+            raise ValueError(f"window must be an int >= 1, got {window!r}")
+        self.durable, self.window, self.ack_timeout = durable, window, ack_timeout
+        self.stats.update(published=0, acked=0, skipped=0, lost=0)
+        self._pending: list[shmbus.Message] = []  # read from the ring, not acknowledged
+
+    async def _serve(self, end: float | None) -> None:
+        consumer = shmbus.Consumer(self.ring, durable=self.durable, start="earliest",
+                                   namespace=self.namespace)
+        try:
+            created = shmbus.inspect(self.ring, self.namespace)["created_at_ns"]
+            identity = ring_identity(self.namespace, self.ring, created)
+            while not self._expired(end):
+                acks = _Acks(0)
+                nc = await self._connect(acks.on_lost)
+                if nc is None:
+                    continue
+                try:
+                    await self._relay(nc, consumer, identity, acks, end)
+                except ServerLost as e:
+                    await self._failed(str(e), None)
+                except Exception as e:  # noqa: BLE001 - nats-py's, asyncio's, OSError
+                    if isinstance(e, shmbus.ShmbusError):
+                        raise
+                    await self._failed(f"relaying to {self.server} failed", e)
+                finally:
+                    await self._close(nc)
+        finally:
+            # What was not acknowledged stays unreleased: the next bridge sends it.
+            consumer.close(release=False)
+            self._pending = []
+
+    async def _relay(self, nc, consumer: shmbus.Consumer, identity: str, acks: _Acks,
+                     end: float | None) -> None:
+        js = nc.jetstream()
+        stream = await self._ensure_stream(js)
+        stored = await self._last_stored(js, stream, identity)
+        inbox = nc.new_inbox() + "."
+        acks.cut = len(inbox)
+        await nc.subscribe(inbox + "*", cb=acks.on_reply)
+        await nc.flush()
+        self.connected.set()
+        self._backoff.reset()
+        log.info("bridge out %s: relaying to %s subject %s (stream %s)", self.ring,
+                 self.server, self.subject, stream)
+        publish, subject, stats = nc.publish, self.subject, self.stats
+        while not self._expired(end):
+            if acks.lost:
+                raise ServerLost(f"lost the connection to {self.server}")
+            if not self._pending:
+                self._pending = self._read(consumer)
+                if not self._pending:
+                    await asyncio.sleep(0)  # let the client serve the connection
+                    continue
+            pending = self._pending
+            skip = 0
+            if pending[0].seq <= stored:  # already in the stream (a resumed ring)
+                while skip < len(pending) and pending[skip].seq <= stored:
+                    skip += 1
+                stats["skipped"] += skip
+                if skip == len(pending):
+                    pending[-1].release()
+                    self._pending = []
+                    continue
+            window = pending[skip:] if skip else pending
+            acks.reset(len(window))
+            for i, m in enumerate(window):
+                seq = m.seq
+                headers = {MSG_ID: msg_id(identity, seq), SEQ: str(seq)}
+                if m.key is not None:
+                    name, value = key_header(m.key)
+                    headers[name] = value
+                await publish(subject, m.data, reply=f"{inbox}{i}", headers=headers)
+            stats["published"] += len(window)
+            try:
+                await asyncio.wait_for(acks.done.wait(), self.ack_timeout)
+            except asyncio.TimeoutError:
+                pass
+            ok = acks.stored()
+            if ok:
+                window[ok - 1].release()  # and every message before it
+                stats["acked"] += ok
+            self._pending = window[ok:]
+            if self._pending:
+                why = ("lost the connection" if acks.lost else
+                       f"JetStream refused seq {window[ok].seq}: {acks.error}"
+                       if acks.error else f"no acknowledgement within {self.ack_timeout} s")
+                raise ServerLost(f"{why}; {len(self._pending)} message(s) to send again")
+
+    def _read(self, consumer: shmbus.Consumer) -> list[shmbus.Message]:
+        """The next messages of the ring (none after a short wait): nothing is in
+        flight, so blocking the loop briefly costs nothing."""
+        try:
+            batch = consumer.recv_many(self.window, timeout=_IDLE_WAIT)
+        except Timeout:
+            return []
+        if consumer.lost != self.stats["lost"]:
+            log.warning("bridge out %s: the producer overwrote %d message(s) the bridge "
+                        "had not relayed (an overwrite ring)", self.ring,
+                        consumer.lost - self.stats["lost"])
+            self.stats["lost"] = consumer.lost
+        return batch
+
+    async def _last_stored(self, js, stream: str, identity: str) -> int:
+        """The seq of this ring's last message stored on the subject, or -1 (another
+        ring's, or nothing stored)."""
+        from nats.js.errors import NotFoundError
+        try:
+            raw = await js.get_last_msg(stream, self.subject)
+        except NotFoundError:
+            return -1
+        found = parse_msg_id((raw.headers or {}).get(MSG_ID))
+        if found is None or found[0] != identity:
+            return -1
+        return found[1]

@@ -1,0 +1,89 @@
+"""``shmbus bridge out RING ...`` / ``shmbus bridge in ... RING``: relay a ring to a
+NATS JetStream subject, or a subject into a ring, in the foreground (as a standby
+while another bridge of the same ring and direction runs)."""
+
+from __future__ import annotations
+
+import logging
+import signal
+
+import click
+
+from .cli import namespace_option
+from .options import SECONDS
+
+server_option = click.option(
+    "--server", "-s", default="nats://127.0.0.1:4222", show_default=True,
+    envvar="NATS_URL", help="NATS server URL (default: $NATS_URL, else local).")
+subject_option = click.option("--subject", required=True,
+                              help="JetStream subject (no wildcards).")
+stream_option = click.option(
+    "--stream", default=None,
+    help="Stream to use, created if missing (default: the stream that captures the "
+    "subject, else a new one named shmbus-SUBJECT).")
+seconds_option = click.option("--seconds", type=SECONDS, default=None,
+                              help="Stop after this long.")
+
+
+@click.group("bridge")
+def command() -> None:
+    """Beyond one host: relay rings through NATS JetStream."""
+
+
+def _serve(relay, seconds: float | None, what: str) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    signal.signal(signal.SIGTERM, lambda *a: relay.stop(0))
+    click.echo(what, err=True)
+    try:
+        relay.run(duration=seconds)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        relay.stop(0)
+    click.echo(", ".join(f"{k} {v}" for k, v in relay.stats.items()
+                         if k != "last_error"), err=True)
+
+
+@command.command("out")
+@click.argument("ring")
+@server_option
+@subject_option
+@stream_option
+@click.option("--durable", default="nats-bridge", show_default=True,
+              help="The bridge's durable cursor in the ring.")
+@click.option("--window", type=click.IntRange(1), default=1024, show_default=True,
+              help="Publishes in flight, not yet acknowledged.")
+@seconds_option
+@namespace_option
+def out(ring, server, subject, stream, durable, window, seconds, namespace) -> None:
+    """Publish every message of RING to SUBJECT; release it in the ring only once
+    JetStream has stored it."""
+    from shmbus.bridge import Outbound
+
+    relay = Outbound(ring, server, subject, stream=stream, namespace=namespace,
+                     durable=durable, window=window)
+    _serve(relay, seconds, f"bridge out {ring} -> {server} {subject}")
+
+
+@command.command("in")
+@click.argument("ring")
+@server_option
+@subject_option
+@stream_option
+@click.option("--durable", default=None,
+              help="JetStream consumer name (default: shmbus-HOST-NAMESPACE-RING).")
+@click.option("--capacity", type=click.IntRange(1), default=None,
+              help="Create RING with this many bytes if it does not exist.")
+@click.option("--batch", type=click.IntRange(1), default=1024, show_default=True,
+              help="Messages per fetch.")
+@seconds_option
+@namespace_option
+def in_(ring, server, subject, stream, durable, capacity, batch, seconds,
+        namespace) -> None:
+    """Write every message of SUBJECT into RING (its producer); acknowledge them
+    only once they are in the ring."""
+    from shmbus.bridge import Inbound
+
+    relay = Inbound(server, subject, ring, stream=stream, namespace=namespace,
+                    durable=durable, capacity=capacity, batch=batch)
+    _serve(relay, seconds, f"bridge in {server} {subject} -> {ring}")
