@@ -43,10 +43,10 @@ def main() -> None:
 def _register() -> None:
     from . import (balancer_cmd, bench_cmd, demo, doctor, gc, inspect_cmd, locks, ls, rm,
                    send, tail, top)
-    from . import metrics
+    from . import bridge_cmd, metrics
 
     for module in (ls, inspect_cmd, top, metrics, tail, send, rm, gc, locks, doctor,
-                   balancer_cmd, demo, bench_cmd):
+                   balancer_cmd, bridge_cmd, demo, bench_cmd):
         main.add_command(module.command)
 
 
