@@ -139,20 +139,23 @@ def _rings_table(rings: list[dict], paint: Painter) -> list[str]:
         rows.append(([f"{r['name']} ({r['on_full']}, {fmt.size(r['capacity'])})", state,
                       f"{r['fill']:.0%}", _rate(r["msgs_per_s"], "msg"),
                       _rate(r["bytes_per_s"], "B"), "", "", "", note], style))
+        # The gate is worth a note where it tells something: among several consumers,
+        # or once it holds half the ring.
+        gate_note = len(r["consumers"]) > 1 or r["lag_bytes"] >= r["capacity"] // 2
         for c in r["consumers"]:
-            rows.append(_consumer_row(c, paint))
+            rows.append(_consumer_row(c, gate_note))
     return _table(["RING / CONSUMER", "STATE", "FILL", "MSG/S", "BYTES/S", "LAG MSGS",
                    "LAG BYTES", "LOST", ""], rows, paint, right={2, 3, 4, 5, 6, 7})
 
 
-def _consumer_row(c: dict, paint: Painter) -> tuple[list[str], dict]:
+def _consumer_row(c: dict, gate_note: bool) -> tuple[list[str], dict]:
     state = c["alive"] or "detached"
     if c["durable"]:
         state = f"durable, {state}"
     note, style = "", {}
     if c["holds_back"]:
         note, style = "<< holds back the producer (ring full)", {"fg": "red", "bold": True}
-    elif c["gate"]:
+    elif c["gate"] and gate_note:
         note, style = "< slowest: the producer's gate", {"fg": "yellow"}
     if c["losing"] or c["lapped"]:
         note, style = ("<< lapped: losing messages the producer overwrote",
