@@ -9,8 +9,7 @@ import signal
 
 import click
 
-from .cli import namespace_option
-from .options import SECONDS
+from .options import SECONDS, namespace_option
 
 server_option = click.option(
     "--server", "-s", default="nats://127.0.0.1:4222", show_default=True,
