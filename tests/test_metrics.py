@@ -149,6 +149,29 @@ def test_without_prometheus_client_it_says_how_to_install(ns, monkeypatch):
     assert "pip install 'shmbus[metrics]'" in r.output and "Traceback" not in r.output
 
 
+def test_anonymous_consumers_of_one_process_are_told_apart(ns):
+    """Two anonymous consumers of one ring in one process: two series (Prometheus
+    rejects a scrape with a duplicate one)."""
+    server, thread = metrics.serve(ns, "127.0.0.1", 0)
+    try:
+        with shmbus.Producer("r", capacity=1 << 14) as pub, \
+                shmbus.Consumer("r") as a, shmbus.Consumer("r") as b:
+            pub.send_many([b"1", b"2"])
+            a.recv(timeout=1)
+            a.recv(timeout=1)  # released the first
+            got = scrape(f"http://127.0.0.1:{server.server_address[1]}/metrics")
+            me = os.getpid()
+            assert got[("shmbus_consumer_lag_messages",
+                        consumer("r", f"pid {me} slot {a.slot}"))] == 1
+            assert got[("shmbus_consumer_lag_messages",
+                        consumer("r", f"pid {me} slot {b.slot}"))] == 2
+        shmbus.unlink("r")
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+
 def test_a_port_in_use_is_one_clear_line(ns):
     server, thread = metrics.serve(ns, "127.0.0.1", 0)
     try:

@@ -104,7 +104,7 @@ def test_the_slowest_consumer_is_marked_and_top_holds_nothing_back(ns):
         by_name = {c["name"]: c for c in ring["consumers"]}
         assert by_name["late"]["gate"] and not by_name["late"]["holds_back"]
         assert by_name["late"]["lag_messages"] == 9
-        assert not by_name[f"pid {os.getpid()}"]["gate"]
+        assert not by_name[f"pid {os.getpid()} slot {quick.slot}"]["gate"]
         text = run("top", "--once", "--interval", "0").output
         assert "slowest" in next(line for line in text.splitlines() if "late" in line)
         assert [c["slot"] for c in shmbus.inspect("r")["consumers"]] == [0, 1]  # no slot

@@ -8,7 +8,7 @@ are Prometheus's job: rings export counters (messages and bytes written), and
 ``rate(shmbus_ring_messages_total[1m])`` is the write rate.
 
 Every sample has a ``namespace`` label; rings have ``ring``; consumers ``consumer``
-(the durable name, or ``pid N`` for an anonymous one); balancer groups ``group`` and
+(the durable name, or ``pid N slot S`` for an anonymous one); balancer groups ``group`` and
 workers ``worker``.  A consumer whose lag in messages is unknown (a lapped slot of an
 overwrite ring that never stored its seq) has no ``lag_messages`` sample.
 """

@@ -57,7 +57,8 @@ def take(namespace: str | None) -> dict:
 def _ring(info: dict) -> dict:
     messages = info["messages"]
     consumers = [{
-        "slot": c["slot"], "name": c["durable"] or f"pid {c['pid']}",
+        # anonymous: pid and slot (one process may hold several slots of a ring)
+        "slot": c["slot"], "name": c["durable"] or f"pid {c['pid']} slot {c['slot']}",
         "durable": c["durable"], "pid": c["pid"] or None, "alive": c["alive"],
         "position": c["position"], "lag_bytes": c["lag_bytes"],
         "lag_messages": c["lag_messages"],
