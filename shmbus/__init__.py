@@ -9,6 +9,7 @@ from .consumer import Consumer, Message
 from .errors import (AlreadyHeld, Closed, CorruptRing, DurableBusy, InvalidName, LayoutMismatch, LeaseLost,
                      MessageTooLarge, NotHeld, PermissionDenied, RingBusy, RingNotFound, ShmbusError,
                      ShmFull, Timeout)
+from .errors import CodecUnavailable, FrameError
 from .hotpath import compiled
 from .introspect import inspect, list_locks, list_rings
 from .lease import Fence, Lease, list_leases
@@ -27,4 +28,5 @@ __all__ = [
     "ShmbusError", "RingNotFound", "RingBusy", "DurableBusy", "LayoutMismatch",
     "CorruptRing", "MessageTooLarge", "InvalidName", "Timeout", "LeaseLost", "NotHeld",
     "ShmFull", "Closed", "PermissionDenied", "AlreadyHeld", "compiled",
+    "FrameError", "CodecUnavailable",
 ]

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import pickle
+from importlib import import_module
 import struct
 from typing import Any, Callable, Collection, NamedTuple
 
@@ -46,73 +47,66 @@ ENTRY_SIZE = 16  # one out-of-band buffer: offset, length
 MAX_BUFFERS = 0xFFFF
 
 
-class Codec(NamedTuple):
-    """``dumps(obj) -> bytes-like``; ``loads(stream, buffers) -> obj``; ``module`` is
-    what must be importable (None: the standard library)."""
-    name: str
-    id: int
-    module: str | None
-    dumps: Callable[[Any], Any]
-    loads: Callable[[memoryview, list], Any]
+Dumps = Callable[[Any], Any]
+Loads = Callable[[memoryview, "list[Any]"], Any]
 
 
-def _json_dumps(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+class Codec:
+    """One codec: ``dumps(obj) -> bytes-like`` and ``loads(stream, buffers) -> obj``,
+    made by ``make()`` on first use (which imports ``module``, the package it needs;
+    None: the standard library)."""
+
+    __slots__ = ("name", "id", "module", "_make", "dumps", "loads", "_ready")
+    dumps: Dumps
+    loads: Loads
+
+    def __init__(self, name: str, id: int, module: str | None,
+                 make: Callable[[], tuple[Dumps, Loads]]) -> None:
+        self.name, self.id, self.module, self._make = name, id, module, make
+        self._ready: bool | None = None
+
+    def ready(self) -> bool:
+        """Whether the codec works here (its package imports); looked up once."""
+        if self._ready is None:
+            try:
+                self.dumps, self.loads = self._make()
+                self._ready = True
+            except ImportError:
+                self._ready = False
+        return self._ready
 
 
-def _json_loads(stream: memoryview, buffers: list) -> Any:
-    return json.loads(bytes(stream))
+def _pickle() -> tuple[Dumps, Loads]:
+    return pickle.dumps, lambda stream, buffers: pickle.loads(stream, buffers=buffers)
 
 
-def _pickle_loads(stream: memoryview, buffers: list) -> Any:
-    return pickle.loads(stream, buffers=buffers)
+def _json() -> tuple[Dumps, Loads]:
+    encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+    return (lambda obj: encode(obj).encode(),
+            lambda stream, buffers: json.loads(bytes(stream)))
 
 
-def _msgpack_dumps(obj: Any) -> bytes:
-    import msgpack
-    return msgpack.packb(obj)
+def _msgpack() -> tuple[Dumps, Loads]:
+    msgpack = import_module("msgpack")
+    unpackb = msgpack.unpackb
+    return msgpack.packb, lambda stream, buffers: unpackb(stream, strict_map_key=False)
 
 
-def _msgpack_loads(stream: memoryview, buffers: list) -> Any:
-    import msgpack
-    return msgpack.unpackb(stream, strict_map_key=False)
-
-
-def _msgspec_dumps(obj: Any) -> bytes:
-    import msgspec
-    return msgspec.msgpack.encode(obj)
-
-
-def _msgspec_loads(stream: memoryview, buffers: list) -> Any:
-    import msgspec
-    return msgspec.msgpack.decode(stream)
+def _msgspec() -> tuple[Dumps, Loads]:
+    mp = import_module("msgspec.msgpack")
+    decode = mp.decode
+    return mp.encode, lambda stream, buffers: decode(stream)
 
 
 PICKLE_ID = 1
 CODECS: dict[str, Codec] = {c.name: c for c in (
-    Codec("pickle", PICKLE_ID, None, pickle.dumps, _pickle_loads),
-    Codec("json", 2, None, _json_dumps, _json_loads),
-    Codec("msgpack", 3, "msgpack", _msgpack_dumps, _msgpack_loads),
-    Codec("msgspec", 4, "msgspec", _msgspec_dumps, _msgspec_loads),
+    Codec("pickle", PICKLE_ID, None, _pickle),
+    Codec("json", 2, None, _json),
+    Codec("msgpack", 3, "msgpack", _msgpack),
+    Codec("msgspec", 4, "msgspec", _msgspec),
 )}
 _BY_ID = {c.id: c for c in CODECS.values()}
 _KNOWN = ", ".join(f"{c.id} ({c.name})" for c in CODECS.values())
-_available: dict[str, bool] = {}
-
-
-def _installed(codec: Codec) -> bool:
-    """Whether the codec's library imports here (looked up once per process)."""
-    if codec.module is None:
-        return True
-    ok = _available.get(codec.module)
-    if ok is None:
-        try:
-            __import__(codec.module)
-            ok = True
-        except ImportError:
-            ok = False
-        _available[codec.module] = ok
-    return ok
 
 
 def codec_of(name: str) -> Codec:
@@ -121,7 +115,7 @@ def codec_of(name: str) -> Codec:
     codec = CODECS.get(name) if isinstance(name, str) else None
     if codec is None:
         raise ValueError(f"unknown codec {name!r}: use one of {sorted(CODECS)}")
-    if not _installed(codec):
+    if not codec.ready():
         raise CodecUnavailable(
             f"codec {name!r} needs the {codec.module} package, which is not installed in "
             f"this process: `pip install {codec.module}` (in every process that sends or "
@@ -133,8 +127,8 @@ class Frame(NamedTuple):
     """An encoded object: the header, table and stream (``head``), the out-of-band
     buffers and where each goes, and the frame's total ``size``."""
     head: bytes
-    buffers: list
-    offsets: list
+    buffers: list[memoryview]
+    offsets: list[int]
     size: int
 
 
@@ -145,7 +139,7 @@ def encode_parts(obj: Any, codec: Codec, key_length: int = 0) -> Frame:
         stream = codec.dumps(obj)
         return Frame(HEAD.pack(MAGIC, FRAME_VERSION, codec.id, 0, len(stream)) + stream,
                      [], [], HEAD_SIZE + len(stream))
-    bufs: list = []
+    bufs: list[pickle.PickleBuffer] = []
     stream = pickle.dumps(obj, 5, buffer_callback=bufs.append)
     if not bufs:
         return Frame(HEAD.pack(MAGIC, FRAME_VERSION, PICKLE_ID, 0, len(stream)) + stream,
@@ -161,7 +155,8 @@ def encode_parts(obj: Any, codec: Codec, key_length: int = 0) -> Frame:
             raws.append(memoryview(memoryview(b).tobytes(order="A")))
     base = (RECORD_HEADER + key_length) % ALIGN  # the payload's offset from alignment
     at = HEAD_SIZE + ENTRY_SIZE * len(raws) + len(stream)
-    offsets, table = [], []
+    offsets: list[int] = []
+    table: list[int] = []
     for raw in raws:
         at += -(base + at) % ALIGN
         offsets.append(at)
@@ -192,13 +187,13 @@ def frame_bytes(obj: Any, codec: str = "pickle", key_length: int = 0) -> bytearr
     return out
 
 
-def _bad(what: str, found: str, todo: str, where: str, **fields: object) -> FrameError:
-    return FrameError(f"{where} {what}, found {found}: {todo}", **fields)
+def _bad(what: str, saw: str, todo: str, where: str, **fields: object) -> FrameError:
+    return FrameError(f"{where} {what}, found {saw}: {todo}", **fields)
 
 
 def parse(data: memoryview, *, copy: bool = False,
           accept: Collection[str] | None = None, where: str = "message",
-          **fields: object) -> tuple[Codec, memoryview, list]:
+          **fields: object) -> tuple[Codec, memoryview, list[Any]]:
     """Check a frame and return its codec, its stream and its out-of-band buffers
     (read-only views of ``data``, or writable copies with ``copy``).  ``accept`` is
     the codecs that may be decoded (None: all).  Raises :class:`FrameError` (not a
@@ -231,7 +226,7 @@ def parse(data: memoryview, *, copy: bool = False,
                 "trust every member" if codec.id == PICKLE_ID else
                 ": pass accept= with it, or have the sender use another codec"),
             codec=codec.name, **fields)
-    if not _installed(codec):
+    if not codec.ready():
         raise CodecUnavailable(
             f"{where} was sent with codec {codec.name!r}, which needs the {codec.module} "
             f"package, not installed in this process: `pip install {codec.module}`",
@@ -242,7 +237,7 @@ def parse(data: memoryview, *, copy: bool = False,
         raise _bad("is a damaged object frame", f"{nbuf} buffers and a {slen}-byte "
                    f"stream in {n} bytes", "the sender wrote something else than "
                    "send_obj does; receive it with recv() to inspect it", where, **fields)
-    buffers: list = []
+    buffers: list[Any] = []
     if nbuf:
         table = struct.unpack_from(f"<{2 * nbuf}Q", data, HEAD_SIZE)
         src = data if copy else data.toreadonly()

@@ -22,10 +22,14 @@ the security model); there ``recv_obj`` refuses pickle frames unless told otherw
 from __future__ import annotations
 
 import os
-from typing import Any, Collection
+from typing import TYPE_CHECKING, Any, Collection
 
 from . import codecs, layout
 from .errors import FrameError, MessageTooLarge
+
+if TYPE_CHECKING:
+    from .claim import Claim
+    from .message import Message
 
 __all__ = ["ObjectSender", "ObjectReceiver", "decode", "frame_bytes"]
 
@@ -39,7 +43,8 @@ def _key_length(key: object) -> int:
     if key is None:
         return 0
     try:
-        return len(key.encode()) if isinstance(key, str) else memoryview(key).nbytes
+        return len(key.encode()) if isinstance(key, str) else \
+            memoryview(key).nbytes  # type: ignore[arg-type]
     except (TypeError, UnicodeError):
         return 0
 
@@ -47,6 +52,17 @@ def _key_length(key: object) -> int:
 class ObjectSender:
     """``send_obj``, for a class with ``send``, ``claim``, ``name`` and ``capacity``
     (:class:`shmbus.Producer`)."""
+
+    if TYPE_CHECKING:
+        name: str
+        capacity: int
+
+        def send(self, data: Any, key: Any = None, *, timeout: float | None = None) -> int:
+            ...
+
+        def claim(self, size: int, key: Any = None, *,
+                  timeout: float | None = None) -> Claim:
+            ...
 
     def send_obj(self, obj: Any, key: str | bytes | None = None, *,
                  timeout: float | None = None, codec: str = "pickle") -> int:
@@ -60,22 +76,28 @@ class ObjectSender:
         (e.g. TypeError from json)."""
         klen = _key_length(key)
         frame = codecs.encode_parts(obj, codecs.codec_of(codec), klen)
-        if not frame.buffers and frame.size <= _SMALL:
-            return self.send(frame.head, key, timeout=timeout)  # type: ignore[attr-defined]
-        cap: int = self.capacity  # type: ignore[attr-defined]
+        if not frame.buffers and frame.size <= _SMALL:  # the common case: no checks
+            return self.send(frame.head, key, timeout=timeout)
+        cap = self.capacity
         if layout.record_size(klen, frame.size) > layout.max_record(cap):
             limit = layout.max_record(cap) - layout.RECORD_HEADER - klen
-            name = getattr(self, "name", "?")
+            name = self.name
             raise MessageTooLarge(
                 f"object of {frame.size} bytes as a {codec} frame ({len(frame.buffers)} "
                 f"out-of-band buffers) does not fit ring {name!r} of capacity {cap}: the "
                 f"largest payload is {limit} bytes with this key; create the ring with a "
                 "larger capacity or send the object in parts", name=name, size=frame.size,
                 limit=limit)
-        claim = self.claim(frame.size, key, timeout=timeout)  # type: ignore[attr-defined]
+        if not frame.buffers:
+            return self.send(frame.head, key, timeout=timeout)
+        claim = self.claim(frame.size, key, timeout=timeout)
         with claim as view:
             codecs.frame_into(frame, view)
+        assert claim.seq is not None  # set when the block exits
         return claim.seq
+
+
+_UNSET = object()
 
 
 def _default_accept() -> frozenset[str] | None:
@@ -89,6 +111,14 @@ class ObjectReceiver:
     """``recv_obj``, for any class with ``recv(timeout)`` returning a
     :class:`shmbus.Message` (Consumer, Worker, Inbox) and a ``name``."""
 
+    _obj_accept: Any = _UNSET
+
+    if TYPE_CHECKING:
+        name: str
+
+        def recv(self, timeout: float | None = None) -> Message:
+            ...
+
     def recv_obj(self, timeout: float | None = None, *, copy: bool = False,
                  accept: Collection[str] | None = None) -> Any:
         """Receive the next message (releasing the previous one, as ``recv``) and
@@ -100,9 +130,11 @@ class ObjectReceiver:
         :class:`FrameError` for a message that is not an object frame or cannot be
         decoded (it was received: ``err.msg`` is it), :class:`PermissionDenied` for a
         codec not accepted, :class:`CodecUnavailable` for one not installed here."""
-        msg = self.recv(timeout)  # type: ignore[attr-defined]
+        msg = self.recv(timeout)
         if accept is None:
-            accept = _default_accept()
+            accept = self._obj_accept
+            if accept is _UNSET:  # the first call: the environment is read once
+                accept = self._obj_accept = _default_accept()
         return _decode(msg, copy, accept, getattr(self, "name", None))
 
 
@@ -131,5 +163,5 @@ def _decode(msg: Any, copy: bool, accept: Collection[str] | None,
         return codecs.decode(data, copy=copy, accept=accept, where=where, name=ring,
                              seq=seq)
     except FrameError as e:
-        e.msg = msg  # not a field: a Message does not pickle
+        e.msg = msg  # type: ignore[attr-defined]  # not a field: a Message does not pickle
         raise
