@@ -15,6 +15,7 @@ from .introspect import inspect, list_locks, list_rings
 from .lease import Fence, Lease, list_leases
 from .layout import LAYOUT_VERSION
 from .lock import FileLock
+from .poller import Poller
 from .producer import Producer
 from .unlink import unlink
 from .wait import Adaptive, BusySpin, Sleeping, WaitStrategy, Yielding
@@ -23,7 +24,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Producer", "Consumer", "Message", "FileLock", "Lease", "Fence", "WaitStrategy",
-    "BusySpin", "Yielding", "Sleeping", "Adaptive",
+    "BusySpin", "Yielding", "Sleeping", "Adaptive", "Poller",
     "list_rings", "inspect", "list_locks", "list_leases", "unlink", "LAYOUT_VERSION",
     "ShmbusError", "RingNotFound", "RingBusy", "DurableBusy", "LayoutMismatch",
     "CorruptRing", "MessageTooLarge", "InvalidName", "Timeout", "LeaseLost", "NotHeld",
