@@ -196,10 +196,11 @@ class Balancer(Roster):
         if exc_type is None:
             self.stop()
             return
-        try:  # an error in the block goes first; the thread's is chained to it
+        try:  # an error in the block goes first; the thread's was logged
             self.stop()
         except BaseException as error:
-            exc.__context__ = error
+            if exc.__context__ is None:
+                exc.__context__ = error
 
     def run(self, duration: float | None = None) -> None:
         """Wait to lead, then dispatch until :meth:`stop` (or ``duration`` seconds).
