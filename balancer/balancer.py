@@ -452,9 +452,8 @@ class Balancer(Roster):
             group = [m for m, _ in run]
             first = producer.seq
             try:
-                producer.send_many([m.data for m in group], keys=[m.key for m in group],
-                                   timeout=0, _flags=flags << shift,
-                                   _stamps=[m.timestamp_ns for m in group])
+                producer._send_many([m.data for m in group], [m.key for m in group],
+                                    0, flags << shift, [m.timestamp_ns for m in group])
             except Timeout:
                 done = producer.seq - first
                 self._count(member, done, again)
@@ -476,8 +475,8 @@ class Balancer(Roster):
             self._dlq = shmbus.Producer(membership.dead_letter_ring(self.group),
                                         capacity=self.dead_letter_capacity,
                                         namespace=self.namespace, on_full="overwrite")
-        self._dlq.send_many([data], keys=[key],
-                            _flags=deliveries << layout.REC_REDELIVERY_SHIFT)
+        self._dlq._send_many([data], [key], None,
+                             deliveries << layout.REC_REDELIVERY_SHIFT)
         self.counters["dead_lettered"] += 1
 
     # -- stats --------------------------------------------------------------------------

@@ -24,7 +24,6 @@ from . import layout, ring
 from .message import Message
 from .errors import MessageTooLarge
 from .layout import H_WRITE, REC_PAD, RECORD_HEADER
-from .ring import checkpoint_strided
 
 if TYPE_CHECKING:
     from .consumer import Consumer
@@ -67,32 +66,39 @@ def send_array(p: Producer, array, timeout: float | None) -> range:
 
 def _send_records(p: Producer, count: int, stride: int, size: int, fill,
                   timeout: float | None) -> range:
-    """Write ``count`` records of ``stride`` bytes in chunks that fit before the end
-    of the data area: make room, stamp seq, flags and time, let ``fill(headers, idx,
-    done, k)`` write lengths, keys and payloads of messages done..done+k, checkpoint,
-    publish each chunk."""
+    """Write ``count`` records of ``stride`` bytes in chunks that fit below the
+    cursor's limit and before the end of the data area: stamp seq, flags and time,
+    let ``fill(headers, idx, done, k)`` write lengths, keys and payloads of messages
+    done..done+k, and publish.  A record that fits no chunk goes through the slow path
+    (:meth:`Room._reserve`) alone, after what was written is published, exactly as
+    ``send_many``'s loop does: the same bytes and header words (room, padding,
+    checkpoints) as sending them one by one."""
     deadline = None if timeout is None else time.monotonic() + timeout
-    now, first, done = time.monotonic_ns(), p._seq, 0
-    per_chunk = max(1, p._max_record // stride)
+    cur, cap, mask = p._cur, p.capacity, p._mask
+    now, first, done = time.monotonic_ns(), cur.seq, 0
+    unpublished = 0
     while done < count:
-        pos = p._write
-        room_to_end = (p.capacity - (pos & p._mask)) // stride
-        k = min(count - done, per_chunk, room_to_end or per_chunk)
-        if room_to_end == 0 or pos + k * stride > p._limit:
-            pos = p._reserve(k * stride, 0, size, timeout, deadline)
-        idx, end = pos & p._mask, pos + k * stride
+        pos = cur.write
+        k = min(count - done, (cap - (pos & mask)) // stride,
+                max(cur.limit - pos, 0) // stride)
+        if not k:
+            if unpublished:
+                p._publish(pos, pos - stride)
+                unpublished = 0
+            pos, k = p._reserve(stride, 0, size, timeout, deadline), 1
+        idx, end = pos & mask, pos + k * stride
         headers = layout.record_headers(p._data, idx, k, stride)
         headers["flags"] = 0
-        headers["seq"] = np.arange(p._seq, p._seq + k, dtype=np.uint64)
+        headers["seq"] = np.arange(cur.seq, cur.seq + k, dtype=np.uint64)
         headers["timestamp_ns"] = now
         fill(headers, idx, done, k)
-        cp_next = checkpoint_strided(p._words, p._shift, p._cp_next, pos, end, stride)
-        p._cp_next, p._limit = cp_next, min(p._room, cp_next)
-        p._seq += k
-        p._write = end
-        p._publish(end, end - stride)
+        cur.seq += k
+        cur.write = end
+        unpublished += k
         done += k
-    return range(first, p._seq)
+    if unpublished:
+        p._publish(cur.write, cur.write - stride)
+    return range(first, cur.seq)
 
 
 def recv_array(c: Consumer, dtype, max_messages: int, timeout: float | None) -> np.ndarray:

@@ -20,11 +20,13 @@ from operator import attrgetter
 from typing import Iterable
 
 from . import hotpath, layout, liveness, naming, ring
-from .arrays import send_array, send_uniform
+from .arrays import send_array
+from .bulk import send_many
 from .claim import Claim
-from .errors import LayoutMismatch, MessageTooLarge, RingBusy, ShmbusError
+from .errors import LayoutMismatch, RingBusy, ShmbusError
 from .handle import Handle
 from .objects import ObjectSender
+from .payload import as_bytes_view, key_bytes
 from .layout import (H_COUNT, H_GENERATION, H_LAST, H_PRODUCER_EPOCH, H_PRODUCER_PID,
                      H_PRODUCER_SINCE, H_PRODUCER_SLEEP, H_PRODUCER_START, H_SCAN,
                      H_SLEEPERS, H_TAIL, H_WRITE, RECORD, RECORD_HEADER, S_READ,
@@ -40,40 +42,6 @@ from .wait import Sleeper, Waker, strategy
 __all__ = ["Producer"]
 
 _ON_FULL = ("block", "overwrite")
-
-
-def _as_bytes_view(data: object) -> memoryview:
-    try:
-        mv = memoryview(data)  # type: ignore[arg-type]
-    except TypeError:
-        hint = " (encode text first: data.encode())" if isinstance(data, str) else ""
-        raise TypeError(
-            f"message data must be a bytes-like object (bytes, bytearray, memoryview, "
-            f"a numpy array), got {type(data).__name__}{hint}") from None
-    if mv.format != "B" or mv.ndim != 1:
-        if not mv.c_contiguous:
-            raise ValueError(
-                "message data must be C-contiguous (got a non-contiguous buffer): pass "
-                "numpy.ascontiguousarray(data) or bytes(data)")
-        mv = mv.cast("B")
-    return mv
-
-
-def _key_bytes(key: object) -> bytes:
-    if key is None:
-        return b""
-    if isinstance(key, str):
-        key = key.encode()
-    elif not isinstance(key, bytes):
-        try:  # any buffer (bytearray, memoryview...), never an int: bytes(5) is 5 zeros
-            key = memoryview(key).tobytes()  # type: ignore[arg-type]
-        except TypeError:
-            raise TypeError(f"key must be str, bytes or a bytes-like object, got "
-                            f"{type(key).__name__}: convert it (e.g. str(key))") from None
-    if len(key) > 0xFFFF:
-        raise MessageTooLarge(f"key of {len(key)} bytes is too long: at most 65535",
-                              size=len(key))
-    return key
 
 
 class Producer(ObjectSender, Room, Handle):
@@ -245,11 +213,11 @@ class Producer(ObjectSender, Room, Handle):
 
         def send(data, key=None, *, timeout: float | None = None) -> int:
             if type(data) is not bytes:
-                data = _as_bytes_view(data)
+                data = as_bytes_view(data)
             if key is None:
                 kb, klen = b"", 0
             else:
-                kb = _key_bytes(key)
+                kb = key_bytes(key)
                 klen = len(kb)
             n = len(data)
             size = (RECORD_HEADER + 7 + klen + n) & -8
@@ -292,68 +260,25 @@ class Producer(ObjectSender, Room, Handle):
         return cur, send
 
     def send_many(self, messages: Iterable, *, keys: Iterable | None = None,
-                  timeout: float | None = None, _flags: int = 0,
-                  _stamps: Iterable[int] | None = None) -> range:
-        """Publish several messages with one store of the write position (and one
-        wake-up); return the range of their seqs.  ``keys``, if given, pairs one key
-        with each message.  They all carry the same ``timestamp_ns``, the time of the
-        call.  If the ring fills up midway, what was written so far is published
-        before waiting for room.  A ``keys`` of another length than ``messages`` is a
-        ValueError, before anything is sent."""
-        self._check_usable()
-        if keys is not None:
-            keys = list(keys)
-            if not isinstance(messages, (list, tuple)):
-                messages = list(messages)
-            if len(keys) != len(messages):
-                raise ValueError(
-                    f"send_many got {len(messages)} messages and {len(keys)} keys: pass "
-                    "one key per message (None for no key), or no keys at all")
-        if _stamps is None and not _flags:
-            sent = send_uniform(self, messages, keys, timeout)  # one size: numpy writes
-            if sent is not None:
-                return sent
-        first = self._seq
-        deadline = None if timeout is None else time.monotonic() + timeout
-        key_iter = iter(keys) if keys is not None else None
-        stamp_iter = iter(_stamps) if _stamps is not None else None
-        stamp = time.monotonic_ns()  # the batch is sent (and published) as one
-        last = -1
-        data_area, mask, cap, max_record = self._data, self._mask, self.capacity, \
-            self._max_record
-        pack, limit, kb, klen = RECORD.pack_into, self._limit, b"", 0
-        seq, pos = self._seq, self._write
-        for data in messages:
-            if type(data) is not bytes:
-                data = _as_bytes_view(data)
-            if key_iter is not None:
-                kb = _key_bytes(next(key_iter))
-                klen = len(kb)
-            n = len(data)
-            size = (RECORD_HEADER + klen + n + 7) & -8
-            idx = pos & mask
-            if idx + size > cap or pos + size > limit or size > max_record:
-                self._seq, self._write = seq, pos
-                if last >= 0:
-                    self._publish(pos, last)
-                    last = -1
-                pos = self._reserve(size, klen, n, None, deadline)
-                idx, limit = pos & mask, self._limit
-            if stamp_iter is not None:
-                stamp = next(stamp_iter)
-            pack(data_area, idx, n, klen, _flags, seq, stamp)
-            start = idx + RECORD_HEADER
-            if klen:
-                data_area[start:start + klen] = kb
-                start += klen
-            data_area[start:start + n] = data
-            seq += 1
-            last = pos
-            pos += size
-        self._seq, self._write = seq, pos
-        if last >= 0:
-            self._publish(pos, last)
-        return range(first, seq)
+                  timeout: float | None = None) -> range:
+        """Publish several messages (each bytes or any contiguous buffer) with one
+        store of the write position (and one wake-up); return the range of their
+        seqs.  ``keys``, if given, pairs one key (None, str or bytes) with each
+        message.  They all carry the same ``timestamp_ns``, the time of the call.
+        If the ring fills up midway, what was written so far is published before
+        waiting for room (up to ``timeout`` seconds for the whole batch, then
+        :class:`Timeout`, with the messages before it sent: ``seq`` says how many).
+        A ``keys`` of another length than ``messages`` is a ValueError, before
+        anything is sent."""
+        return send_many(self, messages, keys, timeout)
+
+    def _send_many(self, messages: Iterable, keys: Iterable | None = None,
+                   timeout: float | None = None, flags: int = 0,
+                   stamps: Iterable[int] | None = None) -> range:
+        """:meth:`send_many` for relays (the balancer): each record gets ``flags``
+        (e.g. a redelivery count) and, if ``stamps`` is given, its own timestamp (the
+        original message's) instead of the time of the call."""
+        return send_many(self, messages, keys, timeout, flags, stamps)
 
     def send_array(self, array, *, timeout: float | None = None) -> range:
         """Publish one message per element (along the first axis) of the numpy array
@@ -369,28 +294,7 @@ class Producer(ObjectSender, Room, Handle):
         value is a writable memoryview of exactly ``size`` bytes inside the ring: fill
         it in place (zero copies); it is published when the ``with`` block exits without
         an exception, and abandoned (never seen by consumers) otherwise."""
-        self._check_usable()
-        if not isinstance(size, int) or size < 0:
-            raise ValueError(f"claim size must be an int >= 0, got {size!r}")
-        kb = _key_bytes(key)
-        total = (RECORD_HEADER + len(kb) + size + 7) & -8
-        pos = self._write
-        if (pos & self._mask) + total > self.capacity or pos + total > self._limit or \
-                total > self._max_record:
-            pos = self._reserve(total, len(kb), size, timeout, None)
-        return Claim(self, pos, total, kb, size)
-
-    def _publish_claim(self, claim: Claim) -> int:
-        idx = claim.pos & self._mask
-        seq = self._seq
-        klen = len(claim.key)
-        RECORD.pack_into(self._data, idx, claim.size, klen, 0, seq, time.monotonic_ns())
-        if klen:
-            self._data[idx + RECORD_HEADER:idx + RECORD_HEADER + klen] = claim.key
-        self._seq = seq + 1
-        self._write = claim.pos + claim.total
-        self._publish(self._write, claim.pos)
-        return seq
+        return Claim.open(self, size, key, timeout)
 
     def _publish(self, end: int, last: int) -> None:
         w = self._words

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import shmbus
-from shmbus import hotpath, layout
+from shmbus import hotpath, layout, ring
 
 from .support import start
 
@@ -242,3 +242,149 @@ def test_the_compiled_spin_lets_other_threads_run_and_stops_when_asked():
         native.spin_above(segment, 8, 0, 1)
     with pytest.raises(TypeError):
         native.spin_above(segment, 1, 0)
+
+
+# -- send_many: the compiled loop, the pure loop and the pure numpy path ---------------
+
+any_key = st.one_of(st.none(), st.binary(max_size=20), st.text(max_size=8),
+                    st.binary(max_size=5).map(bytearray))  # bytearray: handed over
+mixed_batch = st.tuples(st.just("many"), st.lists(st.tuples(st.binary(max_size=300).map(
+    lambda b: b[:1] * len(b)), any_key), max_size=40), st.booleans())  # short reprs
+uniform_batch = st.builds(  # one record size: the pure path writes them with numpy
+    lambda size, count, klen, keyed: ("many", [
+        (bytes([i & 255]) * size, (b"%0*d" % (klen, i))[-klen:]) for i in range(count)],
+        keyed), st.integers(1, 200), st.integers(16, 60), st.integers(1, 6), st.booleans())
+single = st.tuples(st.just("send"), st.binary(max_size=300), any_key)
+
+
+def _zero_stamps(pub: shmbus.Producer, pos: int) -> None:
+    """Zero the timestamps of the records from ``pos`` to the write position."""
+    while pos < pub.position:
+        rec = ring.read(pub._data, pos, pub.capacity, pub.position)
+        if not rec.flags & layout.REC_PAD:
+            struct.pack_into("<Q", pub._data, (pos & (pub.capacity - 1)) + 16, 0)
+        pos += rec.size
+
+
+def _apply(pub: shmbus.Producer, op) -> object:
+    if op[0] == "send":
+        return pub.send(op[1], op[2])
+    batch, keyed = op[1], op[2]
+    return pub.send_many([d for d, _ in batch],
+                         keys=[k for _, k in batch] if keyed else None)
+
+
+@needs_build
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops=st.lists(st.one_of(single, mixed_batch, uniform_batch), max_size=12))
+def test_compiled_and_pure_send_many_write_the_same_ring(ns, ops):
+    """Any sequence of send and send_many calls (mixed sizes, keys of every kind,
+    uniform batches) through a 16 KiB ring (wraps, padding, checkpoints every 256
+    bytes, the tail moving) leaves the same bytes, header words and cursor on both
+    paths (but for the timestamps, zeroed after each call: each call is smaller than
+    the ring, so all its records are still there)."""
+    fast = _producer("c", True, capacity=1 << 14, on_full="overwrite")
+    slow = _producer("p", False, capacity=1 << 14, on_full="overwrite")
+    try:
+        for op in ops:
+            before = fast.position
+            assert _apply(fast, op) == _apply(slow, op)
+            assert (fast.position, fast.seq) == (slow.position, slow.seq)
+            _zero_stamps(fast, before)
+            _zero_stamps(slow, before)
+        assert bytes(fast._data) == bytes(slow._data)
+        words_f, words_s = fast._seg.words, slow._seg.words
+        for word in (layout.H_WRITE, layout.H_LAST, layout.H_TAIL, layout.H_COUNT):
+            assert words_f[word] == words_s[word]
+        cps = slice(layout.H_CHECKPOINTS, layout.H_CHECKPOINTS + layout.CHECKPOINTS)
+        assert words_f[cps].tolist() == words_s[cps].tolist()
+        assert (fast._cp_next, fast._room, fast._limit) == \
+            (slow._cp_next, slow._room, slow._limit)
+    finally:
+        fast.unlink()
+        slow.unlink()
+
+
+@needs_build
+def test_compiled_send_many_hands_over_what_it_does_not_take(ns):
+    """A key or payload the compiled loop does not take (a bytearray key, a text
+    payload) goes to the pure loop at that message: the messages before it are sent
+    once, errors are the pure path's, and flags and stamps reach every record."""
+    pub = _producer("c", True, capacity=4096)
+    try:
+        _hand_over(pub)
+    finally:
+        pub.unlink()
+
+
+def _hand_over(pub: shmbus.Producer) -> None:
+    with shmbus.Consumer("c") as sub:
+        seqs = pub.send_many([b"a", b"b", b"c", b"d"],
+                             keys=[b"1", bytearray(b"2"), "3", None])
+        assert seqs == range(0, 4)
+        got = sub.recv_many(10, timeout=1)
+        assert [(bytes(m), m.key) for m in got] == [
+            (b"a", b"1"), (b"b", b"2"), (b"c", b"3"), (b"d", None)]
+        assert len({m.timestamp_ns for m in got}) == 1
+        with pytest.raises(TypeError, match="bytes-like"):
+            pub.send_many([b"e", "text", b"f"])
+        assert bytes(sub.recv(timeout=1)) == b"e" and pub.seq == 5  # one, sent once
+        with pytest.raises(ValueError, match="2 keys"):
+            pub.send_many([b"x"], keys=[b"1", b"2"])
+        pub._send_many([b"g", b"h"], None, None, 3 << layout.REC_REDELIVERY_SHIFT,
+                       [11, 12])
+        got = sub.recv_many(10, timeout=1)
+        assert [(bytes(m), m.timestamp_ns, m.deliveries) for m in got] == [
+            (b"g", 11, 4), (b"h", 12, 4)]  # 3 earlier deliveries, and this one
+        with pytest.raises(shmbus.MessageTooLarge):
+            pub.send_many([b"i", b"x" * 4096])
+        assert bytes(sub.recv(timeout=1)) == b"i"  # published before the slow path
+    pub.close()
+    with pytest.raises(shmbus.Closed):
+        pub.send_many([b"closed"])
+
+
+def _produce_many(ns: str, pure: bool, count: int) -> None:
+    os.environ["SHMBUS_NAMESPACE"] = ns
+    import shmbus as bus
+    assert bus.compiled is (not pure)
+    with bus.Producer("x", capacity=8192) as pub:
+        for start in range(0, count, 50):
+            batch = range(start, min(start + 50, count))
+            if start % 200 == 100:  # one size: the pure path's numpy writer
+                pub.send_many([b"%06d" % i for i in batch])
+                continue
+            pub.send_many([b"%d" % i * (i % 7) for i in batch],
+                          keys=[b"k%d" % (i % 5) if i % 3 else None for i in batch],
+                          timeout=20)
+
+
+def _expected(i: int) -> tuple:
+    if i // 50 * 50 % 200 == 100:
+        return (i, b"%06d" % i, None)
+    return (i, b"%d" % i * (i % 7), b"k%d" % (i % 5) if i % 3 else None)
+
+
+@needs_build
+@pytest.mark.timeout(60)
+def test_send_many_of_the_other_path_in_another_process_interoperates(ns, procs,
+                                                                      monkeypatch):
+    """Batches through an 8 KiB ring (wraps, padding, checkpoints, waiting for room)
+    from a producer of the other path than this process's consumer."""
+    other_is_pure = shmbus.compiled
+    monkeypatch.delenv("SHMBUS_REQUIRE_COMPILED", raising=False)
+    if other_is_pure:
+        monkeypatch.setenv("SHMBUS_PURE_PYTHON", "1")
+    else:
+        monkeypatch.delenv("SHMBUS_PURE_PYTHON", raising=False)
+    with shmbus.Producer("x", capacity=8192):
+        pass  # created here, produced there
+    with shmbus.Consumer("x", start="earliest") as sub:
+        procs.append(start(_produce_many, ns, other_is_pure, 3000))
+        for i in range(3000):
+            msg = sub.recv(timeout=20)
+            assert (msg.seq, bytes(msg), msg.key) == _expected(i)
+    procs[0].join(20)
+    assert procs[0].exitcode == 0
+    shmbus.unlink("x")

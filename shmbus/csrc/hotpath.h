@@ -185,6 +185,13 @@ typedef struct {
     PyObject *wake;           /* wakes a sleeping producer: wake(epoch) */
 } Reader;
 
+/* The cursor's steps, shared by its send, send_many and forwarding (sequencer.c). */
+void sequencer_checkpoint(Sequencer *self, uint64_t pos, uint64_t size);
+int sequencer_needs_reserve(Sequencer *self, uint64_t size);
+int sequencer_publish(Sequencer *self, uint64_t end, uint64_t last);
+int sequencer_reserve(Sequencer *self, uint64_t size, Py_ssize_t klen, Py_ssize_t n,
+                      PyObject *timeout, PyObject *deadline, uint64_t *pos);
+
 /* The types and functions each file gives the module. */
 extern PyTypeObject SequencerType;
 extern PyTypeObject ReaderType;

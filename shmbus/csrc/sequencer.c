@@ -129,6 +129,91 @@ key_of(PyObject *key, const char **p, Py_ssize_t *n)
     return *n <= KEY_MAX;
 }
 
+/* What Room._reserve does for a record of ``size`` bytes at ``pos`` that neither
+ * wraps nor needs room: record a checkpoint when pos starts a new block (as
+ * ring.checkpoint: pos for each block up to pos's), and the limit that follows. */
+void
+sequencer_checkpoint(Sequencer *self, uint64_t pos, uint64_t size)
+{
+    if (pos >= self->cp_next) {
+        uint64_t block = pos >> self->shift, first = self->cp_next >> self->shift;
+        if (block - first >= CHECKPOINTS)
+            first = block - (CHECKPOINTS - 1);  /* every entry gets pos anyway */
+        for (uint64_t b = first; b <= block; b++)
+            store_release(self->checkpoints_at + 8 * (b & (CHECKPOINTS - 1)), pos);
+        self->cp_next = (block + 1) << self->shift;
+    }
+    if (pos + size > self->limit && self->limit)
+        self->limit = self->room < self->cp_next ? self->room : self->cp_next;
+}
+
+/* Whether a record of ``size`` bytes at the cursor needs the slow path (Room._reserve):
+ * it would wrap, it needs room, or the producer is closed, claimed or forked
+ * (limit 0). */
+int
+sequencer_needs_reserve(Sequencer *self, uint64_t size)
+{
+    uint64_t pos = self->write;
+    return (pos & self->mask) + size > self->capacity || size > self->max_record ||
+           (pos + size > self->limit && (self->limit == 0 || pos + size > self->room));
+}
+
+/* Store the write position (publishing every record below it) and LAST, then wake
+ * the sleepers if any is flagged.  The segment must be held. */
+int
+sequencer_publish(Sequencer *self, uint64_t end, uint64_t last)
+{
+    store_release(self->write_at, end);  /* publishes the records */
+    store_release(self->last_at, last);
+    /* No fence between the store above and this load: a sleeper falling asleep at
+     * this moment can be missed, which shmbus/wait.py bounds (its first sleeps are
+     * short), as the pure-Python path does. */
+    if (load_relaxed(self->sleepers_at)) {
+        PyObject *r = PyObject_CallNoArgs(self->wake);
+        if (r == NULL)
+            return -1;
+        Py_DECREF(r);
+    }
+    return 0;
+}
+
+/* Room._reserve(size, klen, n, timeout, deadline): where a record that needs the slow
+ * path goes (it pads, makes room, checkpoints or refuses).  Returns 1 with *pos set;
+ * 0 if the producer was closed meanwhile (the caller's pure-Python twin refuses);
+ * -1 with an exception. */
+int
+sequencer_reserve(Sequencer *self, uint64_t size, Py_ssize_t klen, Py_ssize_t n,
+                  PyObject *timeout, PyObject *deadline, uint64_t *pos)
+{
+    PyObject *at = PyObject_CallFunction(self->reserve, "KnnOO", size, klen, n, timeout,
+                                         deadline);
+    if (at == NULL)
+        return -1;
+    *pos = PyLong_AsUnsignedLongLong(at);
+    Py_DECREF(at);
+    if (*pos == (uint64_t)-1 && PyErr_Occurred())
+        return -1;
+    if (!self->hold.held || *pos != self->write ||
+            (*pos & self->mask) + size > self->capacity)
+        return 0;
+    return 1;
+}
+
+static inline void
+write_record(unsigned char *rec, uint32_t length, uint16_t klen, uint16_t flags,
+             uint64_t seq, uint64_t now, const char *key, const char *payload)
+{
+    memcpy(rec, &length, 4);
+    memcpy(rec + 4, &klen, 2);
+    memcpy(rec + 6, &flags, 2);
+    memcpy(rec + 8, &seq, 8);
+    memcpy(rec + 16, &now, 8);
+    /* memmove: the payload may be a view of this very ring (msg.data sent again). */
+    if (klen)
+        memmove(rec + RECORD_HEADER, key, (size_t)klen);
+    memmove(rec + RECORD_HEADER + klen, payload, (size_t)length);
+}
+
 PyDoc_STRVAR(Sequencer_send__doc__,
 "send($self, data, /, key=None, *, timeout=None)\n--\n\n"
 "Publish one message; return its seq.  Producer.send's compiled fast path: any case\n"
@@ -177,48 +262,21 @@ Sequencer_send(Sequencer *self, PyObject *const *args, Py_ssize_t nargs,
         /* Wrapping, a full ring (room), a closed or claimed producer (limit 0): the
          * Python slow path pads, makes room (waiting up to timeout), checkpoints or
          * refuses, and says where the record goes; it is then written here. */
-        PyObject *at = PyObject_CallFunction(self->reserve, "KnnOO", size, klen, n,
-                                             timeout, Py_None);
-        if (at == NULL) {
+        int got = sequencer_reserve(self, size, klen, n, timeout, Py_None, &pos);
+        if (got <= 0) {
             if (view.obj)
                 PyBuffer_Release(&view);
-            return NULL;
-        }
-        pos = PyLong_AsUnsignedLongLong(at);
-        Py_DECREF(at);
-        idx = pos & self->mask;
-        if ((pos == (uint64_t)-1 && PyErr_Occurred()) || !self->hold.held ||
-                pos != self->write || idx + size > self->capacity) {
-            if (view.obj)
-                PyBuffer_Release(&view);
-            if (PyErr_Occurred())
+            if (got < 0)
                 return NULL;
             goto slow;  /* closed meanwhile: the fallback refuses */
         }
+        idx = pos & self->mask;
     }
-    else if (pos >= self->cp_next) {  /* as ring.checkpoint: pos for each block up to pos's */
-        uint64_t block = pos >> self->shift, first = self->cp_next >> self->shift;
-        if (block - first >= CHECKPOINTS)
-            first = block - (CHECKPOINTS - 1);  /* every entry gets pos anyway */
-        for (uint64_t b = first; b <= block; b++)
-            store_release(self->checkpoints_at + 8 * (b & (CHECKPOINTS - 1)), pos);
-        self->cp_next = (block + 1) << self->shift;
-    }
-    if (pos + size > self->limit && self->limit)
-        self->limit = self->room < self->cp_next ? self->room : self->cp_next;
-    unsigned char *rec = self->data + idx;
-    uint32_t length = (uint32_t)n;
-    uint16_t k16 = (uint16_t)klen, flags = 0;
-    uint64_t seq = self->seq, now = monotonic_ns();
-    memcpy(rec, &length, 4);
-    memcpy(rec + 4, &k16, 2);
-    memcpy(rec + 6, &flags, 2);
-    memcpy(rec + 8, &seq, 8);
-    memcpy(rec + 16, &now, 8);
-    /* memmove: the payload may be a view of this very ring (msg.data sent again). */
-    if (klen)
-        memmove(rec + RECORD_HEADER, kp, (size_t)klen);
-    memmove(rec + RECORD_HEADER + klen, dp, (size_t)n);
+    else
+        sequencer_checkpoint(self, pos, size);
+    uint64_t seq = self->seq;
+    write_record(self->data + idx, (uint32_t)n, (uint16_t)klen, 0, seq, monotonic_ns(),
+                 kp, dp);
     self->seq = seq + 1;
     self->write = pos + size;
     store_release(self->write_at, pos + size);  /* publishes the record */
@@ -244,6 +302,140 @@ slow:
         return NULL;
     }
     return PyObject_Vectorcall(self->fallback, args, nargs, kwnames);
+}
+
+/* One message of a batch: payload and key as pointers, and what to release. */
+typedef struct {
+    PyObject *data, *key;  /* new references */
+    Py_buffer view;        /* the payload's buffer, unless it is bytes */
+    const char *dp, *kp;
+    Py_ssize_t n, klen;
+} Item;
+
+static void
+item_release(Item *it)
+{
+    if (it->view.obj)
+        PyBuffer_Release(&it->view);
+    Py_CLEAR(it->data);
+    Py_CLEAR(it->key);
+}
+
+/* Message i of a batch (and its key), if this path takes it: 1, else 0 (the pure loop
+ * takes it, and says what is wrong with it). */
+static int
+item_get(Item *it, PyObject *messages, PyObject *keys, Py_ssize_t i)
+{
+    it->view.obj = NULL;
+    it->data = it->key = NULL;
+    /* The lists may have changed under us (a buffer's release runs Python code). */
+    if (i >= PySequence_Fast_GET_SIZE(messages) ||
+            (keys != Py_None && i >= PySequence_Fast_GET_SIZE(keys)))
+        return 0;
+    it->data = Py_NewRef(PySequence_Fast_GET_ITEM(messages, i));
+    it->key = Py_NewRef(keys == Py_None ? Py_None : PySequence_Fast_GET_ITEM(keys, i));
+    if (key_of(it->key, &it->kp, &it->klen) && payload_of(it->data, &it->view, &it->dp,
+                                                           &it->n) && it->n <= UINT32_MAX)
+        return 1;
+    item_release(it);
+    return 0;
+}
+
+PyDoc_STRVAR(Sequencer_send_many__doc__,
+"send_many($self, messages, keys, stamps, flags, stamp, deadline, start, /)\n--\n\n"
+"Write messages[start:] (a list or tuple; keys and stamps None or one per message)\n"
+"as records with ``flags`` and the timestamp ``stamp`` (or stamps[i]), publishing\n"
+"them with one store of the write position, or one before each call of the slow\n"
+"path reserve(size, klen, n, None, deadline); return the index of the first message\n"
+"not written: len(messages), or one this path does not take (the pure-Python loop\n"
+"goes on from there, writing the same bytes).");
+
+static PyObject *
+Sequencer_send_many(Sequencer *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 7) {
+        PyErr_SetString(PyExc_TypeError, "send_many takes 7 arguments");
+        return NULL;
+    }
+    PyObject *messages = args[0], *keys = args[1], *stamps = args[2];
+    PyObject *deadline = args[5];
+    if (self->fallback == NULL || self->reserve == NULL) {
+        PyErr_SetString(PyExc_TypeError, "Sequencer was not initialised");
+        return NULL;
+    }
+    if (!(PyList_CheckExact(messages) || PyTuple_CheckExact(messages)) ||
+            !(keys == Py_None || PyList_CheckExact(keys) || PyTuple_CheckExact(keys)) ||
+            !(stamps == Py_None || PyList_CheckExact(stamps) || PyTuple_CheckExact(stamps))) {
+        PyErr_SetString(PyExc_TypeError, "messages, keys and stamps must be lists or "
+                        "tuples (or None for keys and stamps)");
+        return NULL;
+    }
+    long flags = PyLong_AsLong(args[3]);
+    unsigned long long stamp = PyLong_AsUnsignedLongLong(args[4]);
+    Py_ssize_t i = PyLong_AsSsize_t(args[6]);
+    if (PyErr_Occurred())
+        return NULL;
+    if (flags < 0 || flags > 0xFFFF || i < 0) {
+        PyErr_SetString(PyExc_ValueError, "flags must be 0..65535 and start >= 0");
+        return NULL;
+    }
+    uint64_t pos = self->write, last = 0;
+    int pending = 0;  /* records written and not yet published */
+    for (;; i++) {
+        Item it;
+        if (!self->hold.held || !item_get(&it, messages, keys, i))
+            break;
+        uint64_t now = stamp;
+        if (stamps != Py_None) {
+            if (i >= PySequence_Fast_GET_SIZE(stamps)) {
+                item_release(&it);
+                break;
+            }
+            now = PyLong_AsUnsignedLongLong(PySequence_Fast_GET_ITEM(stamps, i));
+            if (now == (uint64_t)-1 && PyErr_Occurred()) {
+                PyErr_Clear();  /* the pure loop says what is wrong */
+                item_release(&it);
+                break;
+            }
+        }
+        uint64_t size = ((uint64_t)RECORD_HEADER + 7 + (uint64_t)it.klen +
+                         (uint64_t)it.n) & ~(uint64_t)7;
+        if (!self->hold.held) {  /* getting a buffer may run Python code (a close) */
+            item_release(&it);
+            break;
+        }
+        self->write = pos;
+        if (sequencer_needs_reserve(self, size)) {
+            /* As the pure loop: publish what was written, then the slow path. */
+            if (pending && sequencer_publish(self, pos, last) < 0) {
+                item_release(&it);
+                return NULL;
+            }
+            pending = 0;
+            int got = self->hold.held ? sequencer_reserve(self, size, it.klen, it.n,
+                                                          Py_None, deadline, &pos) : 0;
+            if (got <= 0) {
+                item_release(&it);
+                if (got < 0)
+                    return NULL;
+                break;  /* closed meanwhile: the pure loop refuses */
+            }
+        }
+        else
+            sequencer_checkpoint(self, pos, size);
+        uint64_t seq = self->seq;
+        write_record(self->data + (pos & self->mask), (uint32_t)it.n, (uint16_t)it.klen,
+                     (uint16_t)flags, seq, now, it.kp, it.dp);
+        self->seq = seq + 1;
+        last = pos;
+        pos += size;
+        self->write = pos;
+        pending = 1;
+        item_release(&it);  /* may run Python code: checked above before the next */
+    }
+    if (pending && self->hold.held && sequencer_publish(self, pos, last) < 0)
+        return NULL;
+    return PyLong_FromSsize_t(i);
 }
 
 PyDoc_STRVAR(Sequencer_release__doc__,
@@ -280,6 +472,8 @@ static PyGetSetDef Sequencer_getset[] = {
 static PyMethodDef Sequencer_methods[] = {
     {"send", (PyCFunction)(void (*)(void))Sequencer_send, METH_FASTCALL | METH_KEYWORDS,
      Sequencer_send__doc__},
+    {"send_many", (PyCFunction)(void (*)(void))Sequencer_send_many, METH_FASTCALL,
+     Sequencer_send_many__doc__},
     {"release", (PyCFunction)Sequencer_release, METH_NOARGS, Sequencer_release__doc__},
     {NULL}
 };
