@@ -11,10 +11,12 @@ from .errors import (AlreadyHeld, Closed, CorruptRing, DurableBusy, InvalidName,
                      ShmFull, Timeout)
 from .errors import CodecUnavailable, FrameError
 from .hotpath import compiled
+from .inbox import Inbox
 from .introspect import inspect, list_locks, list_rings
 from .lease import Fence, Lease, list_leases
 from .layout import LAYOUT_VERSION
 from .lock import FileLock
+from .outbox import Outbox
 from .poller import Poller
 from .producer import Producer
 from .unlink import unlink
@@ -23,7 +25,7 @@ from .wait import Adaptive, BusySpin, Sleeping, WaitStrategy, Yielding
 __version__ = "0.1.0"
 
 __all__ = [
-    "Producer", "Consumer", "Message", "FileLock", "Lease", "Fence", "WaitStrategy",
+    "Producer", "Consumer", "Message", "Inbox", "Outbox", "FileLock", "Lease", "Fence", "WaitStrategy",
     "BusySpin", "Yielding", "Sleeping", "Adaptive", "Poller",
     "list_rings", "inspect", "list_locks", "list_leases", "unlink", "LAYOUT_VERSION",
     "ShmbusError", "RingNotFound", "RingBusy", "DurableBusy", "LayoutMismatch",

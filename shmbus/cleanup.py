@@ -9,6 +9,8 @@
   are all caught up is removed with them: stopping every participant and collecting is
   how a namespace is emptied.
 * in rings still in use, the slots of dead anonymous consumers;
+* the registry (and doorbell semaphore) of an Inbox that is not live and has no sender
+  ring left (see :mod:`shmbus.fanin`);
 * semaphores of rings that no longer exist, lock files nobody holds, leases whose
   holder is gone (fence files are kept: they guard resources), balancer stats of groups
   with no live leader and stats files whose writer died.
@@ -38,7 +40,7 @@ import re
 
 import posix_ipc
 
-from . import layout, liveness, naming, wakefifo
+from . import fanin, layout, liveness, naming, wakefifo
 from .errors import LayoutMismatch, RingNotFound, ShmbusError
 from .introspect import _one_line, entry_problem, inspect, open_entry
 from .lease import Lease
@@ -64,6 +66,7 @@ def collect(namespace: str | None = None, *, dry_run: bool = False, force: bool 
     Live rings and locks are left alone silently."""
     gc = _Collector(naming.resolve_namespace(namespace), dry_run, force)
     gc.rings()
+    gc.done += fanin.collect(gc.ns, dry_run)  # Inbox registries with no ring left
     gc.semaphores()
     gc.lock_files()
     if kept is not None:

@@ -10,7 +10,7 @@ whole files; ``flock`` is simpler and visible in ``/proc/locks`` with the holder
 
 Threads and fork:
 
-* The lock is held by the process.  Inside a process, a per-path ``threading.RLock``
+* The lock is held by the process.  Inside a process, a per-path thread lock
   orders threads: a second thread blocks (or times out) like another process would, and
   the same thread may acquire again (reentrant; every ``acquire`` needs a ``release``).
   Two ``FileLock`` objects for the same name in one process share that state.
@@ -66,11 +66,39 @@ class LockHolder:
         return asdict(self)
 
 
+class _ThreadLock:
+    """Orders threads like an ``RLock`` (reentrant for the thread that holds it), but
+    may be released from another thread: a handle opened in one thread may be closed
+    from another (``close()`` wakes a thread blocked in it), and ``RLock`` raised
+    RuntimeError there, leaving the path locked for every other thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._owner: int | None = None
+        self._count = 0
+
+    def acquire(self, timeout: float = -1) -> bool:
+        me = threading.get_ident()
+        if self._owner == me:
+            self._count += 1
+            return True
+        if not self._lock.acquire(timeout=timeout):
+            return False
+        self._owner, self._count = me, 1
+        return True
+
+    def release(self) -> None:
+        self._count -= 1
+        if self._count == 0:
+            self._owner = None
+            self._lock.release()
+
+
 class _PathState:
     """What this process knows about one lock file (shared by FileLock objects)."""
 
     def __init__(self) -> None:
-        self.thread_lock = threading.RLock()
+        self.thread_lock = _ThreadLock()
         self.fd = -1
         self.count = 0
         self.shared = False
@@ -101,7 +129,7 @@ def _after_fork_in_child() -> None:
                 pass
         st.fd = -1
         st.count = 0
-        st.thread_lock = threading.RLock()
+        st.thread_lock = _ThreadLock()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,0 +1,344 @@
+"""Fan-in: the names, the registry and the doorbell shared by an Inbox and its Outboxes.
+
+An Inbox ``X`` receives from any number of Outboxes.  Each Outbox writes into a ring of
+its own (a ring has one producer: that is what keeps it lock-free), named
+``X.from.SENDER``; the Inbox reads every such ring as the durable consumer ``inbox``,
+so what an Inbox had not released when it stopped (or crashed) waits in the rings for
+the next Inbox of that name.  ``SENDER`` is the Outbox's sender id: by default
+``PID.STARTTIME`` (the process's pid and start time in hundredths of a second, unique
+across pid reuse; ``.N`` is appended for a second Outbox of the same name in one
+process), or a name given to the Outbox.
+
+The registry is a small segment ``/dev/shm/{ns}.X@inbox``::
+
+    +0   magic       "SHMBFANI", written last by its creator
+    +8   version     REGISTRY_VERSION
+    +16  capacity    bytes of each sender ring an Outbox creates (0: no Inbox yet)
+    +24  generation  bumped by an Outbox after it created its ring
+    +32  inbox pid   of the Inbox that last opened it (for error messages)
+    +64  bell        the Inbox's sleep epoch: odd while it sleeps (a cache line of its
+                     own: every send reads it)
+    +128 end
+
+The Inbox loads ``generation`` once per receive round (no system call) and lists
+``/dev/shm`` only when it changed, or once a second while it waits.  An Outbox bumps it
+*after* creating its ring, and the Inbox loads it *before* listing, so a change it has
+not seen always means a ring it may not have listed yet; a lost increment (two Outboxes
+bumping at once) still changes the value.
+
+**The doorbell** is the wake-up protocol of :mod:`shmbus.wait` with the Inbox as the
+sleeper: about to sleep, the Inbox makes ``bell`` odd, fences, looks at every ring once
+more and sleeps on the semaphore ``sem.{ns}.X@inbox``; an Outbox, after each send, loads
+``bell`` (one load, no system call while the Inbox is awake) and posts once per odd
+epoch.  A post missed by a send racing with the epoch store delays the Inbox by at most
+the first, short sleeps (:data:`MAX_SLEEP`), never hangs it.
+
+Locks (files in ``{ns}@locks``): ``X@inbox`` is held by the live Inbox (one per name);
+``X@registry`` is held for the moment the registry is created, an Outbox registers, or
+the registry is removed, so removal never races with a registration.  The registry
+holds nothing that cannot be made again: the Inbox removes it when it closes and no
+sender ring is left, ``shmbus gc`` when no Inbox is live and no sender ring is left
+(:func:`collect`).  Sender rings are ordinary rings: ``shmbus ls`` shows them, and
+``gc`` keeps one whose ``inbox`` cursor has not read everything.
+
+An Inbox's name shares the namespace with ring names: do not also name a ring ``X``
+(removing that ring would remove the Inbox's doorbell semaphore with its own).
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import threading
+import time
+from typing import Callable
+
+import posix_ipc
+
+from . import liveness, naming, ownership
+from .errors import InvalidName, PermissionDenied, ShmbusError
+from .lock import FileLock
+from .wait import fence
+
+__all__ = ["DURABLE", "Registry", "Doorbell", "check_inbox_name", "sender_ring",
+           "sender_rings", "collect", "MAX_SLEEP", "LONG_SLEEP"]
+
+DURABLE = "inbox"  # the Inbox's durable name on every sender ring
+INBOX_NAME_MAX = 64  # "X.from." + a default sender id must fit a ring name
+_MAGIC = int.from_bytes(b"SHMBFANI", "little")
+REGISTRY_VERSION = 1
+_SIZE = 128
+W_MAGIC, W_VERSION, W_CAPACITY, W_GENERATION, W_PID, W_START = 0, 1, 2, 3, 4, 5
+W_BELL = 8
+MAX_SLEEP = 0.01   # the first sleeps: the bound on a missed wake-up
+LONG_SLEEP = 0.5   # later sleeps (every send sees the odd epoch by then)
+
+
+def check_inbox_name(name: object) -> str:
+    naming.check_name(name, "inbox name")
+    assert isinstance(name, str)
+    if len(name) > INBOX_NAME_MAX:
+        raise InvalidName(
+            f"invalid inbox name {name!r}: at most {INBOX_NAME_MAX} characters (its "
+            "sender rings are named NAME.from.SENDER); shorten it", name=name)
+    return name
+
+
+def sender_ring(inbox: str, sender: str) -> str:
+    """The ring sender ``sender`` of Inbox ``inbox`` writes into."""
+    naming.check_name(sender, "sender id")
+    ring = f"{inbox}.from.{sender}"
+    if len(ring) > naming.NAME_MAX_LEN:
+        raise InvalidName(
+            f"sender id {sender!r} is too long for inbox {inbox!r}: inbox and sender "
+            f"together must fit {naming.NAME_MAX_LEN - 6} characters", name=sender)
+    return ring
+
+
+def sender_rings(ns: str, inbox: str) -> dict[str, str]:
+    """{sender id: ring name} of every sender ring of Inbox ``inbox`` in /dev/shm."""
+    prefix = f"{inbox}.from."
+    try:
+        entries = os.listdir(naming.SHM_DIR)
+    except OSError:
+        return {}
+    return {ring[len(prefix):]: ring for ring in naming.ring_names_in(ns, entries)
+            if ring.startswith(prefix)}
+
+
+def registry_path(ns: str, inbox: str) -> str:
+    return f"{naming.SHM_DIR}/{ns}.{inbox}@inbox"
+
+
+def bell_semaphore(ns: str, inbox: str) -> str:
+    return f"/{ns}.{inbox}@inbox"
+
+
+def registry_lock(ns: str, inbox: str) -> FileLock:
+    return FileLock(naming.ring_lock_name(inbox, "registry"), namespace=ns,
+                    _internal=True)
+
+
+def inbox_lock(ns: str, inbox: str) -> FileLock:
+    return FileLock(naming.ring_lock_name(inbox, "inbox"), namespace=ns,
+                    reentrant=False, _internal=True)
+
+
+class Registry:
+    """A mapped registry segment: ``words`` (8-byte words, see the module docstring)."""
+
+    def __init__(self, ns: str, inbox: str, mm: mmap.mmap) -> None:
+        self.namespace, self.inbox = ns, inbox
+        self._mmap = mm
+        self.words = memoryview(mm).cast("Q")
+
+    @classmethod
+    def open(cls, ns: str, inbox: str, *, create: bool) -> "Registry | None":
+        """Attach to the registry (with ``create``, make it if missing); None if it does
+        not exist and ``create`` is false.  The caller holds :func:`registry_lock`, so a
+        registry without its magic word was left by a creator that died: made again.
+        Raises :class:`PermissionDenied` for one that is not ours."""
+        path = registry_path(ns, inbox)
+        what = f"registry of inbox {inbox!r}"
+        for _ in range(2):
+            try:
+                fd = ownership.open_file(path, what, create=False)
+            except FileNotFoundError:
+                if not create:
+                    return None
+                try:
+                    fd = ownership.open_file(path, what, create=True)
+                except FileExistsError:
+                    continue
+                try:
+                    os.posix_fallocate(fd, 0, _SIZE)
+                    mm = mmap.mmap(fd, _SIZE)
+                finally:
+                    os.close(fd)
+                reg = cls(ns, inbox, mm)
+                reg.words[W_VERSION] = REGISTRY_VERSION
+                reg.words[W_MAGIC] = _MAGIC  # last: the registry is ready
+                return reg
+            try:
+                size = os.fstat(fd).st_size
+                mm = mmap.mmap(fd, _SIZE) if size == _SIZE else None
+            finally:
+                os.close(fd)
+            if mm is not None and mm[:8] == _MAGIC.to_bytes(8, "little"):
+                reg = cls(ns, inbox, mm)
+                if reg.words[W_VERSION] != REGISTRY_VERSION:
+                    found = reg.words[W_VERSION]
+                    reg.close()
+                    raise ShmbusError(
+                        f"registry {path} has version {found}, this shmbus expects "
+                        f"{REGISTRY_VERSION}: stop its Inbox and Outboxes and remove it "
+                        "(`shmbus gc`)", path=path, expected=REGISTRY_VERSION, found=found)
+                return reg
+            if mm is not None:
+                mm.close()
+            if size and any(open_head(path)):
+                raise PermissionDenied(
+                    f"{path} is not a registry of shmbus (no magic word): left alone; "
+                    "remove it yourself if it is yours, or use another namespace",
+                    path=path, owner=None)
+            _unlink(path)  # half-made: its creator died holding the registry lock
+        raise ShmbusError(f"registry {path} keeps vanishing: another process removes "
+                          "it; try again", path=path)
+
+    def close(self) -> None:
+        if self._mmap is None:
+            return
+        self.words.release()
+        mm, self._mmap = self._mmap, None
+        mm.close()
+
+
+def open_head(path: str) -> bytes:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return b""
+    try:
+        return os.pread(fd, _SIZE, 0)
+    finally:
+        os.close(fd)
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def remove_registry(ns: str, inbox: str) -> list[str]:
+    """Remove the registry and its doorbell semaphore, if ours (caller holds
+    :func:`registry_lock` and knows that no Inbox is live and no sender ring is left);
+    return the paths removed."""
+    removed = []
+    path = registry_path(ns, inbox)
+    if ownership.is_ours(path):
+        _unlink(path)
+        removed.append(path)
+    sem = bell_semaphore(ns, inbox)
+    if ownership.is_ours(ownership.semaphore_path(sem)):
+        try:
+            posix_ipc.unlink_semaphore(sem)
+            removed.append(ownership.semaphore_path(sem))
+        except posix_ipc.ExistentialError:
+            pass
+    return removed
+
+
+def collect(ns: str, dry_run: bool = False) -> list[dict]:
+    """``shmbus gc``'s part: remove the registry of every Inbox that is not live and has
+    no sender ring left (run it after the rings' pass, which removes the drained rings
+    of gone senders); return ``{"kind", "name", "reason"}`` dicts."""
+    done = []
+    prefix, suffix = ns + ".", "@inbox"
+    try:
+        entries = os.listdir(naming.SHM_DIR)
+    except OSError:
+        return done
+    for entry in entries:
+        if not (entry.startswith(prefix) and entry.endswith(suffix)):
+            continue
+        inbox = entry[len(prefix):-len(suffix)]
+        try:
+            check_inbox_name(inbox)
+        except InvalidName:
+            continue
+        live = inbox_lock(ns, inbox)
+        if not live.try_acquire():
+            continue  # a live Inbox
+        try:
+            reg_lock = registry_lock(ns, inbox)
+            if not reg_lock.try_acquire():
+                continue  # an Outbox registering
+            try:
+                if sender_rings(ns, inbox) or not ownership.is_ours(
+                        f"{naming.SHM_DIR}/{entry}"):
+                    continue
+                if not dry_run:
+                    remove_registry(ns, inbox)
+                done.append({"kind": "inbox", "name": inbox,
+                             "reason": "no live Inbox and no sender ring left"})
+            finally:
+                reg_lock.release()
+        finally:
+            live.release()
+    return done
+
+
+class Doorbell:
+    """The Inbox's side of the wake-up protocol (see the module docstring): it sleeps
+    on the registry's ``bell`` word and semaphore.  ``close()`` from another thread
+    wakes a sleeping thread (its ``ready`` must then see the Inbox closed)."""
+
+    def __init__(self, words: memoryview, sem_name: str) -> None:
+        self.words = words
+        self.sem = ownership.open_semaphore(sem_name, create=True)
+        if words[W_BELL] & 1:  # a previous Inbox died asleep: make it even
+            words[W_BELL] += 1
+        self._guard = threading.Lock()
+        self._inside = 0
+        self.closing = False
+
+    def sleep(self, ready: Callable[[], bool], deadline: float | None) -> bool:
+        """Sleep until ``ready()`` or ``deadline`` (time.monotonic; None: never); return
+        whether it became ready (True at once when closing)."""
+        with self._guard:
+            if self.closing:
+                return True
+            self._inside += 1
+        words = self.words
+        try:
+            words[W_BELL] += 1  # odd: asleep
+            fence()
+            since = time.monotonic()
+            try:
+                while True:
+                    if self.closing or ready():
+                        return True
+                    now = time.monotonic()
+                    timeout = MAX_SLEEP if now - since < MAX_SLEEP else LONG_SLEEP
+                    if deadline is not None:
+                        timeout = min(timeout, deadline - now)
+                        if timeout <= 0:
+                            return ready()
+                    try:
+                        self.sem.acquire(timeout)
+                    except (posix_ipc.BusyError, posix_ipc.SignalError):
+                        pass  # timed out, or a signal handler ran: look again
+            finally:
+                if not self.closing:
+                    words[W_BELL] += 1  # even: awake
+        finally:
+            with self._guard:
+                self._inside -= 1
+                last = self.closing and self._inside == 0
+            if last:
+                self._free()
+
+    def close(self) -> None:
+        """Wake every sleeping thread; free the semaphore once the last has left."""
+        with self._guard:
+            if self.closing:
+                return
+            self.closing = True
+            inside = self._inside
+            for _ in range(inside):
+                self.sem.release()
+        if not inside:
+            self._free()
+
+    def _free(self) -> None:
+        sem, self.sem = self.sem, None
+        if sem is not None:
+            sem.close()
+
+
+def current_sender_id() -> str:
+    """``PID.STARTTIME`` of this process."""
+    me = liveness.current()
+    return f"{me.pid}.{me.start_time}"

@@ -1,0 +1,411 @@
+"""``Inbox``: one receiver for many senders (:class:`~shmbus.outbox.Outbox`).
+
+A ring has one producer; an Inbox reads the rings of all its Outboxes
+(``NAME.from.SENDER``, see :mod:`shmbus.fanin`), each as the durable consumer
+``inbox``, and hands out their messages as one stream:
+
+* **Fair**: round-robin over the sender rings.  ``recv`` takes up to :data:`QUANTUM`
+  messages from one sender while it has some, then moves to the next one that has any;
+  ``recv_many`` starts each batch at the next sender and fills it from each in turn.
+  No sender, however busy, keeps another waiting for more than that.
+* **In order per sender**: each sender's messages arrive in the order it sent them;
+  ``msg.sender`` (the consumer's ``sender``: ``PID.STARTTIME`` or the name the Outbox
+  was given) says whose a message is.  Messages of different senders have no order.
+* **As a Consumer**: ``recv(timeout)`` releases the previous message (on whichever
+  ring) and returns the next; ``try_recv``, ``recv_many``, iteration, ``release``,
+  ``recv_obj``, ``close(release=)`` and ``with`` behave the same.
+* **New senders without system calls**: the Inbox loads the registry's generation word
+  once per round; it lists ``/dev/shm`` only when an Outbox registered, and once a
+  second (also to find senders that are gone).
+* **Nothing sent is lost**: a sender that dies or closes leaves its ring; the Inbox
+  receives everything in it, then (its producer lock free: the sender is gone, the
+  kernel released it) removes the ring.  An Inbox that stops or crashes leaves its
+  cursors in the rings: the next ``Inbox(name)`` resumes where it stopped (the message
+  it held unreleased at a crash comes again, as with a durable Consumer).
+* **Waiting sleeps**: with nothing to receive, the Inbox spins briefly, then sleeps on
+  its doorbell; Outboxes post it (only while it sleeps: one load per send otherwise).
+* **Only our rings**: a ring that is not ours (another user's) is never opened, as for
+  any Consumer (:class:`PermissionDenied`); the Inbox skips it.
+
+One Inbox per name at a time (:class:`RingBusy` otherwise).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Iterator
+
+from . import fanin, layout, liveness, naming
+from .consumer import Consumer
+from .errors import (CorruptRing, DurableBusy, LayoutMismatch, PermissionDenied, RingBusy,
+                     RingNotFound, ShmbusError, Timeout)
+from .fanin import W_CAPACITY, W_GENERATION, W_PID, W_START
+from .handle import Handle
+from .lock import FileLock
+from .message import Message
+from .objects import ObjectReceiver
+from .unlink import unlink
+
+__all__ = ["Inbox", "QUANTUM", "DEFAULT_CAPACITY"]
+
+QUANTUM = 64  # messages recv takes from one sender in a row while it has some
+DEFAULT_CAPACITY = 1 << 20  # bytes per sender ring when no Inbox ever said
+_MAINTAIN_EVERY = 1.0  # seconds between lists of /dev/shm and looks for gone senders
+_SPINS = 200  # looks at the rings before yielding
+_YIELD_FOR = 0.0002  # seconds of sched_yield before sleeping
+
+
+class _Sender:
+    __slots__ = ("sender", "ring", "consumer")
+
+    def __init__(self, sender: str, ring: str, consumer: Consumer) -> None:
+        self.sender, self.ring, self.consumer = sender, ring, consumer
+
+
+class Inbox(ObjectReceiver, Handle):
+    """The receiver of Inbox ``name`` (see the module docstring).
+
+    ``capacity``: bytes of each sender ring the Outboxes create from now on (rounded
+    up to a power of two); default: what the last Inbox of that name said, else
+    :data:`DEFAULT_CAPACITY`.  Rings that exist keep theirs.
+
+    ``close()`` may be called from any thread: a thread blocked in ``recv`` wakes with
+    :class:`Closed`.  An Inbox belongs to the process that opened it.
+    """
+
+    _kind = "inbox"
+
+    def __init__(self, name: str, *, capacity: int | None = None,
+                 namespace: str | None = None) -> None:
+        self._closed = True
+        self.name = fanin.check_inbox_name(name)
+        self.namespace = ns = naming.resolve_namespace(namespace)
+        cap = layout.round_capacity(capacity) if capacity is not None else None
+        self._live = fanin.inbox_lock(ns, name)
+        if not self._live.try_acquire():
+            holders = [h.pid for h in self._live.holders() if not h.waiting]
+            pid = holders[0] if holders else None
+            raise RingBusy(f"inbox {name!r} is already open (pid {pid}): one Inbox per "
+                           "name at a time; close that one, or use another name",
+                           name=name, pid=pid)
+        self._reg: fanin.Registry | None = None
+        self._bell: fanin.Doorbell | None = None
+        self._senders: list[_Sender] = []
+        try:
+            with fanin.registry_lock(ns, name).acquire(10.0):
+                self._reg = reg = fanin.Registry.open(ns, name, create=True)
+            w = self._words = reg.words
+            me = liveness.current()
+            w[W_PID], w[W_START] = me.pid, me.start_time
+            w[W_CAPACITY] = cap or w[W_CAPACITY] or DEFAULT_CAPACITY
+            self.capacity = w[W_CAPACITY]
+            self._bell = fanin.Doorbell(w, fanin.bell_semaphore(ns, name))
+            self._next = 0  # the sender the next round starts at
+            self._gen = -1
+            self._due = 0.0  # time.monotonic() of the next maintenance
+            self._held: dict[int, Consumer] = {}  # consumers holding unreleased messages
+            self.refused: dict[str, str] = {}  # ring -> why it was not opened
+            self._maintain()
+            self._bind()
+        except BaseException:
+            self._let_go(release=False)
+            raise
+        self._opened()
+
+    # -- the sender rings -------------------------------------------------------------
+
+    @property
+    def senders(self) -> list[str]:
+        """The sender ids whose rings this Inbox reads now."""
+        return [s.sender for s in self._senders]
+
+    def _rescan(self) -> None:
+        """Open the sender rings that appeared (the generation is loaded first: an
+        Outbox bumps it after making its ring)."""
+        gen = self._words[W_GENERATION]
+        known = {s.ring for s in self._senders}
+        for sender, ring in sorted(fanin.sender_rings(self.namespace, self.name).items()):
+            if ring in known:
+                continue
+            try:
+                consumer = Consumer(ring, durable=fanin.DURABLE, start="earliest",
+                                    namespace=self.namespace)
+            except (RingNotFound, DurableBusy):
+                continue  # removed meanwhile, or its Outbox is making the cursor: it
+                # bumps the generation after that, so the next round opens it
+            except (PermissionDenied, CorruptRing, LayoutMismatch) as e:
+                self.refused[ring] = str(e)  # never read: not ours, or not readable
+                continue
+            consumer.sender = sender  # type: ignore[attr-defined]  # msg.sender
+            self.refused.pop(ring, None)
+            self._senders.append(_Sender(sender, ring, consumer))
+        self._gen = gen
+
+    def _maintain(self) -> None:
+        """List /dev/shm for new rings, and remove the drained rings of gone senders."""
+        self._rescan()
+        for s in list(self._senders):
+            if not s.consumer.lag:
+                self._remove_if_gone(s)
+        self._due = time.monotonic() + _MAINTAIN_EVERY
+
+    def _remove_if_gone(self, s: _Sender) -> None:
+        """Remove sender ``s``'s ring if its producer is gone (its lock is free: the
+        kernel releases it when the process dies) and everything in it was received.
+        Holding the lock, no producer can start meanwhile."""
+        lock = FileLock(naming.ring_lock_name(s.ring, "producer"),
+                        namespace=self.namespace, reentrant=False, _internal=True)
+        if not lock.try_acquire():
+            return  # alive (or, in this process, open)
+        try:
+            if s.consumer.lag:
+                return  # it sent more before it stopped: receive that first
+            self._held.pop(id(s.consumer), None)
+            s.consumer.close()
+            self._senders.remove(s)
+            try:
+                unlink(s.ring, namespace=self.namespace)
+            except ShmbusError:
+                pass  # not ours to remove any more (replaced?): gc says why
+        finally:
+            lock.release()
+
+    # -- receiving ----------------------------------------------------------------------
+
+    def recv(self, timeout: float | None = None) -> Message:
+        """Release the previous message and return the next one from any sender, waiting
+        up to ``timeout`` seconds (None: forever); raises :class:`Timeout`."""
+        return self.__dict__["recv"](timeout)
+
+    def recv_many(self, max_messages: int, timeout: float | None = None) -> list[Message]:
+        """Release the previous batch; wait up to ``timeout`` for a message, then return
+        every message there is now, at most ``max_messages``, taken from the senders in
+        turn (each batch starts at the next sender).  Raises :class:`Timeout` only if
+        none arrived."""
+        return self.__dict__["recv_many"](max_messages, timeout)
+
+    def _bind(self) -> None:
+        """Build ``recv`` and ``recv_many``.  ``recv``'s hot path is one call of the
+        current sender's own (compiled) ``recv``; rounds, waiting and maintenance are
+        in ``take``."""
+        me = self
+        words, senders, held = self._words, self._senders, self._held
+        left = 0  # messages recv may still take from the current sender
+        cur_recv: Any = None
+
+        def recv(timeout: float | None = None) -> Message:
+            nonlocal left
+            if left:
+                left -= 1
+                try:
+                    return cur_recv(0)
+                except Timeout:
+                    pass
+            return take(timeout)
+
+        def take(timeout: float | None) -> Message:
+            nonlocal left, cur_recv
+            left, cur_recv = 0, None
+            deadline = None
+            try:
+                me._release_held()
+                while True:
+                    if words[W_GENERATION] != me._gen or time.monotonic() >= me._due:
+                        me._maintain()
+                    n = len(senders)
+                    start = me._next
+                    for k in range(n):
+                        i = (start + k) % n
+                        c = senders[i].consumer
+                        if c.lag:
+                            try:
+                                msg = c.recv(0)
+                            except Timeout:
+                                continue  # only padding was there
+                            me._next = (i + 1) % n
+                            held[id(c)] = c
+                            cur_recv, left = c.recv, QUANTUM - 1
+                            return msg
+                    if deadline is None and timeout is not None:
+                        deadline = time.monotonic() + timeout
+                    me._wait(deadline, timeout)
+            except ValueError as e:  # a released view: closed by another thread?
+                raise me._closed_or(e) from None
+
+        def recv_many(max_messages: int, timeout: float | None = None) -> list[Message]:
+            nonlocal left, cur_recv
+            if max_messages < 1:
+                raise ValueError(f"max_messages must be >= 1, got {max_messages!r}")
+            left, cur_recv = 0, None
+            deadline = None
+            try:
+                me._release_held()
+                while True:
+                    if words[W_GENERATION] != me._gen or time.monotonic() >= me._due:
+                        me._maintain()
+                    n = len(senders)
+                    start = me._next
+                    me._next = (start + 1) % n if n else 0
+                    batch: list[Message] = []
+                    for k in range(n):
+                        c = senders[(start + k) % n].consumer
+                        if c.lag:
+                            try:
+                                batch += c.recv_many(max_messages - len(batch), 0)
+                            except Timeout:
+                                continue
+                            held[id(c)] = c
+                            if len(batch) >= max_messages:
+                                break
+                    if batch:
+                        return batch
+                    if deadline is None and timeout is not None:
+                        deadline = time.monotonic() + timeout
+                    me._wait(deadline, timeout)
+            except ValueError as e:
+                raise me._closed_or(e) from None
+
+        self.recv = recv  # type: ignore[method-assign]
+        self.recv_many = recv_many  # type: ignore[method-assign]
+
+    def _release_held(self) -> None:
+        held = self._held
+        if self._closed:
+            raise self._closed_error()
+        for c in held.values():
+            c.release()
+        held.clear()
+
+    def _ready(self) -> bool:
+        """Something to do: closed, a new sender, a message, or maintenance due."""
+        if self._closed or self._words[W_GENERATION] != self._gen:
+            return True
+        for s in self._senders:
+            if s.consumer.lag:
+                return True
+        return False
+
+    def _wait(self, deadline: float | None, timeout: float | None) -> None:
+        """Wait until :meth:`_ready`, maintenance is due, or ``deadline``: spin, yield,
+        then sleep on the doorbell.  Raises :class:`Timeout` or :class:`Closed`."""
+        ready = self._ready
+        due = self._due if deadline is None else min(deadline, self._due)
+        got = False
+        for _ in range(_SPINS):
+            if ready():
+                got = True
+                break
+        if not got:
+            until = time.monotonic() + _YIELD_FOR
+            while not ready():
+                now = time.monotonic()
+                if now >= due:
+                    break
+                if now >= until:
+                    self._bell.sleep(ready, due)  # type: ignore[union-attr]
+                    break
+                os.sched_yield()
+        if self._closed:
+            raise self._closed_error()
+        if deadline is not None and time.monotonic() >= deadline and not ready():
+            raise Timeout(f"no message in inbox {self.name!r} within {timeout} s",
+                          name=self.name, timeout=timeout)
+
+    def try_recv(self) -> Message | None:
+        """Like :meth:`recv` but never waits: None when no message is there."""
+        try:
+            return self.recv(0)
+        except Timeout:
+            return None
+
+    def release(self) -> None:
+        """Acknowledge every message received so far."""
+        if not self._closed:
+            self._release_held()
+
+    def __iter__(self) -> Iterator[Message]:
+        return self
+
+    def __next__(self) -> Message:
+        return self.recv()
+
+    @property
+    def pending(self) -> int:
+        """Messages waiting in the sender rings (not yet received)."""
+        return sum(s.consumer.pending for s in self._senders)
+
+    def __len__(self) -> int:
+        return self.pending
+
+    def __bool__(self) -> bool:
+        return True
+
+    # -- lifetime -----------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self, *, release: bool = True) -> None:
+        """Stop receiving (idempotent, from any thread).  With ``release`` (the default)
+        every message received so far counts as acknowledged.  The cursors stay in the
+        sender rings for the next Inbox of this name; the registry goes if no sender
+        ring is left."""
+        if self.forked or not self._mark_closed():
+            return
+        self._sever()
+        self._let_go(release)
+
+    def _let_go(self, release: bool) -> None:
+        try:
+            if self._bell is not None:
+                self._bell.close()  # wakes a thread blocked in recv
+            if release:  # what is all received of a gone sender goes now
+                for c in self._held.values():
+                    c.release()
+                self._held.clear()
+                for s in list(self._senders):
+                    if not s.consumer.lag:
+                        self._remove_if_gone(s)
+            for s in self._senders:
+                try:
+                    s.consumer.close(release=release or id(s.consumer) not in self._held)
+                except ShmbusError:
+                    pass
+            self._senders.clear()
+            self._remove_registry_if_unused()
+        finally:
+            if self._reg is not None:
+                self._reg.close()
+            if self._live.held:
+                self._live.release()
+
+    def _remove_registry_if_unused(self) -> None:
+        ns = self.namespace
+        try:
+            with fanin.registry_lock(ns, self.name).acquire(1.0):
+                if not fanin.sender_rings(ns, self.name):
+                    fanin.remove_registry(ns, self.name)
+        except ShmbusError:
+            pass  # busy: gc removes it later
+
+    def _sever(self) -> None:
+        self.recv = self.recv_many = self._refuse  # type: ignore[method-assign]
+
+    def __enter__(self) -> "Inbox":
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        self.close(release=exc_type is None)
+
+    def __del__(self) -> None:
+        try:
+            if not self._closed and not self.forked:
+                self.close()
+        except Exception:
+            pass
+
+    def __repr__(self) -> str:
+        return (f"<Inbox {self.name!r} ns={self.namespace!r} "
+                f"senders={len(self._senders)}>")
