@@ -262,7 +262,7 @@ class Balancer(Roster):
     def _close(self) -> None:
         self.leading.clear()
         for c in self._consumers:  # what was dispatched is acknowledged, what waits is not
-            c.close(release=not any(m[4] is c for m in self._pending))
+            c.close(release=not any(m._consumer is c for m in self._pending))
         self._consumers = []
         self._pending.clear()
         self._gone.clear()

@@ -138,7 +138,7 @@ class Roster:
                 msgs = leftovers.recv_many(_REDELIVERY_BATCH, timeout=0)
             except Timeout:
                 return True
-            delivered = [m.deliveries - (m[5] > received) for m in msgs]  # m[5]: its end
+            delivered = [m.deliveries - (m._end > received) for m in msgs]
             if not self._room_for([m for m, d in zip(msgs, delivered)
                                    if d < self.max_deliveries]):
                 return False

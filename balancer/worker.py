@@ -71,7 +71,7 @@ class Worker(shmbus.Consumer):
         words, word, me = self._words, slot_word(self.slot) + S_RECEIVED, self
         floor = received_position(self)
         words[word] = floor
-        recv, recv_many = self.recv, self.recv_many
+        recv, recv_many, try_recv = self.recv, self.recv_many, self.try_recv
 
         def worker_recv(timeout: float | None = None):
             try:
@@ -91,7 +91,14 @@ class Worker(shmbus.Consumer):
             words[word] = pos if pos > floor else floor
             return batch
 
-        self.recv, self.recv_many = worker_recv, worker_recv_many
+        def worker_try_recv():
+            msg = try_recv()
+            pos = me._pos
+            words[word] = pos if pos > floor else floor
+            return msg
+
+        self.recv, self.recv_many, self.try_recv = worker_recv, worker_recv_many, \
+            worker_try_recv
         self._received_floor = floor
 
     def _timeout(self, error: Timeout) -> Timeout:

@@ -9,7 +9,7 @@ from .consumer import Consumer, Message
 from .errors import (AlreadyHeld, Closed, CorruptRing, DurableBusy, InvalidName, LayoutMismatch, LeaseLost,
                      MessageTooLarge, NotHeld, PermissionDenied, RingBusy, RingNotFound, ShmbusError,
                      ShmFull, Timeout)
-from .errors import CodecUnavailable, FrameError
+from .errors import CodecUnavailable, FrameError, Released
 from .hotpath import compiled
 from .inbox import Inbox
 from .introspect import inspect, list_locks, list_rings
@@ -31,5 +31,5 @@ __all__ = [
     "ShmbusError", "RingNotFound", "RingBusy", "DurableBusy", "LayoutMismatch",
     "CorruptRing", "MessageTooLarge", "InvalidName", "Timeout", "LeaseLost", "NotHeld",
     "ShmFull", "Closed", "PermissionDenied", "AlreadyHeld", "compiled",
-    "FrameError", "CodecUnavailable",
+    "FrameError", "CodecUnavailable", "Released",
 ]

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from . import layout, ring
-from .message import Message
+from .message import PyMessage
 from .errors import MessageTooLarge
 from .layout import H_WRITE, REC_PAD, RECORD_HEADER
 
@@ -227,10 +227,10 @@ def send_uniform(p: Producer, messages, keys, timeout: float | None) -> range | 
     return _send_records(p, count, stride, size, fill, timeout)
 
 
-def take_uniform(c: Consumer, first: Message, pos: int, limit: int) -> list[Message]:
+def take_uniform(c: Consumer, first: PyMessage, pos: int, limit: int) -> list[PyMessage]:
     """Up to ``limit`` messages from ``pos`` whose records have ``first``'s size (keys
     and payloads may split it differently), no flags and the seqs the consumer expects
-    next, as :class:`Message` objects
+    next, as (pure-Python) :class:`~shmbus.message.PyMessage` objects
     built from one numpy read of their headers; [] when fewer than :data:`BULK` such
     follow (the caller reads them one by one).  ``pos`` must be protected (at or above
     the consumer's ``safe_from``)."""
@@ -256,8 +256,9 @@ def take_uniform(c: Consumer, first: Message, pos: int, limit: int) -> list[Mess
     else:
         keys = repeat(None)
     views = [data[s:s + n_] for s, n_ in zip(starts, headers["length"].tolist())]
-    messages = list(map(tuple.__new__, repeat(Message), zip(
+    messages = list(map(tuple.__new__, repeat(PyMessage), zip(
         views, keys, headers["seq"].tolist(), headers["timestamp_ns"].tolist(),
-        repeat(c), range(pos + stride, pos + (n + 1) * stride, stride), repeat(0))))
+        repeat(c), range(pos + stride, pos + (n + 1) * stride, stride), repeat(0),
+        repeat(c._cur))))
     c._pos, c._expect = pos + n * stride, expect + n
     return messages

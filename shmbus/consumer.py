@@ -29,9 +29,10 @@ from .introspect import messages_from
 from .layout import (FLAGGED_SLOTS, H_GATE, H_PRODUCER_PID, H_PRODUCER_SLEEP,
                      H_SCAN, H_TAIL, H_WRITE, RECORD, RECORD_HEADER, REC_PAD, S_LOST, S_NEXT_SEQ,
                      S_READ, S_SLEEP, SLEEPERS_OFFSET, slot_word)
-from .arrays import BULK, recv_array, take_uniform
+from .arrays import recv_array
 from .lock import FileLock
-from .message import Message
+from . import reader
+from .message import Message, PyMessage
 from .reader import Reader
 from .segment import Segment
 from .slots import SlotTable
@@ -61,6 +62,7 @@ class Consumer(ObjectReceiver, Handle):
     """
 
     _kind = "consumer"
+    sender: object = None  # what msg.sender says (an Inbox names its senders)
     _resumed = False  # attached to an existing durable cursor
 
     def __init__(self, name: str, *, durable: str | None = None, start: str = "latest",
@@ -139,8 +141,11 @@ class Consumer(ObjectReceiver, Handle):
         self._read_word = base + S_READ
         self._lost_word = base + S_LOST
         self.lost = w[self._lost_word]
-        self._cur = Reader(pos)
         self._next_word = base + S_NEXT_SEQ if seg.overwrite else 0
+        self._producer_waker = Waker(naming.producer_semaphore_name(self.namespace,
+                                                                    self.name))
+        self._cur = Reader(pos, w, self._read_word, self._next_word,
+                           self._producer_waker.wake)
         # The seq the next record must carry (None: not known yet; see _check_seq).
         self._expect: int | None = None if seg.overwrite else self._seq_at(pos)
         self._lapped = False         # a jump the tail proved: a higher seq is a loss
@@ -154,8 +159,6 @@ class Consumer(ObjectReceiver, Handle):
         flag = (seg.buf, SLEEPERS_OFFSET + self.slot) if self.slot < FLAGGED_SLOTS else None
         self._sleeper = Sleeper(w, base + S_SLEEP, naming.consumer_semaphore_name(
             self.namespace, self.name, self.slot), how, flag)
-        self._producer_waker = Waker(naming.producer_semaphore_name(self.namespace,
-                                                                    self.name))
         self._safe_from = _NEVER if seg.overwrite else self._join(pos)
         self._bind_recv()
 
@@ -205,139 +208,45 @@ class Consumer(ObjectReceiver, Handle):
         the next call raises :class:`CorruptRing` there."""
         return self.__dict__["recv_many"](max_messages, timeout)
 
+    def try_recv(self) -> Message | None:
+        """Like :meth:`recv` but never waits: None when no message is there."""
+        return self.__dict__["try_recv"]()
+
     def _bind_recv(self) -> None:
-        """Build this consumer's ``recv`` and ``recv_many``: the hot path keeps what
-        does not change in closure cells and leaves every unusual case (waiting,
-        padding, checked reads) to :meth:`_take`."""
-        me = self
-        words, data, take = self._words, self._data, self._take
-        mask, pad_limit, safe_from = self._mask, self._pad_limit, self._safe_from
-        read_word = self._read_word
-        wake_producer = self._producer_waker.wake
-        unpack = RECORD.unpack_from
-        new = tuple.__new__
+        """Build this consumer's ``recv``, ``recv_many`` and ``try_recv``: the
+        compiled reader's (:mod:`shmbus.hotpath`), or their pure-Python twins
+        (:func:`shmbus.reader.bind`); both leave every unusual case to :meth:`_take`."""
+        if not hotpath.compiled:
+            self._message = PyMessage
+            self.recv, self.recv_many, self.try_recv = reader.bind(self)
+            return
+        seg, cur = self._seg, self._cur
+        self._cur = fast = hotpath.native.Reader(
+            segment=seg.buf, data_view=self._data, data_offset=seg.data_offset,
+            capacity=self.capacity, pad_limit=self._pad_limit, write_word=H_WRITE,
+            tail_word=H_TAIL, producer_sleep_word=H_PRODUCER_SLEEP,
+            read_word=self._read_word, next_word=self._next_word,
+            safe_from=self._safe_from, pos=cur.pos, committed=cur.committed,
+            expect=cur.expect, owner=self, take=self._take, take_next=self._take_next,
+            try_take=self._try_take, wake=self._producer_waker.wake,
+            spins=min(self._sleeper.how.spin, 1 << 30))
+        fast.lapped, fast.loose = cur.lapped, cur.loose
+        self._message = hotpath.native.Message
+        self.recv, self.recv_many, self.try_recv = fast.recv, fast.recv_many, fast.try_recv
 
-        next_word = self._next_word
-        cur = self._cur
-        if hotpath.compiled and not next_word:  # block rings: recv in C
-            seg = self._seg
-            cur = self._cur = hotpath.native.Reader(
-                segment=seg.buf, data_view=data, data_offset=seg.data_offset,
-                capacity=self.capacity, pad_limit=pad_limit, write_word=H_WRITE,
-                producer_sleep_word=H_PRODUCER_SLEEP, read_word=read_word,
-                safe_from=safe_from, pos=cur.pos, committed=cur.committed,
-                expect=cur.expect, message_type=Message, owner=self, take=take,
-                wake=wake_producer, spins=min(self._sleeper.how.spin, 1 << 30))
+    def _take_next(self) -> Message | None:
+        """The next message now, or None if there is none or it is corrupt (the next
+        receive waits for it, or raises): a batch's unusual record."""
+        try:
+            return self._take(0)
+        except (Timeout, CorruptRing):
+            return None
 
-        def commit(pos: int) -> None:
-            if next_word and cur.expect is not None:
-                words[next_word] = cur.expect + 1  # before the position: see _store_read
-            words[read_word] = pos
-            cur.committed = pos
-            if words[H_PRODUCER_SLEEP] & 1:
-                wake_producer(words[H_PRODUCER_SLEEP])
-
-        def recv_checked(timeout: float | None = None) -> Message:
-            if cur.pos != cur.committed:
-                commit(cur.pos)
-            return take(timeout)
-
-        def recv(timeout: float | None = None) -> Message:
-            try:
-                pos = cur.pos
-                if pos != cur.committed:
-                    words[read_word] = pos
-                    cur.committed = pos
-                    if words[H_PRODUCER_SLEEP] & 1:
-                        wake_producer(words[H_PRODUCER_SLEEP])
-                # _wcache: the write position, clipped to the end of pos's lap of the
-                # data area: a record ending at or before it is published and inside the
-                # ring.
-                wcache = cur.wcache
-                if pos >= wcache:
-                    write, lap_end = words[H_WRITE], (pos | mask) + 1
-                    wcache = cur.wcache = write if write < lap_end else lap_end
-                    if pos >= wcache:
-                        return take(timeout)
-                idx = pos & mask
-                if pos < safe_from or idx > pad_limit:
-                    return take(timeout)
-                plen, klen, flags, seq, ts = unpack(data, idx)
-                end = pos + ((RECORD_HEADER + 7 + klen + plen) & -8)
-                # Padding, flags, a size the ring cannot hold, a seq out of turn: _take
-                # skips, checks, or raises CorruptRing.
-                if flags or end > wcache or seq != cur.expect:
-                    return take(timeout)
-                start = idx + RECORD_HEADER
-                if klen:
-                    key = data[start:start + klen].tobytes()
-                    start += klen
-                else:
-                    key = None
-                cur.expect = seq + 1
-                cur.pos = end
-                return new(Message, (data[start:start + plen], key, seq, ts, me, end, 0))
-            except ValueError as e:  # a released view: closed by another thread?
-                raise me._closed_or(e) from None
-
-        def recv_many(max_messages: int, timeout: float | None = None) -> list[Message]:
-            if max_messages < 1:
-                raise ValueError(f"max_messages must be >= 1, got {max_messages!r}")
-            try:
-                if cur.pos != cur.committed:
-                    commit(cur.pos)
-                batch = [take(timeout)]
-                append = batch.append
-                pos, wcache = cur.pos, cur.wcache
-                if max_messages > BULK and pos >= safe_from and not batch[0][6]:
-                    more = take_uniform(me, batch[0], pos, max_messages - 1)
-                    if more:  # messages of the first one's size, read with numpy
-                        batch += more
-                        pos, wcache = cur.pos, cur.wcache
-                expect = cur.expect
-                for _ in range(max_messages - len(batch)):
-                    if pos >= wcache:  # _wcache: see recv
-                        write, lap_end = words[H_WRITE], (pos | mask) + 1
-                        wcache = cur.wcache = write if write < lap_end else lap_end
-                        if pos >= wcache:
-                            break
-                    idx = pos & mask
-                    if pos < safe_from or idx > pad_limit:
-                        flags = 1
-                    else:
-                        plen, klen, flags, seq, ts = unpack(data, idx)
-                        size = (RECORD_HEADER + 7 + klen + plen) & -8
-                        if pos + size > wcache or seq != expect:
-                            flags = 1
-                    if flags:  # unusual (padding, checked read, corrupt): _take decides
-                        cur.pos, cur.expect = pos, expect
-                        try:
-                            append(take(0))
-                        except (Timeout, CorruptRing):  # the next call waits, or raises
-                            pos, expect = cur.pos, cur.expect  # before taking anything
-                            break
-                        pos, wcache, expect = cur.pos, cur.wcache, cur.expect
-                        continue
-                    start = idx + RECORD_HEADER
-                    if klen:
-                        key = data[start:start + klen].tobytes()
-                        start += klen
-                    else:
-                        key = None
-                    pos += size
-                    expect = seq + 1
-                    append(new(Message,
-                               (data[start:start + plen], key, seq, ts, me, pos, 0)))
-                cur.pos, cur.expect = pos, expect
-                return batch
-            except ValueError as e:  # a released view: closed by another thread?
-                raise me._closed_or(e) from None
-
-        # Every record of an overwrite ring is a checked read (_take); its commits also
-        # store the next seq, so that a consumer lapped while away counts its loss.
-        self.recv = recv_checked if next_word else \
-            cur.recv if hotpath.compiled else recv
-        self.recv_many = recv_many
+    def _try_take(self) -> Message | None:
+        try:
+            return self._take(0)
+        except Timeout:
+            return None
 
     def recv_array(self, dtype, max_messages: int, timeout: float | None = None):
         """Release the previous batch; wait up to ``timeout`` for a message, then return
@@ -350,13 +259,6 @@ class Consumer(ObjectReceiver, Handle):
         returns one message, copied."""
         return recv_array(self, dtype, max_messages, timeout)
 
-    def try_recv(self) -> Message | None:
-        """Like :meth:`recv` but never waits: None when no message is there."""
-        try:
-            return self.recv(0)
-        except Timeout:
-            return None
-
     def release(self) -> None:
         """Acknowledge every message received so far."""
         self._commit_to(self._pos, self._expect)
@@ -366,17 +268,9 @@ class Consumer(ObjectReceiver, Handle):
             self._store_read(end, next_seq)
 
     def _store_read(self, end: int, next_seq: int | None) -> None:
-        """Release up to ``end``; ``next_seq`` is the seq of the message after it, if
-        known (overwrite rings keep it: stored before the position, so a crash
-        between the two stores under-counts a later loss rather than inventing one)."""
-        if end > self._committed:
-            w = self._words
-            if self._next_word and next_seq is not None:
-                w[self._next_word] = next_seq + 1
-            w[self._read_word] = end
-            self._committed = end
-            if w[H_PRODUCER_SLEEP] & 1:
-                self._producer_waker.wake(w[H_PRODUCER_SLEEP])
+        """Release up to ``end`` (see :meth:`Reader.commit`); ``next_seq`` is the seq
+        of the message after it, if known."""
+        self._cur.commit(end, next_seq)
 
     def _take(self, timeout: float | None) -> Message:
         """The next message (not releasing anything), in every case: waiting, padding,
@@ -420,7 +314,7 @@ class Consumer(ObjectReceiver, Handle):
                             if w[H_TAIL] > pos:
                                 continue  # overwritten while we copied it: tail
                         cur.expect, cur.pos = seq + 1, end
-                        return Message(payload, key, seq, ts, self, end, flags)
+                        return self._message(payload, key, seq, ts, self, end, flags)
                 msg = self._take_unusual(pos, write, checked)
                 if msg is not None:
                     return msg
@@ -458,7 +352,8 @@ class Consumer(ObjectReceiver, Handle):
             key = data[start:start + klen].tobytes() if klen else None
             payload = data[start + klen:start + klen + rec.length]
         end = cur.pos = pos + rec.size
-        return Message(payload, key, rec.seq, rec.timestamp_ns, self, end, rec.flags)
+        return self._message(payload, key, rec.seq, rec.timestamp_ns, self, end,
+                             rec.flags)
 
     def _check_seq(self, rec: ring.Record) -> None:
         """Accept ``rec``'s seq and expect the next one, or raise :class:`CorruptRing`.
@@ -626,11 +521,17 @@ class Consumer(ObjectReceiver, Handle):
                        lambda self, v: setattr(self._cur, "wcache", v))
     _expect = property(attrgetter("_cur.expect"),
                        lambda self, v: setattr(self._cur, "expect", v))
+    # A jump the tail proved (a higher seq is a loss); a resumed cursor whose stored
+    # next seq may be ahead of it.  Both make the next seq the slow path's to judge.
+    _lapped = property(attrgetter("_cur.lapped"),
+                       lambda self, v: setattr(self._cur, "lapped", v))
+    _loose = property(attrgetter("_cur.loose"),
+                      lambda self, v: setattr(self._cur, "loose", v))
 
     def _sever(self) -> None:
         # Calls go to the refusal; a recv closure someone kept finds nothing to read
         # (positions at the end of time) and falls through to _take, which refuses.
-        self.recv = self.recv_many = self._refuse
+        self.recv = self.recv_many = self.try_recv = self._refuse
         self._pos = self._committed = _NEVER
 
     def __enter__(self) -> "Consumer":

@@ -27,6 +27,7 @@ __all__ = [
     "PermissionDenied",
     "FrameError",
     "CodecUnavailable",
+    "Released",
 ]
 
 
@@ -122,3 +123,10 @@ class FrameError(ShmbusError, ValueError):
 class CodecUnavailable(ShmbusError, ImportError):
     """An object codec's library (msgpack, msgspec) is not installed in this process;
     ``codec`` names it."""
+
+
+class Released(ShmbusError, ValueError):
+    """A message's payload was used after the message was released (by the next
+    ``recv``/``recv_many``, ``Message.release()``, ``Consumer.release()`` or ``close``):
+    the producer may have written another message over it.  ``seq`` names the message;
+    keep a copy with ``bytes(msg)`` before releasing it."""

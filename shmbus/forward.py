@@ -173,8 +173,8 @@ def run_message(consumer: Consumer, run: Run, i: int) -> Message:
     plen, klen, flags, seq, ts = RECORD.unpack_from(data, start)
     body = start + RECORD_HEADER + klen
     key = data[start + RECORD_HEADER:body].tobytes() if klen else None
-    return Message(data[body:body + plen], key, seq, ts, consumer,
-                   run.position(i + 1), flags)
+    return consumer._message(data[body:body + plen], key, seq, ts, consumer,
+                             run.position(i + 1), flags)
 
 
 def forward(producer: Producer, run: Run, indexes: range | list[int],

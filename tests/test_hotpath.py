@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 import shmbus
 from shmbus import hotpath, layout, ring
+from shmbus.message import PyMessage
 
 from .support import start
 
@@ -143,7 +144,7 @@ def test_compiled_and_pure_recv_hand_out_the_same_messages(ns, batch, timeouts):
         for data, key in batch:
             pub.send(data, key, timeout=0)
             a, b = fast.recv(timeout=0), slow.recv(timeout=0)
-            assert type(a) is type(b) is shmbus.Message
+            assert type(a) is native.Message and type(b) is PyMessage
             assert (bytes(a), a.key, a.seq, a.timestamp_ns, a.deliveries) == \
                 (bytes(b), b.key, b.seq, b.timestamp_ns, b.deliveries)
             assert a.data.readonly == b.data.readonly and len(a) == len(data)
@@ -210,9 +211,11 @@ def test_compiled_types_refuse_misuse_without_crashing(ns):
             native.Reader(
                 segment=sub._seg.buf, data_view=memoryview(bytearray(4096)),
                 data_offset=sub._seg.data_offset, capacity=4096, pad_limit=4072,
-                write_word=layout.H_WRITE, producer_sleep_word=layout.H_PRODUCER_SLEEP,
-                read_word=0, safe_from=0, pos=0, committed=0, expect=None,
-                message_type=shmbus.Message, owner=sub, take=sub._take, wake=print)
+                write_word=layout.H_WRITE, tail_word=layout.H_TAIL,
+                producer_sleep_word=layout.H_PRODUCER_SLEEP, read_word=0, next_word=0,
+                safe_from=0, pos=0, committed=0, expect=None, owner=sub,
+                take=sub._take, take_next=sub._take_next, try_take=sub._try_take,
+                wake=print)
         data = pub.send(b"x" * 100)  # the payload may be the ring itself
         msg = sub.recv(timeout=1)
         pub.send(msg.data)

@@ -28,9 +28,10 @@ def test_unrelated_processes_exchange_messages(ns):
         with shmbus.Consumer("pipe", namespace={ns!r}) as sub:
             print("ready", flush=True)
             a = sub.recv(timeout=30)
+            first = bytes(a)  # the next receive releases it
             b = sub.recv_many(10, timeout=30)
             arr = np.frombuffer(b[0].data, np.int64)
-            print(bytes(a), a.key, [m.seq for m in b], int(arr.sum()), flush=True)
+            print(first, a.key, [m.seq for m in b], int(arr.sum()), flush=True)
     """)
     producer = textwrap.dedent(f"""
         import shmbus, numpy as np

@@ -11,7 +11,10 @@
  *   spin_above  the spin phase of waiting: a word read in a loop without the GIL;
  *   Reader      a consumer's read cursor (position, released position, cached write
  *               position, expected seq) and its recv(): one record checked and
- *               handed out as a Message (zero-copy: a memoryview slice of the ring).
+ *               handed out as a Message; its recv_many() and try_recv() too, and
+ *               checked reads (copy, then re-read the tail) of overwrite rings;
+ *   Message     one received message: its payload is a memoryview slice of the ring
+ *               made on first use, released (memoryview.release()) with the message.
  *
  * Every case this code does not take (a record that would wrap or needs room, a
  * checkpoint due, an unusual argument, a closed or claimed producer) is handed, with
@@ -46,6 +49,7 @@
 #define RECORD_HEADER 24 /* u32 length, u16 key length, u16 flags, u64 seq, u64 time */
 #define RECORD_FORMAT "<IHHQQ"  /* the same, as shmbus.layout.RECORD: hotpath.py checks */
 #define KEY_MAX 0xFFFF
+#define REC_REDELIVERY_SHIFT 8  /* flags bits 8-15: times delivered before (layout) */
 #define CHECKPOINTS 64          /* entries of the checkpoint table (layout.CHECKPOINTS) */
 #define SPIN_CHUNK 4096         /* most reads of a spin without a look at Python */
 
@@ -167,21 +171,33 @@ typedef struct {
     PyObject *wake;           /* called after a publish when a sleeper is flagged */
 } Sequencer;
 
+/* A payload view handed out by Message.data, released when its message is. */
+typedef struct {
+    uint64_t end;             /* the message's end: released once committed >= end */
+    PyObject *view;
+} Kept;
+
 typedef struct {
     PyObject_HEAD
     Hold hold;                /* the whole mapped segment (let go by release()) */
     unsigned char *data;      /* the data area */
     unsigned char *write_at;  /* header word: WRITE */
+    unsigned char *tail_at;   /* header word: TAIL (checked reads) */
     unsigned char *psleep_at; /* header word: the producer's SLEEP epoch */
     unsigned char *read_at;   /* this consumer's slot: READ */
+    unsigned char *next_at;   /* this consumer's slot: NEXT_SEQ (overwrite rings), or NULL */
     uint64_t mask, pad_limit, safe_from;
     uint64_t pos, committed, wcache, expect;
     int has_expect;           /* expect is known (else the Python path decides) */
+    int lapped, loose;        /* the Python path must judge the next seq (consumer.py) */
     Py_ssize_t spins;         /* reads of WRITE before an empty recv goes to Python */
+    Kept *kept;               /* views handed out and not yet released */
+    Py_ssize_t nkept, kept_room;
     PyObject *data_view;      /* memoryview of the data area: payloads slice it */
-    PyTypeObject *message_type;
     PyObject *owner;          /* the Consumer, as each Message names it */
     PyObject *take;           /* the pure-Python slow path: take(timeout) */
+    PyObject *take_next;      /* take_next(): the next message now, or None */
+    PyObject *try_take;       /* try_take(): take(0), or None on Timeout */
     PyObject *wake;           /* wakes a sleeping producer: wake(epoch) */
 } Reader;
 
@@ -191,6 +207,28 @@ int sequencer_needs_reserve(Sequencer *self, uint64_t size);
 int sequencer_publish(Sequencer *self, uint64_t end, uint64_t last);
 int sequencer_reserve(Sequencer *self, uint64_t size, Py_ssize_t klen, Py_ssize_t n,
                       PyObject *timeout, PyObject *deadline, uint64_t *pos);
+
+/* Message: one received message (message.c).  The payload is ``length`` bytes at
+ * ``start`` in the reader's data area (zero-copy), or ``copy`` (checked reads), or the
+ * ``view`` a Python caller gave; its memoryview is made on first use of ``data`` and
+ * kept by the reader until the message is released. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *view;           /* the payload's memoryview, once made (or given) */
+    PyObject *copy;           /* bytes: the payload of a checked read, or NULL */
+    PyObject *key;            /* bytes or None */
+    Reader *cur;              /* the consumer's cursor: released once committed >= end */
+    Py_ssize_t start, length;
+    uint64_t seq, ts, end;
+    uint32_t flags;
+    int kept;                 /* view is in cur's kept list */
+} Message;
+
+extern PyTypeObject MessageType;
+PyObject *message_make(Reader *cur, PyObject *key, PyObject *copy, Py_ssize_t start,
+                       Py_ssize_t length, uint64_t seq, uint64_t ts, uint64_t end);
+int reader_keep(Reader *cur, uint64_t end, PyObject *view);
+int reader_commit(Reader *cur, uint64_t end, int has_next, uint64_t next_seq);
 
 /* The types and functions each file gives the module. */
 extern PyTypeObject SequencerType;

@@ -27,8 +27,10 @@ PyInit__hotpath(void)
     if (m == NULL)
         return NULL;
     if (PyModule_AddType(m, &SequencerType) < 0 || PyModule_AddType(m, &ReaderType) < 0 ||
+            PyModule_AddType(m, &MessageType) < 0 ||
             PyModule_AddStringConstant(m, "SOURCE_HASH", SHMBUS_SOURCE_HASH) < 0 ||
-            PyModule_AddStringConstant(m, "RECORD_FORMAT", RECORD_FORMAT) < 0) {
+            PyModule_AddStringConstant(m, "RECORD_FORMAT", RECORD_FORMAT) < 0 ||
+            PyModule_AddIntConstant(m, "REDELIVERY_SHIFT", REC_REDELIVERY_SHIFT) < 0) {
         Py_DECREF(m);
         return NULL;
     }
