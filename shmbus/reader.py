@@ -70,6 +70,14 @@ class Reader:
         that end at or before ``end``.  A view with exports of its own (a numpy array
         made from it) cannot be released: it stays the caller's to drop."""
         kept, stay = self.kept, []
+        if end >= self.pos:  # all of them (recv, recv_many, close): no end to compare
+            self.kept = stay
+            for msg in kept:
+                try:
+                    msg[0].release()
+                except BufferError:
+                    pass
+            return
         for msg in kept:
             if msg[5] <= end:
                 try:
