@@ -44,6 +44,20 @@ _SEND_WAIT = 0.25   # seconds a send waits for room in a full ring, between chec
 _ACK_WAIT = 300.0   # seconds before JetStream redelivers an unacknowledged message
 
 
+def stream_seq_token(reply: str) -> str:
+    """The stream sequence (decimal) in a JetStream message's reply subject:
+    ``$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<time>.<pending>``
+    or, with a domain, ``$JS.ACK.<domain>.<account>.<stream>.<consumer>.<delivered>.
+    <stream seq>...`` (what nats-py's ``msg.metadata`` parses, at a fraction of its
+    cost: no datetime, no dataclass per message)."""
+    tokens = reply.split(".")
+    if len(tokens) in (9, 11, 12) and tokens[1] == "ACK":
+        token = tokens[5] if len(tokens) == 9 else tokens[7]
+        if token.isdigit():
+            return token
+    raise ValueError(f"not a JetStream message's reply subject: {reply!r}")
+
+
 class Inbound(Relay):
     """Relay JetStream subject ``subject`` on ``server`` into ring ``ring``; see the
     module's docstring.  ``stream``: as for :class:`~shmbus.bridge.Outbound` (created
@@ -158,10 +172,11 @@ class Inbound(Relay):
             last = self.last
             payloads, keys = [], []
             for m in msgs:
-                sseq = m.metadata.sequence.stream
+                token = stream_seq_token(m.reply)
+                sseq = int(token)
                 if sseq > last:
                     payloads.append(m.data)
-                    keys.append(b"%d" % sseq)
+                    keys.append(token.encode())
                     last = sseq
             stats["skipped"] += len(msgs) - len(payloads)
             if payloads:

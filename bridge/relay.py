@@ -69,8 +69,8 @@ class Relay:
                  ) -> None:
         _nats()
         naming.check_name(ring)
-        if not isinstance(subject, str) or not subject or any(
-                c in subject for c in " \t\r\n*>"):
+        if not isinstance(subject, str) or any(c in subject for c in " \t\r\n*>") \
+                or not all(subject.split(".")):
             raise ValueError(f"subject must be a literal NATS subject (no spaces, no "
                              f"wildcards), got {subject!r}")
         self.ring, self.subject, self.stream = ring, subject, stream
@@ -190,6 +190,9 @@ class Relay:
                 # server twice, then raises NoServersError.)
                 self.server, allow_reconnect=False, max_reconnect_attempts=1,
                 reconnect_time_wait=0,
+                # The subject was checked once here; the reply subjects are ours:
+                # no regular expressions per message.
+                skip_subject_validation=True,
                 connect_timeout=self.connect_timeout, error_cb=quiet,
                 disconnected_cb=lost, closed_cb=lost,
                 name=f"shmbus-bridge-{self.direction}-{self.namespace}-{self.ring}")

@@ -59,8 +59,11 @@ def out(ring, server, subject, stream, durable, window, seconds, namespace) -> N
     JetStream has stored it."""
     from shmbus.bridge import Outbound
 
-    relay = Outbound(ring, server, subject, stream=stream, namespace=namespace,
-                     durable=durable, window=window)
+    try:
+        relay = Outbound(ring, server, subject, stream=stream, namespace=namespace,
+                         durable=durable, window=window)
+    except ValueError as e:  # a subject that is not one
+        raise click.UsageError(str(e)) from None
     _serve(relay, seconds, f"bridge out {ring} -> {server} {subject}")
 
 
@@ -83,6 +86,9 @@ def in_(ring, server, subject, stream, durable, capacity, batch, seconds,
     only once they are in the ring."""
     from shmbus.bridge import Inbound
 
-    relay = Inbound(server, subject, ring, stream=stream, namespace=namespace,
-                    durable=durable, capacity=capacity, batch=batch)
+    try:
+        relay = Inbound(server, subject, ring, stream=stream, namespace=namespace,
+                        durable=durable, capacity=capacity, batch=batch)
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
     _serve(relay, seconds, f"bridge in {server} {subject} -> {ring}")
