@@ -36,8 +36,8 @@ from typing import Any, Callable, Collection, NamedTuple
 from .errors import CodecUnavailable, FrameError, PermissionDenied
 from .layout import ALIGN, RECORD_HEADER
 
-__all__ = ["MAGIC", "FRAME_VERSION", "CODECS", "Frame", "encode_parts", "frame_into",
-           "frame_bytes", "parse", "decode", "codec_of"]
+__all__ = ["MAGIC", "FRAME_VERSION", "CODECS", "Frame", "encode_parts", "pickle_frame",
+           "frame_into", "frame_bytes", "parse", "decode", "codec_of"]
 
 MAGIC = b"SBOF"  # "shmbus object frame"
 FRAME_VERSION = 1
@@ -45,6 +45,7 @@ HEAD = struct.Struct("<4sBBHQ")  # magic, version, codec id, nbuf, stream length
 HEAD_SIZE = HEAD.size  # 16
 ENTRY_SIZE = 16  # one out-of-band buffer: offset, length
 MAX_BUFFERS = 0xFFFF
+_pack_head = HEAD.pack
 
 
 Dumps = Callable[[Any], Any]
@@ -137,12 +138,17 @@ def encode_parts(obj: Any, codec: Codec, key_length: int = 0) -> Frame:
     ``key_length`` bytes (so that they start 8-byte aligned in the ring)."""
     if codec.id != PICKLE_ID:
         stream = codec.dumps(obj)
-        return Frame(HEAD.pack(MAGIC, FRAME_VERSION, codec.id, 0, len(stream)) + stream,
+        return Frame(_pack_head(MAGIC, FRAME_VERSION, codec.id, 0, len(stream)) + stream,
                      [], [], HEAD_SIZE + len(stream))
     bufs: list[pickle.PickleBuffer] = []
-    stream = pickle.dumps(obj, 5, buffer_callback=bufs.append)
+    return pickle_frame(pickle.dumps(obj, 5, buffer_callback=bufs.append), bufs,
+                        key_length)
+
+
+def pickle_frame(stream: bytes, bufs: list[pickle.PickleBuffer], key_length: int) -> Frame:
+    """The frame of a pickle ``stream`` and the out-of-band buffers pickle gave."""
     if not bufs:
-        return Frame(HEAD.pack(MAGIC, FRAME_VERSION, PICKLE_ID, 0, len(stream)) + stream,
+        return Frame(_pack_head(MAGIC, FRAME_VERSION, PICKLE_ID, 0, len(stream)) + stream,
                      [], [], HEAD_SIZE + len(stream))
     if len(bufs) > MAX_BUFFERS:
         raise ValueError(f"object holds {len(bufs)} out-of-band buffers; a frame carries "
@@ -162,7 +168,7 @@ def encode_parts(obj: Any, codec: Codec, key_length: int = 0) -> Frame:
         offsets.append(at)
         table += (at, raw.nbytes)
         at += raw.nbytes
-    head = b"".join((HEAD.pack(MAGIC, FRAME_VERSION, PICKLE_ID, len(raws), len(stream)),
+    head = b"".join((_pack_head(MAGIC, FRAME_VERSION, PICKLE_ID, len(raws), len(stream)),
                      struct.pack(f"<{len(table)}Q", *table), stream))
     return Frame(head, raws, offsets, at)
 
@@ -187,56 +193,66 @@ def frame_bytes(obj: Any, codec: str = "pickle", key_length: int = 0) -> bytearr
     return out
 
 
-def _bad(what: str, saw: str, todo: str, where: str, **fields: object) -> FrameError:
-    return FrameError(f"{where} {what}, found {saw}: {todo}", **fields)
+def _where(ring: str | None, seq: int | None) -> str:
+    return "message" + ("" if seq is None else f" seq {seq}") + \
+        ("" if ring is None else f" on ring {ring!r}")
 
 
-def parse(data: memoryview, *, copy: bool = False,
-          accept: Collection[str] | None = None, where: str = "message",
-          **fields: object) -> tuple[Codec, memoryview, list[Any]]:
+def _bad(what: str, saw: str, todo: str, ring: str | None, seq: int | None,
+         **fields: object) -> FrameError:
+    return FrameError(f"{_where(ring, seq)} {what}, found {saw}: {todo}", name=ring,
+                      seq=seq, **fields)
+
+
+def parse(data: memoryview, copy: bool = False, accept: Collection[str] | None = None,
+          ring: str | None = None, seq: int | None = None
+          ) -> tuple[Codec, memoryview, list[Any]]:
     """Check a frame and return its codec, its stream and its out-of-band buffers
     (read-only views of ``data``, or writable copies with ``copy``).  ``accept`` is
-    the codecs that may be decoded (None: all).  Raises :class:`FrameError` (not a
-    frame, an unknown version or codec, lengths outside the payload),
-    :class:`CodecUnavailable`, :class:`PermissionDenied` (a codec not accepted)."""
+    the codecs that may be decoded (None: all); ``ring`` and ``seq`` say in errors
+    which message it was.  Raises :class:`FrameError` (not a frame, an unknown
+    version or codec, lengths outside the payload), :class:`CodecUnavailable`,
+    :class:`PermissionDenied` (a codec not accepted)."""
     n = len(data)
     if n < HEAD_SIZE or data[:4] != MAGIC:
         raise _bad("is not an object frame", f"{bytes(data[:8])!r}"
                    f"{'...' if n > 8 else ''} ({n} bytes)",
                    f"expected one that starts with {MAGIC!r} (sent with send_obj); "
                    "it was received all the same (the exception's `msg` is it): "
-                   "receive messages that are not objects with recv()", where, expected=MAGIC, **fields)
+                   "receive messages that are not objects with recv()", ring, seq,
+                   expected=MAGIC)
     _, version, cid, nbuf, slen = HEAD.unpack_from(data)
     if version != FRAME_VERSION:
         raise _bad(f"has object frame version {version}", f"version {version}",
                    f"this shmbus reads version {FRAME_VERSION}: use the same shmbus "
-                   "version on both sides", where, expected=FRAME_VERSION, found=version,
-                   **fields)
+                   "version on both sides", ring, seq, expected=FRAME_VERSION,
+                   found=version)
     codec = _BY_ID.get(cid)
     if codec is None:
-        raise _bad("has an unknown codec", f"codec id {cid}", f"this shmbus knows {_KNOWN}: "
-                   "use the same shmbus version on both sides", where, found=cid, **fields)
+        raise _bad("has an unknown codec", f"codec id {cid}", f"this shmbus knows "
+                   f"{_KNOWN}: use the same shmbus version on both sides", ring, seq,
+                   found=cid)
     if accept is not None and codec.name not in accept:
         raise PermissionDenied(
-            f"{where} was sent with codec {codec.name!r}, which this receive does not "
-            f"accept ({sorted(accept)})" + (
+            f"{_where(ring, seq)} was sent with codec {codec.name!r}, which this receive "
+            f"does not accept ({sorted(accept)})" + (
                 ": unpickling runs code, and this namespace is shared with a group "
                 "($SHMBUS_GROUP), whose every member can write the ring; have senders "
                 "use codec='json' (or 'msgpack'), or pass accept={'pickle', ...} if you "
                 "trust every member" if codec.id == PICKLE_ID else
                 ": pass accept= with it, or have the sender use another codec"),
-            codec=codec.name, **fields)
+            codec=codec.name, name=ring, seq=seq)
     if not codec.ready():
         raise CodecUnavailable(
-            f"{where} was sent with codec {codec.name!r}, which needs the {codec.module} "
-            f"package, not installed in this process: `pip install {codec.module}`",
-            codec=codec.name, **fields)
+            f"{_where(ring, seq)} was sent with codec {codec.name!r}, which needs the "
+            f"{codec.module} package, not installed in this process: "
+            f"`pip install {codec.module}`", codec=codec.name, name=ring, seq=seq)
     table_end = HEAD_SIZE + ENTRY_SIZE * nbuf
     stream_end = table_end + slen
     if stream_end > n or (nbuf and codec.id != PICKLE_ID):
         raise _bad("is a damaged object frame", f"{nbuf} buffers and a {slen}-byte "
                    f"stream in {n} bytes", "the sender wrote something else than "
-                   "send_obj does; receive it with recv() to inspect it", where, **fields)
+                   "send_obj does; receive it with recv() to inspect it", ring, seq)
     buffers: list[Any] = []
     if nbuf:
         table = struct.unpack_from(f"<{2 * nbuf}Q", data, HEAD_SIZE)
@@ -247,23 +263,35 @@ def parse(data: memoryview, *, copy: bool = False,
             if off < at or off + length > n:
                 raise _bad("is a damaged object frame", f"buffer {i // 2} at "
                            f"[{off}, {off + length}) where [{at}, {n}) was expected",
-                           "receive it with recv() to inspect it", where, **fields)
+                           "receive it with recv() to inspect it", ring, seq)
             at = off + length
             buffers.append(bytearray(src[off:at]) if copy else src[off:at])
     return codec, data[table_end:stream_end], buffers
 
 
-def decode(data: memoryview, *, copy: bool = False,
-           accept: Collection[str] | None = None, where: str = "message",
-           **fields: object) -> Any:
+_unpack_head = HEAD.unpack_from
+_NO_BUFFERS: list[Any] = []  # never changed: loads only reads it
+
+
+def decode(data: memoryview, copy: bool = False, accept: Collection[str] | None = None,
+           ring: str | None = None, seq: int | None = None) -> Any:
     """The object of frame ``data`` (see :func:`parse`); a stream the codec cannot
     read (or a class the receiver cannot import) raises :class:`FrameError` too."""
-    codec, stream, buffers = parse(data, copy=copy, accept=accept, where=where, **fields)
+    if accept is None and len(data) >= HEAD_SIZE:  # the usual frame: checks inline
+        magic, version, cid, nbuf, slen = _unpack_head(data)
+        codec = _BY_ID.get(cid)
+        if magic == MAGIC and version == FRAME_VERSION and not nbuf and \
+                codec is not None and codec._ready and HEAD_SIZE + slen <= len(data):
+            stream, buffers = data[HEAD_SIZE:HEAD_SIZE + slen], _NO_BUFFERS
+        else:
+            codec, stream, buffers = parse(data, copy, accept, ring, seq)
+    else:
+        codec, stream, buffers = parse(data, copy, accept, ring, seq)
     try:
         return codec.loads(stream, buffers)
     except Exception as e:
         raise FrameError(
-            f"{where}: codec {codec.name!r} could not rebuild the object ({type(e).__name__}"
-            f": {e}): if it names a class or module, make it importable in this process; "
-            "otherwise the sender wrote something else than send_obj does",
-            codec=codec.name, **fields) from e
+            f"{_where(ring, seq)}: codec {codec.name!r} could not rebuild the object "
+            f"({type(e).__name__}: {e}): if it names a class or module, make it "
+            "importable in this process; otherwise the sender wrote something else than "
+            "send_obj does", codec=codec.name, name=ring, seq=seq) from e

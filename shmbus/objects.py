@@ -22,6 +22,7 @@ the security model); there ``recv_obj`` refuses pickle frames unless told otherw
 from __future__ import annotations
 
 import os
+import pickle
 from typing import TYPE_CHECKING, Any, Collection
 
 from . import codecs, layout
@@ -35,6 +36,8 @@ __all__ = ["ObjectSender", "ObjectReceiver", "decode", "frame_bytes"]
 
 _SMALL = 16 << 10  # a frame up to this size is joined in memory and sent with send()
 frame_bytes = codecs.frame_bytes
+_dumps, _pack_head, _decode_frame = pickle.dumps, codecs.HEAD.pack, codecs.decode
+_MAGIC, _VERSION, _PICKLE = codecs.MAGIC, codecs.FRAME_VERSION, codecs.PICKLE_ID
 
 
 def _key_length(key: object) -> int:
@@ -74,10 +77,19 @@ class ObjectSender:
         ValueError for an unknown codec, :class:`CodecUnavailable` for one whose package
         is not installed, and whatever the codec raises for an object it cannot encode
         (e.g. TypeError from json)."""
-        klen = _key_length(key)
-        frame = codecs.encode_parts(obj, codecs.codec_of(codec), klen)
-        if not frame.buffers and frame.size <= _SMALL:  # the common case: no checks
-            return self.send(frame.head, key, timeout=timeout)
+        if codec == "pickle":  # the common case first, with as few calls as can be
+            bufs: list[pickle.PickleBuffer] = []
+            stream = _dumps(obj, 5, buffer_callback=bufs.append)
+            if not bufs and len(stream) <= _SMALL:
+                return self.send(_pack_head(_MAGIC, _VERSION, _PICKLE, 0, len(stream)) +
+                                 stream, key, timeout=timeout)
+            klen = _key_length(key)
+            frame = codecs.pickle_frame(stream, bufs, klen)
+        else:
+            klen = _key_length(key)
+            frame = codecs.encode_parts(obj, codecs.codec_of(codec), klen)
+            if frame.size <= _SMALL:
+                return self.send(frame.head, key, timeout=timeout)
         cap = self.capacity
         if layout.record_size(klen, frame.size) > layout.max_record(cap):
             limit = layout.max_record(cap) - layout.RECORD_HEADER - klen
@@ -135,7 +147,11 @@ class ObjectReceiver:
             accept = self._obj_accept
             if accept is _UNSET:  # the first call: the environment is read once
                 accept = self._obj_accept = _default_accept()
-        return _decode(msg, copy, accept, getattr(self, "name", None))
+        try:
+            return _decode_frame(msg.data, copy, accept, self.name, msg.seq)
+        except FrameError as e:
+            e.msg = msg  # type: ignore[attr-defined]  # not a field: it does not pickle
+            raise
 
 
 def decode(msg: Any, *, copy: bool = False,
@@ -155,13 +171,8 @@ def _decode(msg: Any, copy: bool, accept: Collection[str] | None,
         data, seq = memoryview(msg).cast("B"), None
     else:
         seq = msg.seq
-        if type(data) is not memoryview:
-            data = memoryview(data)
-    where = "message" + ("" if seq is None else f" seq {seq}") + \
-        ("" if ring is None else f" on ring {ring!r}")
     try:
-        return codecs.decode(data, copy=copy, accept=accept, where=where, name=ring,
-                             seq=seq)
+        return _decode_frame(data, copy, accept, ring, seq)
     except FrameError as e:
-        e.msg = msg  # type: ignore[attr-defined]  # not a field: a Message does not pickle
+        e.msg = msg  # type: ignore[attr-defined]  # not a field: it does not pickle
         raise
