@@ -114,6 +114,8 @@ class Sleeper:
         """The sleeping phase: sleep on the semaphore (epoch odd meanwhile) until
         ``ready()``, closing, or ``deadline``; sleeps last at most ``max_sleep`` until
         that long has passed since the epoch went odd, at most ``long_sleep`` after."""
+        if deadline is not None and time.monotonic() >= deadline:
+            return self.closing or ready()  # recv(0), send(timeout=0): one look
         if not self._enter():
             return True  # closed
         try:

@@ -1,0 +1,267 @@
+"""shmbus for asyncio: ``Consumer`` and ``Producer`` whose waits are awaitable.
+
+    import shmbus.asyncio
+
+    async with shmbus.asyncio.Consumer("orders") as sub:
+        msg = await sub.recv(timeout=1.0)
+        async for msg in sub:
+            ...
+
+    async with shmbus.asyncio.Producer("orders", capacity=1 << 20) as pub:
+        await pub.send(b"payload")          # waits (awaiting) for room on a full ring
+
+Same constructor arguments as the blocking twins (:class:`shmbus.Consumer`,
+:class:`shmbus.Producer`), which they wrap (``.sync``).  Receiving and sending never
+block the event loop: they try without waiting, and when there is nothing to receive
+(or no room) they arm the twin's wake-up (:mod:`shmbus.wakeup`) and await its FIFO
+with ``loop.add_reader``: no thread per consumer, no system call per message while
+data flows, and an idle consumer's loop wakes about twice a second.  Like a
+semaphore sleep, the first wait after arming lasts at most 10 ms (a wake-up missed
+while arming costs at most that much), later ones 0.5 s.
+
+Cancelling an awaiting ``recv`` (``asyncio.wait_for``, a task's ``cancel()``) loses
+nothing: a message is taken from the ring only once the coroutine runs again, so it
+is left for the next receive.  One task receives from one consumer at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, AsyncIterator, Callable
+
+from . import consumer as _consumer
+from . import producer as _producer
+from . import wakefifo
+from .errors import Timeout
+from .message import Message
+from .wakeup import LONG_SLEEP, MAX_SLEEP
+
+__all__ = ["Consumer", "Producer"]
+
+
+class _FdWait:
+    """Awaiting a wake-up FIFO in the running loop: the descriptor stays registered
+    with ``add_reader`` (its callback reads it empty and wakes the awaiting task), so
+    a wait costs no ``epoll_ctl``."""
+
+    def __init__(self, fileno: Callable[[], int]) -> None:
+        self._fileno = fileno
+        self._fd = -1
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._fut: asyncio.Future | None = None
+
+    def _readable(self) -> None:
+        wakefifo.drain(self._fd)
+        self._wake()
+
+    def _wake(self) -> None:
+        fut = self._fut
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
+    async def until(self, arm: Callable[[], bool], ready: Callable[[], bool],
+                    disarm: Callable[[], None], deadline: float | None) -> None:
+        """Arm, then return once ``arm()`` said ready, or ``ready()`` (checked after
+        each wake-up and each bounded timeout), or ``deadline`` (loop time) has
+        passed; disarm in every case."""
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            self.close()
+            self._fd = self._fileno()
+            loop.add_reader(self._fd, self._readable)
+            self._loop = loop
+        try:
+            if arm():
+                return
+            since = loop.time()
+            while True:
+                now = loop.time()
+                wait = MAX_SLEEP if now - since < MAX_SLEEP else LONG_SLEEP
+                if deadline is not None:
+                    wait = min(wait, deadline - now)
+                    if wait <= 0:
+                        return
+                self._fut = loop.create_future()
+                timer = loop.call_later(wait, self._wake)
+                try:
+                    await self._fut
+                finally:
+                    timer.cancel()
+                    self._fut = None
+                if ready():
+                    return
+        finally:
+            disarm()
+
+    def close(self) -> None:
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.remove_reader(self._fd)
+        self._loop = None
+
+
+class Consumer:
+    """An awaitable :class:`shmbus.Consumer` (same arguments)."""
+
+    def __init__(self, name: str, **kwargs: Any) -> None:
+        self.sync = _consumer.Consumer(name, **kwargs)
+        self._waiter = _FdWait(self.sync.fileno)
+        self.sync.fileno()  # the FIFO is made here, where blocking is expected
+
+    async def _wait(self, timeout: float | None) -> None:
+        sub = self.sync
+        deadline = None if timeout is None else \
+            asyncio.get_running_loop().time() + timeout
+        await self._waiter.until(sub.arm, sub.ready, sub.disarm, deadline)
+
+    async def recv(self, timeout: float | None = None) -> Message:
+        """Release the previous message and return the next one, awaiting up to
+        ``timeout`` seconds (None: forever); raises :class:`shmbus.Timeout`."""
+        try_recv = self.sync.try_recv
+        msg = try_recv()
+        if msg is not None:
+            return msg
+        deadline = None if timeout is None else \
+            asyncio.get_running_loop().time() + timeout
+        while True:
+            await self._waiter.until(self.sync.arm, self.sync.ready, self.sync.disarm,
+                                     deadline)
+            msg = try_recv()
+            if msg is not None:
+                return msg
+            if deadline is not None and asyncio.get_running_loop().time() >= deadline:
+                raise Timeout(f"no message on ring {self.sync.name!r} within {timeout} s",
+                              name=self.sync.name, timeout=timeout)
+
+    async def recv_many(self, max_messages: int, timeout: float | None = None
+                        ) -> list[Message]:
+        """Release the previous batch; await up to ``timeout`` for at least one
+        message, then return every message there now, at most ``max_messages``."""
+        sub = self.sync
+        try:
+            return sub.recv_many(max_messages, timeout=0)
+        except Timeout:
+            pass
+        first = await self.recv(timeout)
+        rest = sub.recv_many(max_messages - 1, timeout=0) if max_messages > 1 and \
+            sub.ready() else []
+        return [first, *rest]
+
+    async def recv_obj(self, timeout: float | None = None, **kwargs: Any) -> Any:
+        """Like :meth:`shmbus.Consumer.recv_obj`, awaiting the message."""
+        deadline = None if timeout is None else \
+            asyncio.get_running_loop().time() + timeout
+        while True:
+            if self.sync.ready():
+                try:
+                    return self.sync.recv_obj(0, **kwargs)
+                except Timeout:
+                    pass  # padding: nothing after all
+            left = None if deadline is None else \
+                deadline - asyncio.get_running_loop().time()
+            if left is not None and left <= 0:
+                raise Timeout(f"no message on ring {self.sync.name!r} within {timeout} s",
+                              name=self.sync.name, timeout=timeout)
+            await self._wait(left)
+
+    def release(self) -> None:
+        self.sync.release()
+
+    def __aiter__(self) -> AsyncIterator[Message]:
+        return self
+
+    async def __anext__(self) -> Message:
+        return await self.recv()
+
+    def fileno(self) -> int:
+        return self.sync.fileno()
+
+    def close(self, *, release: bool = True) -> None:
+        """Stop watching the descriptor and close the blocking twin."""
+        self._waiter.close()
+        self.sync.close(release=release)
+
+    async def __aenter__(self) -> "Consumer":
+        return self
+
+    async def __aexit__(self, exc_type, exc, tb) -> None:
+        self.close(release=exc_type is None)
+
+    def __repr__(self) -> str:
+        return f"<shmbus.asyncio.Consumer of {self.sync!r}>"
+
+
+class Producer:
+    """An awaitable :class:`shmbus.Producer` (same arguments): ``send`` awaits room
+    on a full ``block`` ring instead of blocking the loop."""
+
+    def __init__(self, name: str, **kwargs: Any) -> None:
+        self.sync = pub = _producer.Producer(name, **kwargs)
+        # The blocking producer's sleeper: consumers that release wake it.
+        self._sleeper = pub._sleeper
+        self._waiter = _FdWait(self._sleeper.fileno)
+        self._sleeper.fileno()
+
+    async def _room(self, call: Callable[[float], Any], timeout: float | None) -> Any:
+        try:
+            return call(0)
+        except Timeout:
+            pass
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        sleeper = self._sleeper
+        done: list[Any] = []
+
+        def try_call() -> bool:
+            try:
+                done.append(call(0))
+            except Timeout:
+                return False
+            return True
+
+        def arm_and_try() -> bool:
+            # Armed first, then tried again: a release in between wakes us.  (True
+            # when closing: the call below raises Closed.)
+            return sleeper.arm(_never) or try_call()
+
+        await self._waiter.until(arm_and_try, try_call, sleeper.disarm, deadline)
+        return done[0] if done else call(0)  # the deadline passed: Timeout, or Closed
+
+    async def send(self, data: Any, key: Any = None, *, timeout: float | None = None
+                   ) -> int:
+        """Publish one message (see :meth:`shmbus.Producer.send`), awaiting up to
+        ``timeout`` seconds (None: forever) for room; raises :class:`shmbus.Timeout`."""
+        send = self.sync.send
+        return await self._room(lambda t: send(data, key, timeout=t), timeout)
+
+    async def send_many(self, messages: Any, *, keys: Any = None,
+                        timeout: float | None = None) -> range:
+        """Publish a batch (see :meth:`shmbus.Producer.send_many`), awaiting room."""
+        send_many = self.sync.send_many
+        messages = list(messages)  # each try must see the whole batch
+        keys = None if keys is None else list(keys)
+        return await self._room(lambda t: send_many(messages, keys=keys, timeout=t),
+                                timeout)
+
+    async def send_obj(self, obj: Any, key: Any = None, *, timeout: float | None = None,
+                       **kwargs: Any) -> int:
+        """Publish an object (see :meth:`shmbus.Producer.send_obj`), awaiting room."""
+        send_obj = self.sync.send_obj
+        return await self._room(lambda t: send_obj(obj, key, timeout=t, **kwargs),
+                                timeout)
+
+    def close(self) -> None:
+        self._waiter.close()
+        self.sync.close()
+
+    async def __aenter__(self) -> "Producer":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<shmbus.asyncio.Producer of {self.sync!r}>"
+
+
+def _never() -> bool:
+    return False

@@ -1,0 +1,149 @@
+"""shmbus.asyncio: awaitable receive and send, woken through the wake-up FIFO."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+import shmbus
+import shmbus.asyncio as sa
+from shmbus.layout import H_PRODUCER_SLEEP, S_SLEEP, slot_word
+
+from . import procs as P
+from .support import SPAWN, start
+from .test_poller import _send_when_polled
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+def long_bounds(monkeypatch):
+    """Bounded waits of 30 s: only a write to the FIFO can end a wait early."""
+    import shmbus.asyncio
+    monkeypatch.setattr(shmbus.asyncio, "MAX_SLEEP", 30.0)
+    monkeypatch.setattr(shmbus.asyncio, "LONG_SLEEP", 30.0)
+
+
+def test_a_send_in_another_process_wakes_the_awaiting_receive(ns, procs, long_bounds):
+    shmbus.Producer("a", capacity=1 << 14).close()
+
+    async def main() -> None:
+        async with sa.Consumer("a") as sub:
+            procs.append(start(_send_when_polled, ns, "a", sub.sync.slot, b"hello"))
+            t0 = time.monotonic()
+            msg = await sub.recv(timeout=20)
+            assert bytes(msg) == b"hello"
+            assert time.monotonic() - t0 < 10
+            assert not sub.sync._words[slot_word(sub.sync.slot) + S_SLEEP] & 1
+
+    try:
+        asyncio.run(main())
+        procs[-1].join(10)
+        assert procs[-1].exitcode == 0
+    finally:
+        shmbus.unlink("a")
+
+
+def test_recv_timeout_recv_many_async_for_and_objects(ns):
+    async def main() -> None:
+        async with sa.Producer("a", capacity=1 << 14) as pub, sa.Consumer("a") as sub:
+            with pytest.raises(shmbus.Timeout):
+                await sub.recv(timeout=0.02)
+            for i in range(5):
+                await pub.send(b"%d" % i)
+            assert [bytes(m) for m in await sub.recv_many(3)] == [b"0", b"1", b"2"]
+            got = []
+            async for msg in sub:
+                got.append(bytes(msg))
+                if len(got) == 2:
+                    break
+            assert got == [b"3", b"4"]
+            await pub.send_many([b"5", b"6"])
+            assert [m.seq for m in await sub.recv_many(10, timeout=1)] == [5, 6]
+            await pub.send_obj({"k": [1, 2]})
+            assert await sub.recv_obj(timeout=1) == {"k": [1, 2]}
+            with pytest.raises(shmbus.Timeout):
+                await sub.recv_obj(timeout=0.01)
+
+    asyncio.run(main())
+    shmbus.unlink("a")
+
+
+def test_cancelling_an_awaiting_recv_loses_nothing(ns, long_bounds):
+    async def main() -> None:
+        async with sa.Producer("a", capacity=1 << 14) as pub, sa.Consumer("a") as sub:
+            words, word = sub.sync._words, slot_word(sub.sync.slot) + S_SLEEP
+            # Cancelled while waiting, then cancelled just as a message arrives.
+            for data in (b"first", b"second"):
+                task = asyncio.create_task(sub.recv())
+                while not words[word] & 1:  # armed: it waits on the FIFO
+                    await asyncio.sleep(0)
+                if data == b"second":
+                    await pub.send(data)  # the FIFO is readable; the task has not run
+                task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+                assert not words[word] & 1  # disarmed
+                if data == b"first":
+                    await pub.send(data)
+                assert bytes(await sub.recv(timeout=1)) == data
+            del words
+
+    asyncio.run(main())
+    shmbus.unlink("a")
+
+
+@pytest.mark.parametrize("how", ["recv", "release"])
+def test_send_awaits_room_and_a_release_in_another_process_wakes_it(ns, procs,
+                                                                    long_bounds, how):
+    async def main() -> None:
+        async with sa.Producer("full", capacity=4096) as pub:
+            go, attached, results = SPAWN.Event(), SPAWN.Event(), SPAWN.Queue()
+            procs.append(start(P.release_when_producer_sleeps, ns, "full", how, go,
+                               attached, results))
+            assert attached.wait(30)
+            fails = 0
+            while fails < 3:  # full for a 100-byte message
+                try:
+                    pub.sync.send(b"f" * 100, timeout=0)
+                except shmbus.Timeout:
+                    fails += 1
+            ticks = 0
+
+            async def ticker() -> None:
+                nonlocal ticks
+                while True:
+                    ticks += 1
+                    await asyncio.sleep(0)
+
+            t = asyncio.create_task(ticker())
+            go.set()
+            t0 = time.monotonic()
+            await pub.send(b"after the wait" + b"!" * 86, timeout=20)
+            assert time.monotonic() - t0 < 10
+            assert ticks > 1  # the loop ran while send waited
+            t.cancel()
+            assert results.get(timeout=10) == b"after the wait" + b"!" * 86
+            assert not pub.sync._words[H_PRODUCER_SLEEP] & 1
+
+    try:
+        asyncio.run(main())
+        procs[-1].join(10)
+        assert procs[-1].exitcode == 0
+    finally:
+        shmbus.unlink("full")
+
+
+def test_an_awaiting_consumer_sleeps(ns):
+    async def main() -> float:
+        async with sa.Producer("a", capacity=4096), sa.Consumer("a") as sub:
+            cpu0, t0 = time.process_time(), time.monotonic()
+            with pytest.raises(shmbus.Timeout):
+                await sub.recv(timeout=1.0)
+            return (time.process_time() - cpu0) / (time.monotonic() - t0)
+
+    share = asyncio.run(main())
+    assert share < 0.05, f"an idle awaiting recv used {share:.1%} of a core"
+    shmbus.unlink("a")
