@@ -10,8 +10,11 @@ the frame, so ``recv_obj`` needs no argument: ``send_obj(obj, codec="json")`` (a
 
 Lifetime: a view is valid as long as ``msg.data`` is, until the message is released
 (by the next receive, ``release()`` or ``close()``); after that the producer may write
-other messages over its bytes.  Keep a copy with ``recv_obj(copy=True)`` (writable
-arrays of their own) or ``np.array(view)``.
+other messages over its bytes.  ``msg.data`` then raises :class:`~shmbus.Released`, but
+an array handed out before cannot (numpy reads through a pointer, like an array made
+with ``np.frombuffer(msg.data)``): drop it, or keep a copy, before the next receive:
+``recv_obj(copy=True)`` (writable arrays of their own) or ``np.array(view)``.  While a
+view is held, a ``block`` producer waits rather than overwrite it.
 
 Trust: unpickling runs code chosen by whoever wrote the message.  A ring is writable
 only by your user unless its namespace is shared with a group (``$SHMBUS_GROUP``, see
@@ -136,7 +139,8 @@ class ObjectReceiver:
         """Receive the next message (releasing the previous one, as ``recv``) and
         return the object ``send_obj`` sent in it.  Its arrays (out-of-band buffers)
         are read-only views into the ring, valid until the message is released (the
-        next receive): pass ``copy=True`` for objects that own their data.  ``accept``:
+        next receive: after it they may show other messages' bytes, and cannot raise
+        as ``msg.data`` does): pass ``copy=True`` for objects that own their data.  ``accept``:
         the codecs to decode (default all; on a namespace shared with a group,
         ``$SHMBUS_GROUP``, all but pickle).  Raises :class:`Timeout` like ``recv``;
         :class:`FrameError` for a message that is not an object frame or cannot be

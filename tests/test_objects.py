@@ -123,6 +123,30 @@ def test_copy_gives_writable_arrays_that_outlive_the_message(ns):
     shmbus.unlink("small")
 
 
+def test_a_released_message_is_not_decoded_again_and_copies_outlive_it(ring):
+    """What the reader side guarantees (msg.data raises Released once released) holds
+    for objects: decode(msg) raises; recv_obj(copy=True) and np.array() keep data.
+    (Arrays handed out as views cannot be made to raise: numpy reads through a
+    pointer; they are valid until the release, as documented.)"""
+    pub, sub = ring
+    pub.send_obj({"a": np.arange(4)})
+    pub.send(b"not an object")
+    pub.send_obj("last")
+    msg = sub.recv(timeout=5)
+    kept, view = decode(msg, copy=True)["a"], decode(msg)["a"]
+    copied = np.array(view)
+    msg.release()
+    with pytest.raises(shmbus.Released, match="seq 0"):
+        decode(msg)
+    with pytest.raises(shmbus.FrameError) as err:
+        sub.recv_obj(timeout=5)
+    assert sub.recv_obj(timeout=5) == "last"  # releases the one err.msg holds
+    with pytest.raises(shmbus.Released):
+        bytes(err.value.msg)
+    assert kept.tolist() == copied.tolist() == [0, 1, 2, 3]
+    assert kept.flags.writeable and copied.flags.writeable
+
+
 def test_a_received_view_holds_back_the_producer_until_it_is_released(ns):
     with shmbus.Producer("held", capacity=1 << 16) as pub, \
             shmbus.Consumer("held") as sub:
