@@ -5,7 +5,13 @@ what it has *released* (acknowledged): ``recv()`` releases the previous message 
 returning the next, ``recv_many()`` the previous batch, and ``Message.release()`` /
 ``Consumer.release()`` do it explicitly.  In ``block`` mode the producer never
 overwrites what a consumer has not released, so ``Message.data`` is a zero-copy view
-into the ring, valid until it is released.
+into the ring, valid until it is released; after that ``msg.data`` and ``bytes(msg)``
+raise :class:`~shmbus.Released`, and the views handed out before are released (see
+:mod:`shmbus.message`).
+
+The receive calls are the compiled reader's (``shmbus/csrc/reader.c``) or their
+pure-Python twins (:mod:`shmbus.reader`); both hand every unusual case to the slow
+path (:mod:`shmbus.slowpath`).
 
 Data the producer may overwrite while we read it is *checked*: copied, then the tail is
 re-read, and if the producer had already moved past the record we count it lost and
@@ -22,12 +28,12 @@ import time
 from operator import attrgetter
 
 from . import hotpath, layout, liveness, naming, ring
-from .errors import CorruptRing, DurableBusy, RingNotFound, Timeout
+from .errors import DurableBusy
 from .handle import Handle
 from .objects import ObjectReceiver
 from .introspect import messages_from
 from .layout import (FLAGGED_SLOTS, H_GATE, H_PRODUCER_PID, H_PRODUCER_SLEEP,
-                     H_SCAN, H_TAIL, H_WRITE, RECORD, RECORD_HEADER, REC_PAD, S_LOST, S_NEXT_SEQ,
+                     H_SCAN, H_TAIL, H_WRITE, RECORD_HEADER, S_LOST, S_NEXT_SEQ,
                      S_READ, S_SLEEP, SLEEPERS_OFFSET, slot_word)
 from .arrays import recv_array
 from .lock import FileLock
@@ -36,16 +42,16 @@ from .message import Message, PyMessage
 from .reader import Reader
 from .segment import Segment
 from .slots import SlotTable
+from .slowpath import SlowPath
 from .wait import Sleeper, Waker, fence, strategy
 
 __all__ = ["Consumer", "Message"]
 
 _NEVER = (1 << 64) - 1  # a position no ring reaches
-_LINK_CHECK = 1.0  # seconds of waiting between checks that the ring still exists
 _STARTS = ("latest", "earliest")
 
 
-class Consumer(ObjectReceiver, Handle):
+class Consumer(SlowPath, ObjectReceiver, Handle):
     """A reader of ring ``name`` that receives every message, in order.
 
     ``durable=NAME`` keeps the read position in the ring after this process exits or
@@ -234,20 +240,6 @@ class Consumer(ObjectReceiver, Handle):
         self._message = hotpath.native.Message
         self.recv, self.recv_many, self.try_recv = fast.recv, fast.recv_many, fast.try_recv
 
-    def _take_next(self) -> Message | None:
-        """The next message now, or None if there is none or it is corrupt (the next
-        receive waits for it, or raises): a batch's unusual record."""
-        try:
-            return self._take(0)
-        except (Timeout, CorruptRing):
-            return None
-
-    def _try_take(self) -> Message | None:
-        try:
-            return self._take(0)
-        except Timeout:
-            return None
-
     def recv_array(self, dtype, max_messages: int, timeout: float | None = None):
         """Release the previous batch; wait up to ``timeout`` for a message, then return
         up to ``max_messages`` messages of ``dtype``'s size (without a key) as one
@@ -271,151 +263,6 @@ class Consumer(ObjectReceiver, Handle):
         """Release up to ``end`` (see :meth:`Reader.commit`); ``next_seq`` is the seq
         of the message after it, if known."""
         self._cur.commit(end, next_seq)
-
-    def _take(self, timeout: float | None) -> Message:
-        """The next message (not releasing anything), in every case: waiting, padding,
-        checked reads."""
-        if self._closed:
-            raise self._closed_error()
-        try:
-            w, data, name, cur = self._words, self._data, self.name, self._cur
-            deadline = None
-            while True:
-                if self._closed:
-                    raise self._closed_error()
-                pos = cur.pos
-                write = w[H_WRITE]
-                lap_end = (pos | self._mask) + 1  # _wcache: see _bind_recv
-                limit = cur.wcache = write if write < lap_end else lap_end
-                if pos >= write:
-                    if pos > write and not self._closed:  # never wait for it: it cannot come
-                        raise ring.corrupt(name, pos, "a read position at or before the "
-                                           f"write position {write}", f"position {pos}",
-                                           "read position")
-                    if deadline is None and timeout is not None:
-                        deadline = time.monotonic() + timeout
-                    self._wait(pos, deadline, timeout)
-                    continue
-                checked = pos < self._safe_from  # the producer may overwrite it now
-                if checked and pos < w[H_TAIL]:  # lapped: to the oldest intact record
-                    cur.pos, self._lapped = self._oldest(), True
-                    continue
-                idx = pos & self._mask
-                if idx <= self._pad_limit:  # the usual record: checked as in recv
-                    plen, klen, flags, seq, ts = _unpack(data, idx)
-                    end = pos + ((RECORD_HEADER + 7 + klen + plen) & -8)
-                    if not flags & REC_PAD and end <= limit and seq == cur.expect and \
-                            not (self._lapped or self._loose):
-                        start = idx + RECORD_HEADER
-                        key = data[start:start + klen].tobytes() if klen else None
-                        payload = data[start + klen:start + klen + plen]
-                        if checked:
-                            payload = memoryview(bytes(payload))
-                            if w[H_TAIL] > pos:
-                                continue  # overwritten while we copied it: tail
-                        cur.expect, cur.pos = seq + 1, end
-                        return self._message(payload, key, seq, ts, self, end, flags)
-                msg = self._take_unusual(pos, write, checked)
-                if msg is not None:
-                    return msg
-        except (ValueError, AttributeError) as e:  # a released view, a dropped field:
-            raise self._closed_or(e) from None     # closed by another thread meanwhile?
-
-    def _take_unusual(self, pos: int, write: int, checked: bool) -> Message | None:
-        """The record at ``pos`` when it is not simply the next one: padding (skipped),
-        a seq to judge (:meth:`_check_seq`), or corruption (:class:`CorruptRing`, from
-        :mod:`shmbus.ring`'s checks).  None: look again (padding skipped, or a checked
-        read that the producer overwrote meanwhile)."""
-        cur = self._cur
-        w, data, cap, name = self._words, self._data, self.capacity, self.name
-        key = payload = None
-        if checked:
-            got = ring.read_checked(w, data, cap, pos, write, name=name)
-            if got is None:
-                return None  # overwritten while we copied it: try again from the tail
-            rec, key, copy = got
-            payload = memoryview(copy)
-        else:
-            rec = ring.read(data, pos, cap, write, name=name)
-        if rec.flags & REC_PAD:
-            cur.pos = pos + rec.size
-            return None
-        try:
-            self._check_seq(rec)
-        except CorruptRing:
-            if checked and w[H_TAIL] > pos:
-                return None  # what it compared with was overwritten meanwhile
-            raise
-        if payload is None:
-            start = (pos & self._mask) + RECORD_HEADER
-            klen = rec.key_length
-            key = data[start:start + klen].tobytes() if klen else None
-            payload = data[start + klen:start + klen + rec.length]
-        end = cur.pos = pos + rec.size
-        return self._message(payload, key, rec.seq, rec.timestamp_ns, self, end,
-                             rec.flags)
-
-    def _check_seq(self, rec: ring.Record) -> None:
-        """Accept ``rec``'s seq and expect the next one, or raise :class:`CorruptRing`.
-
-        A record carries one more than the one before it.  Exceptions: after a jump
-        the tail proved (this consumer was lapped), a higher seq is a loss, counted in
-        ``lost``; a first record whose seq nobody knows (after ``start="earliest"`` or
-        resuming a cursor) must be plausible (:func:`ring.check_first_seq`).  The
-        next seq a resumed cursor of an overwrite ring stored counts losses after a
-        lap, but is no proof otherwise (the process may have died between storing it
-        and its position)."""
-        expect, seq = self._expect, rec.seq
-        if expect is None or (self._loose and not self._lapped):
-            ring.check_first_seq(self._words, self._data, self.capacity, rec,
-                                 name=self.name)
-        elif seq != expect:
-            if not (self._lapped and seq > expect):
-                ring.check_seq(rec, expect, name=self.name)  # raises
-            self.lost += seq - expect
-            self._words[self._lost_word] = self.lost
-        self._lapped = self._loose = False
-        self._expect = seq + 1
-
-    def _seq_at(self, pos: int) -> int | None:
-        """The seq of the message that will be published at ``pos`` if ``pos`` is the
-        write position (so that losses before our first message are counted too, and
-        the first one is checked); None if unknown (a corrupt ring is then reported by
-        the first receive, not by the constructor)."""
-        if pos == 0:
-            return 0 if self._words[H_WRITE] == 0 else None
-        try:
-            rec = ring.last_record(self._words, self._data, self.capacity, name=self.name)
-        except CorruptRing:
-            return None
-        return rec.seq + 1 if rec is not None and rec.pos + rec.size == pos else None
-
-    def _oldest(self) -> int:
-        """The oldest record boundary known, checked (the write position if none is
-        known: then everything before it is gone).  Raises :class:`CorruptRing`."""
-        return ring.oldest(self._words, self._data, self.capacity, self._shift,
-                           name=self.name)
-
-    def _wait(self, pos: int, deadline: float | None, timeout: float | None) -> None:
-        w = self._words
-
-        def ready() -> bool:
-            return w[H_WRITE] > pos
-
-        above = (self._seg.buf, H_WRITE, pos) if hotpath.compiled else None
-        while True:
-            step = time.monotonic() + _LINK_CHECK
-            if self._sleeper.wait(ready, step if deadline is None else min(deadline, step),
-                                  above):
-                return
-            if deadline is not None and time.monotonic() >= deadline:
-                raise Timeout(f"no message on ring {self.name!r} within {timeout} s",
-                              name=self.name, timeout=timeout)
-            if not self._seg.linked():  # waiting on a removed ring would never end
-                raise RingNotFound(
-                    f"ring {self.name!r} was removed (or replaced) while this consumer "
-                    "waited on it; every message it held was received: open a new "
-                    "Consumer if the ring is created again", name=self.name)
 
     # -- waiting in a selector, a Poller or an event loop (see shmbus.wakeup) -----------
 
@@ -553,4 +400,3 @@ class Consumer(ObjectReceiver, Handle):
         return f"<Consumer {self.name!r} ns={self.namespace!r} {who} slot={self.slot}>"
 
 
-_unpack = RECORD.unpack_from

@@ -15,7 +15,7 @@ import time
 import pytest
 
 import shmbus
-import shmbus.consumer
+import shmbus.slowpath
 import shmbus.room
 
 from . import procs as P
@@ -30,7 +30,7 @@ LONG_SLEEPS = shmbus.Sleeping(max_sleep=30.0, long_sleep=30.0)
 @pytest.mark.parametrize("how", ["send", "send_many", "claim", "send_array"])
 def test_a_send_from_another_process_wakes_a_sleeping_consumer(ns, procs, monkeypatch,
                                                                how):
-    monkeypatch.setattr(shmbus.consumer, "_LINK_CHECK", 30.0)
+    monkeypatch.setattr(shmbus.slowpath, "_LINK_CHECK", 30.0)
     shmbus.Producer("wake", capacity=1 << 14).close()
     try:
         with shmbus.Consumer("wake", wait=LONG_SLEEPS) as sub:
