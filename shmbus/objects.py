@@ -61,7 +61,7 @@ class ObjectSender:
 
     if TYPE_CHECKING:
         name: str
-        capacity: int
+        capacity: int | None
 
         def send(self, data: Any, key: Any = None, *, timeout: float | None = None) -> int:
             ...
@@ -93,8 +93,10 @@ class ObjectSender:
             frame = codecs.encode_parts(obj, codecs.codec_of(codec), klen)
             if frame.size <= _SMALL:
                 return self.send(frame.head, key, timeout=timeout)
-        cap = self.capacity
-        if layout.record_size(klen, frame.size) > layout.max_record(cap):
+        # A sender that has no ring yet (an Outbox before its first send) has no
+        # capacity: its claim checks the size.
+        cap = getattr(self, "capacity", None)
+        if cap is not None and layout.record_size(klen, frame.size) > layout.max_record(cap):
             limit = layout.max_record(cap) - layout.RECORD_HEADER - klen
             name = self.name
             raise MessageTooLarge(

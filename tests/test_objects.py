@@ -366,6 +366,23 @@ def test_a_balancer_worker_receives_objects(ns):
         collect(force=True)
 
 
+def test_objects_through_an_outbox_to_an_inbox(ns):
+    """An Outbox has no ring before its first send: a first object with an array
+    still goes (its claim checks the size), and the Inbox receives objects."""
+    from shmbus.cleanup import collect
+    with shmbus.Outbox("results") as out, \
+            shmbus.Inbox("results", capacity=1 << 20) as inbox:
+        out.send_obj({"i": 0, "a": np.arange(1000)})
+        out.send_obj({"i": 1}, codec="json")
+        with pytest.raises(shmbus.MessageTooLarge):
+            out.send_obj({"a": np.zeros(1 << 20, np.uint8)})
+        first = inbox.recv_obj(timeout=10)
+        assert first["i"] == 0 and first["a"].tolist() == list(range(1000))
+        assert not first["a"].flags.writeable
+        assert inbox.recv_obj(timeout=10) == {"i": 1}
+    collect(ns)  # the Outbox closed before the Inbox: its ring stayed
+
+
 def _echo(ns: str, pure: bool, ready) -> None:
     """Receive objects on "to" and send back what was found in them on "back"."""
     assert shmbus.compiled is (not pure)
