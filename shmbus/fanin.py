@@ -16,8 +16,7 @@ The registry is a small segment ``/dev/shm/{ns}.X@inbox``::
     +16  capacity    bytes of each sender ring an Outbox creates (0: no Inbox yet)
     +24  generation  bumped by an Outbox after it created its ring
     +32  inbox pid   of the Inbox that last opened it (for error messages)
-    +64  bell        the Inbox's sleep epoch: odd while it sleeps (a cache line of its
-                     own: every send reads it)
+    +64  bell        the Inbox's doorbell epoch: odd while it waits (see Waiting)
     +128 end
 
 The Inbox loads ``generation`` once per receive round (no system call) and lists
@@ -26,12 +25,13 @@ The Inbox loads ``generation`` once per receive round (no system call) and lists
 not seen always means a ring it may not have listed yet; a lost increment (two Outboxes
 bumping at once) still changes the value.
 
-**The doorbell** is the wake-up protocol of :mod:`shmbus.wait` with the Inbox as the
-sleeper: about to sleep, the Inbox makes ``bell`` odd, fences, looks at every ring once
-more and sleeps on the semaphore ``sem.{ns}.X@inbox``; an Outbox, after each send, loads
-``bell`` (one load, no system call while the Inbox is awake) and posts once per odd
-epoch.  A post missed by a send racing with the epoch store delays the Inbox by at most
-the first, short sleeps (:data:`MAX_SLEEP`), never hangs it.
+**Waiting.**  Outboxes do nothing for the Inbox per message: they are ordinary
+producers.  The Inbox waits in one ``epoll`` on the wake-up FIFOs of its consumers
+(armed as :mod:`shmbus.wakeup` says: each sender's producer writes one byte there,
+once per sleep, only while the Inbox is armed) and on its *doorbell*, the FIFO
+``{ns}@locks/X@inbox.wake`` of a waiter whose sleep epoch is the registry's ``bell``
+word: an Outbox that has registered a new ring wakes it there.  A wake-up missed while
+arming delays the Inbox by at most :data:`MAX_SLEEP`, as for any waiter.
 
 Locks (files in ``{ns}@locks``): ``X@inbox`` is held by the live Inbox (one per name);
 ``X@registry`` is held for the moment the registry is created, an Outbox registers, or
@@ -49,18 +49,16 @@ from __future__ import annotations
 
 import mmap
 import os
-import threading
-import time
-from typing import Callable
 
 import posix_ipc
 
 from . import liveness, naming, ownership
 from .errors import InvalidName, PermissionDenied, ShmbusError
 from .lock import FileLock
-from .wait import fence
+from .wait import strategy
+from .wakeup import LONG_SLEEP, MAX_SLEEP, Sleeper
 
-__all__ = ["DURABLE", "Registry", "Doorbell", "check_inbox_name", "sender_ring",
+__all__ = ["DURABLE", "Registry", "doorbell", "check_inbox_name", "sender_ring",
            "sender_rings", "collect", "MAX_SLEEP", "LONG_SLEEP"]
 
 DURABLE = "inbox"  # the Inbox's durable name on every sender ring
@@ -70,8 +68,6 @@ REGISTRY_VERSION = 1
 _SIZE = 128
 W_MAGIC, W_VERSION, W_CAPACITY, W_GENERATION, W_PID, W_START = 0, 1, 2, 3, 4, 5
 W_BELL = 8
-MAX_SLEEP = 0.01   # the first sleeps: the bound on a missed wake-up
-LONG_SLEEP = 0.5   # later sleeps (every send sees the odd epoch by then)
 
 
 def check_inbox_name(name: object) -> str:
@@ -270,72 +266,10 @@ def collect(ns: str, dry_run: bool = False) -> list[dict]:
     return done
 
 
-class Doorbell:
-    """The Inbox's side of the wake-up protocol (see the module docstring): it sleeps
-    on the registry's ``bell`` word and semaphore.  ``close()`` from another thread
-    wakes a sleeping thread (its ``ready`` must then see the Inbox closed)."""
-
-    def __init__(self, words: memoryview, sem_name: str) -> None:
-        self.words = words
-        self.sem = ownership.open_semaphore(sem_name, create=True)
-        if words[W_BELL] & 1:  # a previous Inbox died asleep: make it even
-            words[W_BELL] += 1
-        self._guard = threading.Lock()
-        self._inside = 0
-        self.closing = False
-
-    def sleep(self, ready: Callable[[], bool], deadline: float | None) -> bool:
-        """Sleep until ``ready()`` or ``deadline`` (time.monotonic; None: never); return
-        whether it became ready (True at once when closing)."""
-        with self._guard:
-            if self.closing:
-                return True
-            self._inside += 1
-        words = self.words
-        try:
-            words[W_BELL] += 1  # odd: asleep
-            fence()
-            since = time.monotonic()
-            try:
-                while True:
-                    if self.closing or ready():
-                        return True
-                    now = time.monotonic()
-                    timeout = MAX_SLEEP if now - since < MAX_SLEEP else LONG_SLEEP
-                    if deadline is not None:
-                        timeout = min(timeout, deadline - now)
-                        if timeout <= 0:
-                            return ready()
-                    try:
-                        self.sem.acquire(timeout)
-                    except (posix_ipc.BusyError, posix_ipc.SignalError):
-                        pass  # timed out, or a signal handler ran: look again
-            finally:
-                if not self.closing:
-                    words[W_BELL] += 1  # even: awake
-        finally:
-            with self._guard:
-                self._inside -= 1
-                last = self.closing and self._inside == 0
-            if last:
-                self._free()
-
-    def close(self) -> None:
-        """Wake every sleeping thread; free the semaphore once the last has left."""
-        with self._guard:
-            if self.closing:
-                return
-            self.closing = True
-            inside = self._inside
-            for _ in range(inside):
-                self.sem.release()
-        if not inside:
-            self._free()
-
-    def _free(self) -> None:
-        sem, self.sem = self.sem, None
-        if sem is not None:
-            sem.close()
+def doorbell(words: memoryview, ns: str, inbox: str) -> Sleeper:
+    """The Inbox's side of the doorbell: a waiter on the registry's ``bell`` word whose
+    wake-up FIFO is ``{ns}@locks/{inbox}@inbox.wake`` (see :mod:`shmbus.wakeup`)."""
+    return Sleeper(words, W_BELL, bell_semaphore(ns, inbox), strategy("sleep"))
 
 
 def current_sender_id() -> str:

@@ -22,8 +22,12 @@ A ring has one producer; an Inbox reads the rings of all its Outboxes
   kernel released it) removes the ring.  An Inbox that stops or crashes leaves its
   cursors in the rings: the next ``Inbox(name)`` resumes where it stopped (the message
   it held unreleased at a crash comes again, as with a durable Consumer).
-* **Waiting sleeps**: with nothing to receive, the Inbox spins briefly, then sleeps on
-  its doorbell; Outboxes post it (only while it sleeps: one load per send otherwise).
+* **Waiting sleeps**: with nothing to receive, the Inbox looks a few times, yields for
+  a moment, then arms every sender's consumer and its doorbell and sleeps in ``epoll``
+  on their wake-up FIFOs (see :mod:`shmbus.fanin`); Outboxes do nothing extra per
+  message.  ``fileno``/``arm``/``disarm``/``ready`` make an Inbox
+  :class:`~shmbus.poller.Waitable`: a :class:`shmbus.Poller` (or a selector, an event
+  loop) waits on it like on a Consumer.
 * **Only our rings**: a ring that is not ours (another user's) is never opened, as for
   any Consumer (:class:`PermissionDenied`); the Inbox skips it.
 
@@ -33,6 +37,7 @@ One Inbox per name at a time (:class:`RingBusy` otherwise).
 from __future__ import annotations
 
 import os
+import select
 import time
 from typing import Any, Iterator
 
@@ -46,6 +51,7 @@ from .lock import FileLock
 from .message import Message
 from .objects import ObjectReceiver
 from .unlink import unlink
+from .wakeup import LONG_SLEEP, MAX_SLEEP, Sleeper
 
 __all__ = ["Inbox", "QUANTUM", "DEFAULT_CAPACITY"]
 
@@ -90,7 +96,7 @@ class Inbox(ObjectReceiver, Handle):
                            "name at a time; close that one, or use another name",
                            name=name, pid=pid)
         self._reg: fanin.Registry | None = None
-        self._bell: fanin.Doorbell | None = None
+        self._bell: Sleeper | None = None
         self._senders: list[_Sender] = []
         try:
             with fanin.registry_lock(ns, name).acquire(10.0):
@@ -100,7 +106,9 @@ class Inbox(ObjectReceiver, Handle):
             w[W_PID], w[W_START] = me.pid, me.start_time
             w[W_CAPACITY] = cap or w[W_CAPACITY] or DEFAULT_CAPACITY
             self.capacity = w[W_CAPACITY]
-            self._bell = fanin.Doorbell(w, fanin.bell_semaphore(ns, name))
+            self._bell = fanin.doorbell(w, ns, name)
+            self._epoll: select.epoll | None = None  # made on the first wait
+            self._armed: list[Consumer] = []
             self._next = 0  # the sender the next round starts at
             self._gen = -1
             self._due = 0.0  # time.monotonic() of the next maintenance
@@ -140,13 +148,15 @@ class Inbox(ObjectReceiver, Handle):
             consumer.sender = sender  # type: ignore[attr-defined]  # msg.sender
             self.refused.pop(ring, None)
             self._senders.append(_Sender(sender, ring, consumer))
+            if self._epoll is not None:
+                self._epoll.register(consumer.fileno(), select.EPOLLIN)
         self._gen = gen
 
     def _maintain(self) -> None:
         """List /dev/shm for new rings, and remove the drained rings of gone senders."""
         self._rescan()
         for s in list(self._senders):
-            if not s.consumer.lag:
+            if not s.consumer.ready():
                 self._remove_if_gone(s)
         self._due = time.monotonic() + _MAINTAIN_EVERY
 
@@ -159,7 +169,7 @@ class Inbox(ObjectReceiver, Handle):
         if not lock.try_acquire():
             return  # alive (or, in this process, open)
         try:
-            if s.consumer.lag:
+            if s.consumer.ready():
                 return  # it sent more before it stopped: receive that first
             self._held.pop(id(s.consumer), None)
             s.consumer.close()
@@ -218,7 +228,7 @@ class Inbox(ObjectReceiver, Handle):
                     for k in range(n):
                         i = (start + k) % n
                         c = senders[i].consumer
-                        if c.lag:
+                        if c.ready():
                             try:
                                 msg = c.recv(0)
                             except Timeout:
@@ -250,7 +260,7 @@ class Inbox(ObjectReceiver, Handle):
                     batch: list[Message] = []
                     for k in range(n):
                         c = senders[(start + k) % n].consumer
-                        if c.lag:
+                        if c.ready():
                             try:
                                 batch += c.recv_many(max_messages - len(batch), 0)
                             except Timeout:
@@ -282,35 +292,117 @@ class Inbox(ObjectReceiver, Handle):
         if self._closed or self._words[W_GENERATION] != self._gen:
             return True
         for s in self._senders:
-            if s.consumer.lag:
+            if s.consumer.ready():
                 return True
         return False
 
     def _wait(self, deadline: float | None, timeout: float | None) -> None:
-        """Wait until :meth:`_ready`, maintenance is due, or ``deadline``: spin, yield,
-        then sleep on the doorbell.  Raises :class:`Timeout` or :class:`Closed`."""
+        """Wait until :meth:`_ready`, maintenance is due, or ``deadline``: look a few
+        times, yield for a moment, then arm and sleep in ``epoll``.  Raises
+        :class:`Timeout` or :class:`Closed`."""
         ready = self._ready
         due = self._due if deadline is None else min(deadline, self._due)
-        got = False
-        for _ in range(_SPINS):
-            if ready():
-                got = True
-                break
-        if not got:
+        if deadline is None or time.monotonic() < deadline:
+            for _ in range(_SPINS):
+                if ready():
+                    return
             until = time.monotonic() + _YIELD_FOR
             while not ready():
                 now = time.monotonic()
                 if now >= due:
                     break
                 if now >= until:
-                    self._bell.sleep(ready, due)  # type: ignore[union-attr]
+                    self._sleep(due)
                     break
                 os.sched_yield()
+        try:
+            if self._closed:
+                raise self._closed_error()
+            if deadline is not None and time.monotonic() >= deadline and not ready():
+                raise Timeout(f"no message in inbox {self.name!r} within {timeout} s",
+                              name=self.name, timeout=timeout)
+        except ValueError as e:  # closed by another thread while we looked
+            raise self._closed_or(e) from None
+
+    def _sleep(self, until: float) -> None:
+        """Arm, then sleep in ``epoll`` until something is ready or ``until``, with the
+        bounded timeouts of :mod:`shmbus.wakeup`."""
+        try:
+            if self.arm():
+                return
+            ep = self._epoll
+            assert ep is not None
+            since = time.monotonic()
+            try:
+                while not self._ready():
+                    now = time.monotonic()
+                    left = until - now
+                    if left <= 0:
+                        return
+                    ep.poll(min(left, MAX_SLEEP if now - since < MAX_SLEEP else LONG_SLEEP))
+            finally:
+                self.disarm()
+        except (OSError, ValueError, ShmbusError):
+            if not self._closed:
+                raise  # closed by another thread meanwhile: the caller raises Closed
+
+    # -- waiting with others: shmbus.Poller, selectors, event loops ----------------------
+
+    def fileno(self) -> int:
+        """A descriptor (an ``epoll``) that becomes readable when, armed (:meth:`arm`),
+        a sender sends or a new sender joins: for :class:`shmbus.Poller`, ``selectors``
+        and event loops.  Creates the wake-up FIFOs on first use."""
         if self._closed:
             raise self._closed_error()
-        if deadline is not None and time.monotonic() >= deadline and not ready():
-            raise Timeout(f"no message in inbox {self.name!r} within {timeout} s",
-                          name=self.name, timeout=timeout)
+        if self._epoll is None:
+            ep = select.epoll()
+            try:
+                ep.register(self._bell.fileno(), select.EPOLLIN)  # type: ignore[union-attr]
+                for s in self._senders:
+                    ep.register(s.consumer.fileno(), select.EPOLLIN)
+            except BaseException:
+                ep.close()
+                raise
+            self._epoll = ep
+        return self._epoll.fileno()
+
+    def arm(self) -> bool:
+        """Ask to be woken through :meth:`fileno`: arm every sender's consumer and the
+        doorbell.  True (nothing left armed) if something is ready already; then watch
+        the descriptor with bounded timeouts (10 ms, then 0.5 s), and :meth:`disarm`
+        before receiving."""
+        if self._closed:
+            return True
+        self.fileno()
+        if self._words[W_GENERATION] != self._gen:
+            return True
+        armed = self._armed
+        bell = self._bell
+        assert bell is not None
+        gen = self._gen
+        if bell.arm(lambda: self._closed or self._words[W_GENERATION] != gen):
+            return True
+        for s in self._senders:
+            if s.consumer.arm():
+                self.disarm()
+                return True
+            armed.append(s.consumer)
+        return False
+
+    def disarm(self) -> None:
+        """Stop being woken through :meth:`fileno` (reads the FIFOs empty)."""
+        for c in self._armed:
+            c.disarm()
+        self._armed.clear()
+        if self._bell is not None:
+            self._bell.disarm()
+
+    def ready(self) -> bool:
+        """Whether a receive would not wait now (a message, a new sender, or closed)."""
+        try:
+            return self._ready()
+        except ValueError:  # closed by another thread meanwhile
+            return True
 
     def try_recv(self) -> Message | None:
         """Like :meth:`recv` but never waits: None when no message is there."""
@@ -366,7 +458,7 @@ class Inbox(ObjectReceiver, Handle):
                     c.release()
                 self._held.clear()
                 for s in list(self._senders):
-                    if not s.consumer.lag:
+                    if not s.consumer.ready():
                         self._remove_if_gone(s)
             for s in self._senders:
                 try:
@@ -376,6 +468,8 @@ class Inbox(ObjectReceiver, Handle):
             self._senders.clear()
             self._remove_registry_if_unused()
         finally:
+            if self._epoll is not None:
+                self._epoll.close()
             if self._reg is not None:
                 self._reg.close()
             if self._live.held:

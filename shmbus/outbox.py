@@ -28,6 +28,7 @@ from typing import Any, Iterable
 from . import fanin, naming
 from .errors import DurableBusy, LayoutMismatch, RingBusy, RingNotFound, Timeout
 from .fanin import W_BELL, W_CAPACITY, W_GENERATION
+from .claim import Claim
 from .handle import Handle
 from .objects import ObjectSender
 from .producer import Producer
@@ -149,9 +150,9 @@ class Outbox(ObjectSender, Handle):
         self.sender, self._key = sender, key
         self._producer, self._registry, self._waker = producer, reg, waker
         self.capacity = producer.capacity
-        self._bind(producer, reg.words, waker)
+        self.send = producer.send  # type: ignore[method-assign]  # no work of ours per message
         bell = reg.words[W_BELL]
-        if bell & 1:  # the Inbox sleeps: tell it about the new ring
+        if bell & 1:  # the Inbox waits: tell it about the new ring
             waker.wake(bell)
 
     def _choose_sender(self) -> tuple[str, tuple[str, str, str]]:
@@ -170,30 +171,6 @@ class Outbox(ObjectSender, Handle):
             _open.add(key)
         return sender, key
 
-    def _bind(self, producer: Producer, words: memoryview, waker: Waker) -> None:
-        """The fast ``send``: the producer's, then one load of the Inbox's bell."""
-        psend, wake = producer.send, waker.wake
-
-        def send(data: Any, key: Any = None, *, timeout: float | None = None) -> int:
-            seq = psend(data, key, timeout=timeout)
-            try:
-                bell = words[W_BELL]
-            except ValueError:  # closed by another thread after it was sent
-                return seq
-            if bell & 1:
-                wake(bell)
-            return seq
-
-        self.send = send  # type: ignore[method-assign]
-
-    def _ring_bell(self) -> None:
-        try:
-            bell = self._registry.words[W_BELL]  # type: ignore[union-attr]
-        except (AttributeError, ValueError):
-            return
-        if bell & 1:
-            self._waker.wake(bell)  # type: ignore[union-attr]
-
     # -- sending ------------------------------------------------------------------------
 
     def send(self, data: Any, key: Any = None, *,  # type: ignore[no-redef]
@@ -208,16 +185,14 @@ class Outbox(ObjectSender, Handle):
         """Publish several messages with one publish (see ``Producer.send_many``)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         producer = self._producer or self._attach(deadline, timeout)
-        sent = producer.send_many(messages, keys=keys, timeout=_left(deadline))
-        self._ring_bell()
-        return sent
+        return producer.send_many(messages, keys=keys, timeout=_left(deadline))
 
-    def claim(self, size: int, key: Any = None, *, timeout: float | None = None) -> "_Claim":
+    def claim(self, size: int, key: Any = None, *, timeout: float | None = None) -> Claim:
         """Room for a ``size``-byte message written in place (see ``Producer.claim``);
-        published, and the Inbox told, when the ``with`` block exits."""
+        published when the ``with`` block exits."""
         deadline = None if timeout is None else time.monotonic() + timeout
         producer = self._producer or self._attach(deadline, timeout)
-        return _Claim(producer.claim(size, key, timeout=_left(deadline)), self._ring_bell)
+        return producer.claim(size, key, timeout=_left(deadline))
 
     def send_obj(self, obj: Any, key: str | bytes | None = None, *,
                  timeout: float | None = None, codec: str = "pickle") -> int:
@@ -278,25 +253,6 @@ class Outbox(ObjectSender, Handle):
     def __repr__(self) -> str:
         return (f"<Outbox to {self.name!r} ns={self.namespace!r} "
                 f"sender={self.sender or self._wanted!r}>")
-
-
-class _Claim:
-    """A producer's claim that tells the Inbox when it is published."""
-
-    def __init__(self, claim: Any, ring_bell: Any) -> None:
-        self._claim, self._ring_bell = claim, ring_bell
-
-    def __enter__(self) -> memoryview:
-        return self._claim.__enter__()
-
-    def __exit__(self, *exc: Any) -> None:
-        self._claim.__exit__(*exc)
-        if exc[0] is None:
-            self._ring_bell()
-
-    @property
-    def seq(self) -> int | None:
-        return self._claim.seq
 
 
 def _give_inbox_cursor(ring: str, ns: str) -> None:

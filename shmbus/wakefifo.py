@@ -53,7 +53,8 @@ __all__ = ["SUFFIX", "name_for", "ring_of", "create", "open_writer", "write", "d
            "remove", "collect", "remove_unused"]
 
 SUFFIX = ".wake"
-_PATTERN = re.compile(r"(?P<ring>[A-Za-z0-9._-]{1,100})@(?:c[0-9]{1,4}|p)\.wake")
+# ``{inbox}@inbox.wake``: the doorbell of an Inbox (shmbus.fanin), rung when a sender joins.
+_PATTERN = re.compile(r"(?P<ring>[A-Za-z0-9._-]{1,100})@(?:c[0-9]{1,4}|p|inbox)\.wake")
 _OPEN = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _RETRIES = 5  # the lock directory removed under us (its last lock released): again
 

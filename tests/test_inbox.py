@@ -22,13 +22,6 @@ pytestmark = pytest.mark.timeout(60)
 QUANTUM = inbox_module.QUANTUM
 
 
-def sender_of(msg) -> str:
-    """Whose a message is: ``msg.sender`` (the per-sender consumer's ``sender``)."""
-    if hasattr(type(msg), "sender"):
-        return msg.sender
-    return msg[4].sender  # until Message exposes it: the consumer it came from
-
-
 def entries(ns: str) -> list[str]:
     return sorted(e for e in support.shm_entries() if support.namespace_of(e) == ns)
 
@@ -108,7 +101,7 @@ def test_many_senders_arrive_in_order_per_sender_with_their_id(ns, procs, how):
             for msg in batch:
                 ident, seq = P.check_payload(bytes(msg))
                 seqs[ident].append(seq)
-                whose[ident].add(sender_of(msg))
+                whose[ident].add(msg.sender)
             total += len(batch)
         reported = {}
         while len(reported) < n:
@@ -263,7 +256,7 @@ def test_timeouts_try_recv_and_iteration(ns):
             assert b.sender == a.sender + ".1"
             got = []
             for msg in inbox:
-                got.append((bytes(msg), msg.key, sender_of(msg)))
+                got.append((bytes(msg), msg.key, msg.sender))
                 if len(got) == 2:
                     break
             assert sorted(got) == [(b"1", b"k", a.sender), (b"2", None, b.sender)]
@@ -418,4 +411,37 @@ def test_inbox_close_removes_the_registry_when_no_sender_is_left(ns):
         assert bytes(inbox.recv(timeout=5)) == b"x"
         support.await_until(lambda: inbox.try_recv() is None and not inbox.senders
                             or inbox._maintain(), timeout=10, what="sender gone")
+    assert entries(ns) == []
+
+
+def poll_then_receive(ns, name, out):
+    """A Poller with an Inbox and a Consumer: report what each poll finds."""
+    with shmbus.Inbox(name, capacity=1 << 16, namespace=ns) as inbox, \
+            shmbus.Consumer("side", namespace=ns) as side:
+        poller = shmbus.Poller()
+        poller.register(inbox)
+        poller.register(side)
+        out.put("polling")
+        got: list = []
+        polls = 0
+        while not got and polls < 3:  # a new sender may wake it before its message
+            polls += 1
+            for item in poller.poll(timeout=30):
+                msg = item.try_recv()
+                if msg is not None:
+                    got.append((item is inbox, bytes(msg)))
+        out.put(got)
+
+
+def test_a_poller_waits_on_an_inbox_like_on_a_consumer(ns, procs):
+    shmbus.Producer("side", capacity=1 << 12).close()
+    out = SPAWN.Queue()
+    procs.append(start(poll_then_receive, ns, "polled", out))
+    assert out.get(timeout=30) == "polling"
+    with shmbus.Outbox("polled", namespace=ns) as box:
+        box.send(b"joined")  # a new sender wakes it (the doorbell), then its message
+        assert out.get(timeout=30) == [(True, b"joined")]
+    procs[0].join(30)
+    shmbus.unlink("side")
+    collect(ns)
     assert entries(ns) == []
