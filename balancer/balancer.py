@@ -28,7 +28,8 @@ owner is over the bound, which trades per-key order for balance.
 
 Messages are forwarded as raw records (:mod:`shmbus.forward`): one copy per stretch of
 records bound for the same worker, no ``Message`` per message, and each keeps its
-producer's ``timestamp_ns``.  Bounded loads, custom policies, redeliveries and input
+producer's ``timestamp_ns``; consistent hashing routes a run of records to their keys'
+owners in one call (:mod:`shmbus.balancer.routing`; in C with the compiled hot path).  Bounded loads, custom policies, redeliveries and input
 records that need checked reads go through ``recv_many``/``send_many`` instead.
 """
 
@@ -39,19 +40,19 @@ import logging
 import os
 import threading
 import time
-from collections import Counter
-from itertools import compress, groupby
+from itertools import groupby
 from operator import itemgetter
 
 import shmbus
 from shmbus import layout, naming
-from shmbus.forward import forward, give_back, run_message, take_run
+from shmbus.forward import Run, forward, give_back, run_message, take_run
 from shmbus.errors import DurableBusy, LeaseLost, RingNotFound, ShmbusError, Timeout
 from shmbus.segment import Segment
 
 from . import membership, stats
 from .handoff import Handoffs
 from .roster import Roster, _Member
+from .routing import Router, router
 from .policies import ConsistentHash, Policy, RoundRobin, policy as make_policy
 
 __all__ = ["Balancer"]
@@ -119,6 +120,7 @@ class Balancer(Roster):
         self._forwarding = isinstance(self.policy, RoundRobin) or self._hashing
         self._handoffs = Handoffs()  # keys whose older messages another worker holds
         self._owners: dict[bytes | None, str] = {}
+        self._router: Router | None = None  # routes runs by key (consistent hashing)
         self._unjoined: set[str] = set()  # registered workers whose ring is still busy
         self.leading = threading.Event()
         # Why the last attempt to publish (or remove) our stats failed, None if it
@@ -330,15 +332,19 @@ class Balancer(Roster):
         needs the message path now.  What no worker can take now is left in the input
         (or, if a worker ring filled up behind others that took later records, kept
         in ``_pending``), so per-key order holds as in :meth:`_place`."""
-        hashing = isinstance(self.policy, ConsistentHash)
-        run = take_run(consumer, 512, keys=hashing)
+        router = None
+        if self._hashing:
+            router = self._key_router()
+            if router is None:  # no worker on the ring yet
+                return None
+        run = take_run(consumer, 512, keys=router is not None and router.needs_keys)
         if not run:
             return run
         count = len(run.bounds) - 1
         room = {n: self.prefetch - m.in_flight() for n, m in self.members.items()}
         picks: dict[str, range | list[int]]
-        if hashing:
-            picks, placed = self._hash_picks(run.keys, room)
+        if router is not None:
+            picks, placed = self._hash_picks(run, router, room)
         else:
             picks, placed = {}, 0
             for name, n in self.policy.share(count, room):
@@ -358,31 +364,33 @@ class Balancer(Roster):
             give_back(consumer, run, placed)  # read again next time
         return placed > len(refused)
 
-    def _hash_picks(self, keys: list, room: dict[str, int]) -> tuple[dict, int]:
+    def _key_router(self) -> Router | None:
+        """The router of the policy's current ring (a new one after a membership
+        change): compiled, when the compiled hot path runs; None while the ring is
+        empty."""
+        r = self._router
+        if r is None or not r.current(self.policy):
+            r = self._router = router(self.policy)
+        return r
+
+    def _hash_picks(self, run: Run, router: Router, room: dict[str, int]) -> tuple[dict, int]:
         """Which records (by index) go to which owner, and how many lead the run up
         to the first whose owner has no room or whose key is in handoff (that one and
         all after it wait)."""
-        owner = self._owners
-        if len(owner) >= 1 << 16:  # many distinct keys: keep the cache bounded
-            owner.clear()
-        names = list(map(owner.get, keys))
-        if None in names:
-            for i, name in enumerate(names):
-                if name is None:
-                    names[i] = owner[keys[i]] = self.policy.pick(keys[i])
-        counts = Counter(names)
+        owners, lists = router.route(run)
+        names = router.names
         held = self._handoffs.held
-        if not held and all(room[name] >= n for name, n in counts.items()):  # common
-            return {name: list(compress(range(len(names)), map(name.__eq__, names)))
-                    for name in counts}, len(names)
+        if not held and all(room[names[w]] >= len(idx) for w, idx in enumerate(lists)):
+            return {names[w]: idx for w, idx in enumerate(lists) if idx}, len(owners)
         blocks = self._handoffs.blocks
-        lists: dict[str, list[int]] = {name: [] for name in counts}
-        for i, name in enumerate(names):
-            if room[name] <= 0 or (held and blocks(keys[i], name)):
-                return {n: idx for n, idx in lists.items() if idx}, i
+        picks: dict[str, list[int]] = {}
+        for i, w in enumerate(owners):
+            name = names[w]
+            if room[name] <= 0 or (held and blocks(run.key(i), name)):
+                return picks, i
             room[name] -= 1
-            lists[name].append(i)
-        return lists, len(names)
+            picks.setdefault(name, []).append(i)
+        return picks, len(owners)
 
     def _idle(self, until: float) -> None:
         """Nothing to move: wait for input (one input: sleep on it), briefly."""

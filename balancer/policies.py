@@ -184,6 +184,12 @@ class ConsistentHash(Policy):
         self._points = [p for p, _ in points]
         self._owners = [w for _, w in points]
 
+    def ring(self) -> tuple[list[int], list[str]]:
+        """The hash ring: its points (ascending) and the worker owning each; a key is
+        owned by the first point above ``hash64`` of it (wrapping around).  A new pair
+        of lists after every change of membership (never changed in place)."""
+        return self._points, self._owners
+
     def owner(self, key: bytes | str | None) -> str | None:
         """The worker owning ``key`` on the ring (ignoring loads and skips)."""
         if not self._points:

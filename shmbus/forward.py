@@ -9,6 +9,11 @@ with one ``memcpy`` per contiguous stretch, then get the output ring's seq (and 
 given flags) written into their headers (:func:`forward`).  Payload, key and the
 original ``timestamp_ns`` are kept.
 
+With the compiled hot path, the walk over a run's headers
+(``shmbus._hotpath.scan_records``) and the copy, stamping, checkpointing and
+publishing of the records (``Sequencer.forward``) run in C; numpy and the Python loops
+here are their pure-Python twins, which write the same bytes (tests/test_forward.py).
+
 Both functions work on the private state of :class:`~shmbus.Consumer` and
 :class:`~shmbus.Producer` and follow their rules: the consumer releases the previous
 run only when it takes the next one (so what was taken stays protected until the
@@ -23,7 +28,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import layout, ring
+from . import hotpath, layout, ring
 from .arrays import BULK
 from .consumer import Consumer
 from .errors import Timeout
@@ -32,6 +37,7 @@ from .layout import (H_WRITE, RECORD, RECORD_HEAD, RECORD_HEADER, RECORD_RESTAMP
 from .message import Message
 from .producer import Producer
 from .ring import checkpoint, checkpoint_strided
+from .sequencer import Sequencer
 
 __all__ = ["Run", "take_run", "give_back", "forward", "run_message"]
 
@@ -56,6 +62,14 @@ class Run(NamedTuple):
     def position(self, i: int) -> int:
         """The ring position of record ``i``."""
         return self.pos + self.bounds[i] - self.bounds[0]
+
+    def key(self, i: int) -> bytes | None:
+        """Record ``i``'s key (None if it has none)."""
+        if self.keys is not None:
+            return self.keys[i]
+        start = self.bounds[i] + RECORD_HEADER
+        klen = _head(self.data, self.bounds[i])[1]
+        return self.data[start:start + klen].tobytes() if klen else None
 
 
 def take_run(consumer: Consumer, max_records: int, keys: bool = False) -> Run | None | bool:
@@ -98,12 +112,18 @@ def _take_run(c: Consumer, max_records: int, keys: bool) -> Run | None | bool:
     c._wcache = min(write, (pos | mask) + 1)  # see Consumer._bind_recv
     first = idx
     limit = min(cap, first + write - pos)
+    stop = min(limit, pad_limit + 1)  # a header must fit before the end
+    if not keys and hotpath.native is not None:  # the walk below, in C
+        bounds, stride, expect = hotpath.native.scan_records(
+            data, idx, limit, stop, max_records, c._expect, c._max_record, REC_PAD)
+        if len(bounds) > 1:
+            c._pos, c._expect = pos + bounds[-1] - first, expect
+            return Run(data, pos, bounds, None, stride)
     run = _take_uniform(c, pos, idx, limit, max_records, keys)
     if run is not None:
         return run
     bounds: list[int] = []
     klens: list[int] = []
-    stop = min(limit, pad_limit + 1)  # a header must fit before the end
     max_record = c._max_record
     append, append_klen = bounds.append, klens.append
     stride = -1
@@ -184,7 +204,13 @@ def forward(producer: Producer, run: Run, indexes: range | list[int],
     were written: all, or a prefix (maybe none) when the ring has no room for all."""
     p = producer
     p._check_usable()
+    cur = p._cur
+    native = type(cur) is not Sequencer  # the compiled cursor: copies in C
     bounds, count = run.bounds, _fitting(run.bounds, indexes, p._max_record)
+    if native and count == len(indexes):
+        sent = cur.forward(run.data, bounds, indexes, flags)
+        if sent is not None:
+            return sent
     while count:
         indexes = indexes[:count]
         if type(indexes) is range:
@@ -201,6 +227,12 @@ def forward(producer: Producer, run: Run, indexes: range | list[int],
             count //= 2
     if not count:
         return 0
+    if native:  # room made: it fits now, unless closed meanwhile
+        sent = cur.forward(run.data, bounds, indexes, flags)
+        if sent is None:
+            p._check_usable()
+            raise RuntimeError("Sequencer.forward refused records after _reserve")
+        return sent
     base = pos & p._mask
     if type(indexes) is range:  # records adjacent in the source: one copy
         p._data[base:base + total] = run.data[bounds[indexes.start]:bounds[indexes.stop]]

@@ -149,3 +149,171 @@ def test_records_of_one_size_are_gathered_and_stamped_in_bulk(ns):
         assert m.key[-1] % 2 == 1
     shmbus.unlink("in")
     shmbus.unlink("out")
+
+
+# -- the compiled forwarding and routing against their pure-Python twins ---------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from shmbus import hotpath, layout, ring  # noqa: E402
+from shmbus.balancer.policies import ConsistentHash, hash64  # noqa: E402
+from shmbus.balancer.routing import KeyRouter, router  # noqa: E402
+
+native, why = hotpath.load_native()
+needs_build = pytest.mark.skipif(native is None, reason=f"no compiled build: {why}")
+
+
+def _on_path(compiled: bool, make, *args, **kw):
+    saved = hotpath.compiled, hotpath.native
+    hotpath.compiled, hotpath.native = compiled, native if compiled else None
+    try:
+        return make(*args, **kw)
+    finally:
+        hotpath.compiled, hotpath.native = saved
+
+
+def _stampless(pub: shmbus.Producer, pos: int, out: list) -> None:
+    """Append (record header fields but the timestamp... and bytes) of the records
+    from ``pos`` to the write position to ``out``."""
+    while pos < pub.position:
+        rec = ring.read(pub._data, pos, pub.capacity, pub.position)
+        out.append(rec._replace(pos=pos))
+        pos += rec.size
+
+
+@needs_build
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(batches=st.lists(st.lists(st.tuples(
+    st.integers(0, 200), st.one_of(st.none(), st.binary(min_size=1, max_size=9))),
+    min_size=1, max_size=40), min_size=1, max_size=8),
+    choose=st.randoms(use_true_random=False), flags=st.integers(0, 3))
+def test_compiled_forward_writes_what_the_pure_forward_writes(ns, batches, choose, flags):
+    """Records taken from one input (mixed sizes, keys, wraps) and forwarded, the same
+    indexes each time, into a compiled and a pure output ring of 4 KiB (wraps,
+    padding, checkpoints, the tail moving): the same bytes (timestamps included: the
+    originals are kept), header words and cursors, and take_run's C walk takes the
+    runs the Python walk takes."""
+    src = shmbus.Producer("in", capacity=1 << 14)
+    fast = _on_path(True, shmbus.Producer, "c", capacity=4096, on_full="overwrite")
+    slow = _on_path(False, shmbus.Producer, "p", capacity=4096, on_full="overwrite")
+    a, b = shmbus.Consumer("in"), shmbus.Consumer("in")
+    try:
+        for batch in batches:
+            src.send_many([bytes([n & 255]) * n for n, _ in batch],
+                          keys=[k for _, k in batch])
+            while True:
+                run = take_run(a, 64)  # the C walk (this process may run either path)
+                again = _on_path(False, take_run, b, 64)  # the Python walk
+                assert bool(run) == bool(again)
+                if not run:
+                    break
+                assert (run.pos, run.bounds, run.stride) == \
+                    (again.pos, again.bounds, again.stride)
+                count = len(run.bounds) - 1
+                picked = sorted(choose.sample(range(count), choose.randint(0, count)))
+                for indexes in (picked, range(0, count)):
+                    assert forward(fast, run, indexes, flags) == \
+                        forward(slow, run, indexes, flags)
+                    assert (fast.position, fast.seq) == (slow.position, slow.seq)
+        assert bytes(fast._data) == bytes(slow._data)
+        wf, ws = fast._seg.words, slow._seg.words
+        for word in (layout.H_WRITE, layout.H_LAST, layout.H_TAIL):
+            assert wf[word] == ws[word]
+        cps = slice(layout.H_CHECKPOINTS, layout.H_CHECKPOINTS + layout.CHECKPOINTS)
+        assert wf[cps].tolist() == ws[cps].tolist()
+        assert (fast._cp_next, fast._room, fast._limit) == \
+            (slow._cp_next, slow._room, slow._limit)
+    finally:
+        a.close()
+        b.close()
+        for p in (src, fast, slow):
+            p.unlink()
+
+
+@needs_build
+@settings(max_examples=200, deadline=None)
+@given(data=st.binary(max_size=600))
+def test_the_compiled_hash64_is_the_policies_hash64(data):
+    """BLAKE2b-64 in C, across block boundaries (128 bytes), equals hashlib's."""
+    assert native.hash64(data) == hash64(data)
+    assert native.hash64(memoryview(data)) == hash64(data)
+
+
+@needs_build
+@settings(max_examples=30, deadline=None)
+@given(workers=st.sets(st.text("abcxyz", min_size=1, max_size=4), min_size=1, max_size=6),
+       keys=st.lists(st.one_of(st.none(), st.binary(max_size=70)), max_size=80))
+def test_both_routers_give_each_key_its_consistent_hash_owner(workers, keys):
+    """The compiled KeyRouter (cached or not: every key twice, keys over its cache's
+    48 bytes) and the pure one route each key to ConsistentHash.owner(key)."""
+    policy = ConsistentHash(sorted(workers), vnodes=50)
+    fast, slow = router(policy, native), router(policy, None)
+    assert fast.names == slow.names == sorted(workers)
+    run = _run_of_keys(keys + keys)
+    expect = [fast.names.index(policy.owner(k)) for k in keys + keys]
+    for r in (fast, slow):
+        owners, picks = r.route(run)
+        assert list(owners) == expect
+        assert picks == [[i for i, w in enumerate(expect) if w == n]
+                         for n in range(len(fast.names))]
+    assert all(run.key(i) == k for i, k in enumerate(keys + keys))
+    assert KeyRouter(*policy.ring()[:1], [fast.names.index(o) for o in policy.ring()[1]]
+                     ).owner(b"x") == fast.names.index(policy.owner(b"x"))
+
+
+@needs_build
+def test_compiled_forwarding_refuses_what_is_not_a_run(rings):
+    src, sub, _ = rings
+    dst = _on_path(True, shmbus.Producer, "c", capacity=4096)
+    cur = dst._cur
+    src.send(b"x" * 40)
+    run = _on_path(True, take_run, sub, 10)
+    try:
+        _refuse(cur, run)
+    finally:
+        dst.unlink()
+
+
+def _refuse(cur, run) -> None:
+    with pytest.raises(ValueError, match="bounds"):
+        cur.forward(run.data, [0, 8], [0], 0)  # < a header
+    with pytest.raises(ValueError, match="bounds"):
+        cur.forward(run.data, [0, 1 << 20], [0], 0)  # past the end
+    with pytest.raises(ValueError, match="ascend"):
+        cur.forward(run.data, run.bounds, [1], 0)
+    with pytest.raises(TypeError, match="not initialised"):
+        native.Sequencer.__new__(native.Sequencer).forward(run.data, run.bounds, [0], 0)
+    with pytest.raises(ValueError, match="within"):
+        native.scan_records(run.data, 0, 1 << 20, 1 << 20, 10, 0, 4096, 1)
+    with pytest.raises(ValueError, match="key"):  # a key longer than its record
+        bad = bytearray(run.data[:run.bounds[1]])
+        struct.pack_into("<H", bad, 4, 500)
+        router(ConsistentHash(["w"]), native).route(
+            shmbus.forward.Run(memoryview(bytes(bad)), 0, [0, len(bad)], None, 0))
+
+
+def _run_of_keys(keys: list) -> shmbus.forward.Run:
+    """A run of 3-byte records with these keys, as take_run hands it out."""
+    data, bounds = bytearray(), [0]
+    for key in keys:
+        k = key or b""
+        record = bytearray(layout.record_size(len(k), 3))
+        layout.RECORD.pack_into(record, 0, 3, len(k), 0, len(bounds) - 1, 0)
+        record[layout.RECORD_HEADER:layout.RECORD_HEADER + len(k)] = k
+        data += record
+        bounds.append(len(data))
+    return shmbus.forward.Run(memoryview(bytes(data)), 0, bounds, keys, 0)
+
+
+@needs_build
+def test_keys_above_the_last_point_wrap_to_the_first_points_owner():
+    policy = ConsistentHash(["a", "b", "c"], vnodes=2)
+    points, owners = policy.ring()
+    assert owners[0] != owners[-1]  # else the wrap would not show
+    keys = [b"%d" % i for i in range(2000) if hash64(b"%d" % i) >= points[-1]]
+    assert len(keys) > 100
+    for r in (router(policy, native), router(policy, None)):
+        ids, _ = r.route(_run_of_keys(keys))
+        assert {r.names[w] for w in ids} == {owners[0]} == {policy.owner(k) for k in keys}

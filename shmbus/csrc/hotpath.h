@@ -233,6 +233,13 @@ int reader_commit(Reader *cur, uint64_t end, int has_next, uint64_t next_seq);
 /* The types and functions each file gives the module. */
 extern PyTypeObject SequencerType;
 extern PyTypeObject ReaderType;
+extern PyTypeObject KeyRouterType;
+PyObject *Sequencer_forward(Sequencer *self, PyObject *const *args, Py_ssize_t nargs);
+extern const char Sequencer_forward__doc__[];
+PyObject *scan_records(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+extern const char scan_records__doc__[];
+PyObject *hash64(PyObject *module, PyObject *data);
+extern const char hash64__doc__[];
 PyObject *spin_above(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 extern const char spin_above__doc__[];
 

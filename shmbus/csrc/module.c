@@ -5,6 +5,9 @@
 static PyMethodDef hotpath_functions[] = {
     {"spin_above", (PyCFunction)(void (*)(void))spin_above, METH_FASTCALL,
      spin_above__doc__},
+    {"scan_records", (PyCFunction)(void (*)(void))scan_records, METH_FASTCALL,
+     scan_records__doc__},
+    {"hash64", (PyCFunction)hash64, METH_O, hash64__doc__},
     {NULL}
 };
 
@@ -28,6 +31,7 @@ PyInit__hotpath(void)
         return NULL;
     if (PyModule_AddType(m, &SequencerType) < 0 || PyModule_AddType(m, &ReaderType) < 0 ||
             PyModule_AddType(m, &MessageType) < 0 ||
+            PyModule_AddType(m, &KeyRouterType) < 0 ||
             PyModule_AddStringConstant(m, "SOURCE_HASH", SHMBUS_SOURCE_HASH) < 0 ||
             PyModule_AddStringConstant(m, "RECORD_FORMAT", RECORD_FORMAT) < 0 ||
             PyModule_AddIntConstant(m, "REDELIVERY_SHIFT", REC_REDELIVERY_SHIFT) < 0) {

@@ -474,6 +474,8 @@ static PyMethodDef Sequencer_methods[] = {
      Sequencer_send__doc__},
     {"send_many", (PyCFunction)(void (*)(void))Sequencer_send_many, METH_FASTCALL,
      Sequencer_send_many__doc__},
+    {"forward", (PyCFunction)(void (*)(void))Sequencer_forward, METH_FASTCALL,
+     Sequencer_forward__doc__},
     {"release", (PyCFunction)Sequencer_release, METH_NOARGS, Sequencer_release__doc__},
     {NULL}
 };
