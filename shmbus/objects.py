@@ -172,11 +172,10 @@ def decode(msg: Any, *, copy: bool = False,
 
 def _decode(msg: Any, copy: bool, accept: Collection[str] | None,
             ring: str | None) -> Any:
-    data = getattr(msg, "data", None)
-    if data is None:  # a buffer, not a Message
+    if hasattr(msg, "seq"):  # a Message (a numpy array has .data too: not this)
+        data, seq = msg.data, msg.seq
+    else:  # any buffer
         data, seq = memoryview(msg).cast("B"), None
-    else:
-        seq = msg.seq
     try:
         return _decode_frame(data, copy, accept, ring, seq)
     except FrameError as e:

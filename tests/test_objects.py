@@ -178,6 +178,8 @@ def test_frame_bytes_for_send_many(ring):
     pub.send_many([frame_bytes({"i": i}) for i in range(3)] +
                   [frame_bytes({"a": np.arange(3)})])
     assert [decode(m)["i"] for m in sub.recv_many(3, timeout=5)] == [0, 1, 2]
+    as_array = np.frombuffer(frame_bytes([5]), np.uint8).reshape(1, -1)  # any buffer
+    assert decode(as_array) == decode(bytes(frame_bytes([5]))) == [5]
     assert sub.recv_obj(timeout=5)["a"].tolist() == [0, 1, 2]
 
 
