@@ -29,8 +29,8 @@ from __future__ import annotations
 
 import json
 import pickle
-from importlib import import_module
 import struct
+from importlib import import_module
 from typing import Any, Callable, Collection, NamedTuple
 
 from .errors import CodecUnavailable, FrameError, PermissionDenied
