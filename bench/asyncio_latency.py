@@ -40,18 +40,22 @@ RING = "asyncio-latency"
 
 
 def sender(ns: str, slot: int, count: int, ready) -> None:
-    """Send ``count`` messages, each once the consumer of ``slot`` is armed."""
+    """Send ``count`` messages, each once the consumer of ``slot`` has armed anew."""
     seg = Segment.open(ns, RING)
     words, epoch = seg.words, slot_word(slot) + S_SLEEP
     try:
         with shmbus.Producer(RING, namespace=ns) as pub:
             ready.set()
+            last = -1
             for i in range(count):
                 deadline = time.monotonic() + 10
-                while not words[epoch] & 1:  # until it waits (spinning: 2 cores)
+                # Until it waits again (a new odd epoch): one message per wake-up,
+                # never a queue (spinning: the host has 2 cores).
+                while not (words[epoch] & 1 and words[epoch] != last):
                     if time.monotonic() > deadline:
                         raise TimeoutError("the consumer never armed")
                     os.sched_yield()
+                last = words[epoch]
                 pub.send(b"%d" % i)
     finally:
         del words
