@@ -74,6 +74,27 @@ def test_both_twins_have_the_same_interface(ns, compiled):
     pub.unlink()
 
 
+def test_both_paths_take_the_same_arguments(ns, compiled):
+    with shmbus.Producer("r", capacity=4096) as pub, _consumer("r", compiled) as sub:
+        for i in range(4):
+            pub.send(b"%d" % i)
+        assert bytes(sub.recv(timeout=0)) == b"0"
+        assert [bytes(m) for m in sub.recv_many(max_messages=2, timeout=0)] == [b"1", b"2"]
+        assert [bytes(m) for m in sub.recv_many(5, timeout=None)] == [b"3"]
+        assert sub.try_recv() is None
+        with pytest.raises(shmbus.Timeout):
+            sub.recv_many(1, 0)
+        with pytest.raises(ValueError, match="max_messages must be >= 1"):
+            sub.recv_many(0)
+        for bad in [lambda: sub.recv(1, 2), lambda: sub.recv(wait=1),
+                    lambda: sub.recv_many(), lambda: sub.recv_many(timeout=1),
+                    lambda: sub.recv_many(2, 1, 3),
+                    lambda: sub.recv_many(2, max_messages=2), lambda: sub.try_recv(0)]:
+            with pytest.raises(TypeError):
+                bad()
+    pub.unlink()
+
+
 @pytest.mark.skipif(native is None, reason=f"no compiled build: {why}")
 def test_the_compiled_module_agrees_with_the_layout():
     assert native.REDELIVERY_SHIFT == layout.REC_REDELIVERY_SHIFT

@@ -393,20 +393,34 @@ take_fast_or_spin(Reader *self, PyObject **out, PyObject *timeout)
     return take_fast(self, out);
 }
 
+/* Arguments by position or keyword: ``names[i]`` into ``out[i]`` (left as is when not
+ * given), the first ``required`` of them required; else TypeError ``usage``. */
 static int
-parse_timeout(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames, int first,
-              const char *usage, PyObject **timeout)
+parse_args(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
+           const char *const *names, int count, int required, const char *usage,
+           PyObject **out)
 {
-    /* args[first] or timeout=...: the optional timeout after ``first`` positionals */
     Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
-    if (nargs < first || nargs + nkw > first + 1 ||
-            (nkw && PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(kwnames, 0),
-                                                     "timeout") != 0)) {
-        PyErr_SetString(PyExc_TypeError, usage);
-        return -1;
+    if (nargs > count)
+        goto bad;
+    for (Py_ssize_t i = 0; i < nargs; i++)
+        out[i] = args[i];
+    for (Py_ssize_t k = 0; k < nkw; k++) {
+        PyObject *name = PyTuple_GET_ITEM(kwnames, k);
+        int i = nargs;
+        while (i < count && PyUnicode_CompareWithASCIIString(name, names[i]) != 0)
+            i++;
+        if (i == count || out[i] != NULL)
+            goto bad;
+        out[i] = args[nargs + k];
     }
-    *timeout = nargs + nkw > first ? args[first] : Py_None;
+    for (int i = 0; i < required; i++)
+        if (out[i] == NULL)
+            goto bad;
     return 0;
+bad:
+    PyErr_SetString(PyExc_TypeError, usage);
+    return -1;
 }
 
 /* Release what was received so far (the previous message or batch). */
@@ -426,10 +440,13 @@ PyDoc_STRVAR(Reader_recv__doc__,
 static PyObject *
 Reader_recv(Reader *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
-    PyObject *timeout, *msg = NULL;
-    if (parse_timeout(args, nargs, kwnames, 0, "recv() takes one argument, timeout",
-                      &timeout) < 0 || !ready(self))
+    static const char *const names[] = {"timeout"};
+    PyObject *timeout = NULL, *msg = NULL;
+    if (parse_args(args, nargs, kwnames, names, 1, 0,
+                   "recv() takes one argument, timeout", &timeout) < 0 || !ready(self))
         return NULL;
+    if (timeout == NULL)
+        timeout = Py_None;
     if (commit_pos(self) < 0)
         return NULL;
     int got = take_fast_or_spin(self, &msg, timeout);
@@ -469,12 +486,18 @@ static PyObject *
 Reader_recv_many(Reader *self, PyObject *const *args, Py_ssize_t nargs,
                  PyObject *kwnames)
 {
-    PyObject *timeout, *msg = NULL;
-    if (parse_timeout(args, nargs, kwnames, 1,
-                      "recv_many() takes max_messages and timeout", &timeout) < 0 ||
+    static const char *const names[] = {"max_messages", "timeout"};
+    PyObject *given[2] = {NULL, NULL}, *msg = NULL;
+    if (parse_args(args, nargs, kwnames, names, 2, 1,
+                   "recv_many() takes max_messages and timeout", given) < 0 ||
             !ready(self))
         return NULL;
-    Py_ssize_t most = PyLong_AsSsize_t(args[0]);
+    PyObject *timeout = given[1] ? given[1] : Py_None;
+    if (!PyLong_Check(given[0])) {
+        PyErr_Format(PyExc_TypeError, "max_messages must be an int, got %R", given[0]);
+        return NULL;
+    }
+    Py_ssize_t most = PyLong_AsSsize_t(given[0]);
     if (most == -1 && PyErr_Occurred()) {
         if (!PyErr_ExceptionMatches(PyExc_OverflowError))
             return NULL;
@@ -482,7 +505,7 @@ Reader_recv_many(Reader *self, PyObject *const *args, Py_ssize_t nargs,
         most = PY_SSIZE_T_MAX;
     }
     if (most < 1) {
-        PyErr_Format(PyExc_ValueError, "max_messages must be >= 1, got %R", args[0]);
+        PyErr_Format(PyExc_ValueError, "max_messages must be >= 1, got %R", given[0]);
         return NULL;
     }
     if (commit_pos(self) < 0)
