@@ -1,4 +1,4 @@
-"""shmbus for asyncio: ``Consumer`` and ``Producer`` whose waits are awaitable.
+"""shmbus for asyncio: ``Consumer``, ``Inbox`` and ``Producer`` whose waits are awaitable.
 
     import shmbus.asyncio
 
@@ -11,7 +11,9 @@
         await pub.send(b"payload")          # waits (awaiting) for room on a full ring
 
 Same constructor arguments as the blocking twins (:class:`shmbus.Consumer`,
-:class:`shmbus.Producer`), which they wrap (``.sync``).  Receiving and sending never
+:class:`shmbus.Inbox`, :class:`shmbus.Producer`), which they wrap (``.sync``);
+``Consumer.wrap(worker)`` awaits an open balancer ``Worker`` (``shmbus`` does not import
+the balancer).  Receiving and sending never
 block the event loop: they try without waiting, and when there is nothing to receive
 (or no room) they arm the twin's wake-up (:mod:`shmbus.wakeup`) and await its FIFO
 with ``loop.add_reader``: no thread per consumer, no system call per message while
@@ -30,34 +32,46 @@ import asyncio
 from typing import Any, AsyncIterator, Callable
 
 from . import consumer as _consumer
+from . import inbox as _inbox
 from . import producer as _producer
-from . import wakefifo
 from .errors import Timeout
 from .message import Message
 from .wakeup import LONG_SLEEP, MAX_SLEEP
 
-__all__ = ["Consumer", "Producer"]
+__all__ = ["Consumer", "Inbox", "Producer"]
 
 
 class _FdWait:
-    """Awaiting a wake-up FIFO in the running loop: the descriptor stays registered
-    with ``add_reader`` (its callback reads it empty and wakes the awaiting task), so
-    a wait costs no ``epoll_ctl``."""
+    """Awaiting a :class:`~shmbus.poller.Waitable`'s descriptor in the running loop.
+
+    The descriptor is watched (``add_reader``) only while a task waits; the callback
+    stops watching it (it stays readable until ``disarm`` reads it empty, and a
+    level-triggered loop would otherwise call it again and again) and wakes the task.
+    """
 
     def __init__(self, fileno: Callable[[], int]) -> None:
         self._fileno = fileno
         self._fd = -1
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._watching = False
         self._fut: asyncio.Future | None = None
+        self.fd_woke = False
 
     def _readable(self) -> None:
-        wakefifo.drain(self._fd)
+        self._unwatch()
+        self.fd_woke = True
         self._wake()
 
     def _wake(self) -> None:
         fut = self._fut
         if fut is not None and not fut.done():
             fut.set_result(None)
+
+    def _unwatch(self) -> None:
+        if self._watching:
+            self._watching = False
+            if self._loop is not None and not self._loop.is_closed():
+                self._loop.remove_reader(self._fd)
 
     async def until(self, arm: Callable[[], bool], ready: Callable[[], bool],
                     disarm: Callable[[], None], deadline: float | None) -> None:
@@ -67,9 +81,8 @@ class _FdWait:
         loop = asyncio.get_running_loop()
         if self._loop is not loop:
             self.close()
-            self._fd = self._fileno()
-            loop.add_reader(self._fd, self._readable)
-            self._loop = loop
+            self._loop, self._fd = loop, self._fileno()
+        self.fd_woke = False
         try:
             if arm():
                 return
@@ -81,6 +94,9 @@ class _FdWait:
                     wait = min(wait, deadline - now)
                     if wait <= 0:
                         return
+                if not self._watching:
+                    loop.add_reader(self._fd, self._readable)
+                    self._watching = True
                 self._fut = loop.create_future()
                 timer = loop.call_later(wait, self._wake)
                 try:
@@ -90,22 +106,42 @@ class _FdWait:
                     self._fut = None
                 if ready():
                     return
+                if self.fd_woke:  # woken, yet not enough (room for a large message):
+                    self.fd_woke = False  # read it empty, and wait again from scratch
+                    disarm()
+                    if arm():
+                        return
+                    since = loop.time()
         finally:
+            self._unwatch()
             disarm()
 
     def close(self) -> None:
-        if self._loop is not None and not self._loop.is_closed():
-            self._loop.remove_reader(self._fd)
+        self._unwatch()
         self._loop = None
 
 
 class Consumer:
     """An awaitable :class:`shmbus.Consumer` (same arguments)."""
 
+    _blocking: Callable[..., Any] = _consumer.Consumer
+
     def __init__(self, name: str, **kwargs: Any) -> None:
-        self.sync = _consumer.Consumer(name, **kwargs)
-        self._waiter = _FdWait(self.sync.fileno)
-        self.sync.fileno()  # the FIFO is made here, where blocking is expected
+        self._adopt(self._blocking(name, **kwargs))
+
+    @classmethod
+    def wrap(cls, sync: Any) -> "Consumer":
+        """Await an open blocking receiver: anything with ``try_recv``, ``recv_many``,
+        ``recv_obj``, ``release``, ``close`` and the :class:`shmbus.poller.Waitable`
+        methods (a balancer ``Worker``, say); closing the wrapper closes it."""
+        self = cls.__new__(cls)
+        self._adopt(sync)
+        return self
+
+    def _adopt(self, sync: Any) -> None:
+        self.sync = sync
+        self._waiter = _FdWait(sync.fileno)
+        sync.fileno()  # the FIFO is made here, where blocking is expected
 
     async def _wait(self, timeout: float | None) -> None:
         sub = self.sync
@@ -187,7 +223,14 @@ class Consumer:
         self.close(release=exc_type is None)
 
     def __repr__(self) -> str:
-        return f"<shmbus.asyncio.Consumer of {self.sync!r}>"
+        return f"<shmbus.asyncio.{type(self).__name__} of {self.sync!r}>"
+
+
+class Inbox(Consumer):
+    """An awaitable :class:`shmbus.Inbox` (same arguments): fan-in from any number of
+    :class:`shmbus.Outbox` senders."""
+
+    _blocking = _inbox.Inbox
 
 
 class Producer:

@@ -147,3 +147,56 @@ def test_an_awaiting_consumer_sleeps(ns):
     share = asyncio.run(main())
     assert share < 0.05, f"an idle awaiting recv used {share:.1%} of a core"
     shmbus.unlink("a")
+
+
+def test_an_awaitable_inbox_and_a_wrapped_consumer(ns, long_bounds):
+    async def main() -> None:
+        async with sa.Inbox("in", capacity=1 << 14) as inbox:
+            task = asyncio.create_task(inbox.recv(timeout=20))
+            await asyncio.sleep(0)  # it waits
+            with shmbus.Outbox("in") as out:
+                out.send(b"to the inbox")
+                t0 = time.monotonic()
+                msg = await task
+                assert bytes(msg) == b"to the inbox" and time.monotonic() - t0 < 10
+        with shmbus.Producer("w", capacity=4096) as pub:
+            sub = sa.Consumer.wrap(shmbus.Consumer("w"))
+            async with sub:
+                task = asyncio.create_task(sub.recv(timeout=20))
+                await asyncio.sleep(0)
+                pub.send(b"wrapped")
+                assert bytes(await task) == b"wrapped"
+            assert sub.sync.closed
+
+    asyncio.run(main())
+    shmbus.unlink("w")
+
+
+def test_a_send_woken_by_too_small_a_release_waits_again_without_spinning(ns):
+    async def main() -> None:
+        async with sa.Producer("full", capacity=4096) as pub:
+            with shmbus.Consumer("full") as sub:
+                fails = 0
+                while fails < 3:
+                    try:
+                        pub.sync.send(b"f" * 100, timeout=0)
+                    except shmbus.Timeout:
+                        fails += 1
+                task = asyncio.create_task(pub.send(b"z" * 1000, timeout=20))
+                words = pub.sync._words
+                while not words[H_PRODUCER_SLEEP] & 1:
+                    await asyncio.sleep(0)
+                sub.recv(timeout=0)
+                sub.recv(timeout=0)  # releases one message: room for 100 bytes, not 1000
+                cpu0, t0 = time.process_time(), time.monotonic()
+                await asyncio.sleep(0.3)
+                share = (time.process_time() - cpu0) / (time.monotonic() - t0)
+                assert not task.done()
+                assert share < 0.2, f"a send waiting for room used {share:.0%} of a core"
+                sub.recv_many(1 << 20, timeout=0)
+                sub.release()
+                assert await task > 0
+                del words
+
+    asyncio.run(main())
+    shmbus.unlink("full")
