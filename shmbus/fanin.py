@@ -50,7 +50,7 @@ from __future__ import annotations
 import mmap
 import os
 
-import posix_ipc
+import posix_ipc  # type: ignore[import-not-found, unused-ignore]
 
 from . import liveness, naming, ownership
 from .errors import InvalidName, PermissionDenied, ShmbusError
@@ -59,7 +59,7 @@ from .wait import strategy
 from .wakeup import LONG_SLEEP, MAX_SLEEP, Sleeper
 
 __all__ = ["DURABLE", "Registry", "doorbell", "check_inbox_name", "sender_ring",
-           "sender_rings", "collect", "MAX_SLEEP", "LONG_SLEEP"]
+           "sender_rings", "exists", "remove_inbox", "collect", "MAX_SLEEP", "LONG_SLEEP"]
 
 DURABLE = "inbox"  # the Inbox's durable name on every sender ring
 INBOX_NAME_MAX = 64  # "X.from." + a default sender id must fit a ring name
@@ -120,12 +120,49 @@ def inbox_lock(ns: str, inbox: str) -> FileLock:
                     reentrant=False, _internal=True)
 
 
+def exists(ns: str, inbox: str) -> bool:
+    """Whether Inbox ``inbox`` has a registry or sender rings in ``/dev/shm``."""
+    return os.path.lexists(registry_path(ns, inbox)) or bool(sender_rings(ns, inbox))
+
+
+def remove_inbox(ns: str, inbox: str, *, force: bool = False) -> list[str]:
+    """``shmbus rm INBOX``: remove Inbox ``inbox``'s sender rings, registry, doorbell
+    and lock files; return the rings removed.  Refuses (:class:`RingBusy`, naming the
+    pid) while an Inbox of that name is live, and leaves a sender ring that a live
+    Outbox writes (:class:`RingBusy` from :func:`shmbus.unlink.remove`), unless
+    ``force``.  Unread messages in the rings are discarded: that is what rm is for."""
+    from .errors import RingBusy
+    from .segment import remove_companions
+    from .unlink import remove
+    check_inbox_name(inbox)
+    live = inbox_lock(ns, inbox)
+    held = live.try_acquire()
+    try:
+        if not held and not force:
+            pids = [h.pid for h in live.holders() if not h.waiting]
+            raise RingBusy(
+                f"inbox {inbox!r} is open (pid {pids[0] if pids else '?'}): close it first, "
+                f"or remove it anyway with `shmbus rm {inbox} --force`", name=inbox,
+                pid=pids[0] if pids else None)
+        removed = []
+        for ring in sender_rings(ns, inbox).values():
+            remove(ring, ns, force=force)
+            removed.append(ring)
+        with registry_lock(ns, inbox).acquire(10.0):
+            remove_registry(ns, inbox)
+    finally:
+        if held:
+            live.release()
+    remove_companions(ns, inbox)  # the doorbell FIFO, idle lock files
+    return removed
+
+
 class Registry:
     """A mapped registry segment: ``words`` (8-byte words, see the module docstring)."""
 
     def __init__(self, ns: str, inbox: str, mm: mmap.mmap) -> None:
         self.namespace, self.inbox = ns, inbox
-        self._mmap = mm
+        self._mmap: mmap.mmap | None = mm
         self.words = memoryview(mm).cast("Q")
 
     @classmethod
@@ -157,21 +194,21 @@ class Registry:
                 return reg
             try:
                 size = os.fstat(fd).st_size
-                mm = mmap.mmap(fd, _SIZE) if size == _SIZE else None
+                found = mmap.mmap(fd, _SIZE) if size == _SIZE else None
             finally:
                 os.close(fd)
-            if mm is not None and mm[:8] == _MAGIC.to_bytes(8, "little"):
-                reg = cls(ns, inbox, mm)
+            if found is not None and found[:8] == _MAGIC.to_bytes(8, "little"):
+                reg = cls(ns, inbox, found)
                 if reg.words[W_VERSION] != REGISTRY_VERSION:
-                    found = reg.words[W_VERSION]
+                    version = reg.words[W_VERSION]
                     reg.close()
                     raise ShmbusError(
-                        f"registry {path} has version {found}, this shmbus expects "
+                        f"registry {path} has version {version}, this shmbus expects "
                         f"{REGISTRY_VERSION}: stop its Inbox and Outboxes and remove it "
-                        "(`shmbus gc`)", path=path, expected=REGISTRY_VERSION, found=found)
+                        "(`shmbus gc`)", path=path, expected=REGISTRY_VERSION, found=version)
                 return reg
-            if mm is not None:
-                mm.close()
+            if found is not None:
+                found.close()
             if size and any(open_head(path)):
                 raise PermissionDenied(
                     f"{path} is not a registry of shmbus (no magic word): left alone; "
@@ -226,11 +263,11 @@ def remove_registry(ns: str, inbox: str) -> list[str]:
     return removed
 
 
-def collect(ns: str, dry_run: bool = False) -> list[dict]:
+def collect(ns: str, dry_run: bool = False) -> list[dict[str, str]]:
     """``shmbus gc``'s part: remove the registry of every Inbox that is not live and has
     no sender ring left (run it after the rings' pass, which removes the drained rings
     of gone senders); return ``{"kind", "name", "reason"}`` dicts."""
-    done = []
+    done: list[dict[str, str]] = []
     prefix, suffix = ns + ".", "@inbox"
     try:
         entries = os.listdir(naming.SHM_DIR)

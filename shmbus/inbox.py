@@ -100,7 +100,9 @@ class Inbox(ObjectReceiver, Handle):
         self._senders: list[_Sender] = []
         try:
             with fanin.registry_lock(ns, name).acquire(10.0):
-                self._reg = reg = fanin.Registry.open(ns, name, create=True)
+                reg = fanin.Registry.open(ns, name, create=True)
+            assert reg is not None  # made if missing
+            self._reg = reg
             w = self._words = reg.words
             me = liveness.current()
             w[W_PID], w[W_START] = me.pid, me.start_time
@@ -145,7 +147,7 @@ class Inbox(ObjectReceiver, Handle):
             except (PermissionDenied, CorruptRing, LayoutMismatch) as e:
                 self.refused[ring] = str(e)  # never read: not ours, or not readable
                 continue
-            consumer.sender = sender  # type: ignore[attr-defined]  # msg.sender
+            consumer.sender = sender  # msg.sender
             self.refused.pop(ring, None)
             self._senders.append(_Sender(sender, ring, consumer))
             if self._epoll is not None:
@@ -186,14 +188,16 @@ class Inbox(ObjectReceiver, Handle):
     def recv(self, timeout: float | None = None) -> Message:
         """Release the previous message and return the next one from any sender, waiting
         up to ``timeout`` seconds (None: forever); raises :class:`Timeout`."""
-        return self.__dict__["recv"](timeout)
+        msg: Message = self.__dict__["recv"](timeout)
+        return msg
 
     def recv_many(self, max_messages: int, timeout: float | None = None) -> list[Message]:
         """Release the previous batch; wait up to ``timeout`` for a message, then return
         every message there is now, at most ``max_messages``, taken from the senders in
         turn (each batch starts at the next sender).  Raises :class:`Timeout` only if
         none arrived."""
-        return self.__dict__["recv_many"](max_messages, timeout)
+        batch: list[Message] = self.__dict__["recv_many"](max_messages, timeout)
+        return batch
 
     def _bind(self) -> None:
         """Build ``recv`` and ``recv_many``.  ``recv``'s hot path is one call of the

@@ -173,12 +173,13 @@ class Outbox(ObjectSender, Handle):
 
     # -- sending ------------------------------------------------------------------------
 
-    def send(self, data: Any, key: Any = None, *,  # type: ignore[no-redef]
+    def send(self, data: Any, key: Any = None, *,
              timeout: float | None = None) -> int:
         """Publish one message (bytes or any contiguous buffer) with an optional key;
         return its seq in this sender's ring.  Waits up to ``timeout`` for room (and,
         the first time, for the Inbox to exist); raises :class:`Timeout`."""
-        return self.__dict__["send"](data, key, timeout=timeout)
+        seq: int = self.__dict__["send"](data, key, timeout=timeout)
+        return seq
 
     def send_many(self, messages: Iterable[Any], *, keys: Iterable[Any] | None = None,
                   timeout: float | None = None) -> range:

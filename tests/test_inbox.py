@@ -445,3 +445,22 @@ def test_a_poller_waits_on_an_inbox_like_on_a_consumer(ns, procs):
     shmbus.unlink("side")
     collect(ns)
     assert entries(ns) == []
+
+
+def test_shmbus_rm_removes_an_inbox_and_its_rings(ns):
+    from click.testing import CliRunner
+
+    from shmbus.tools.cli import main
+    inbox = shmbus.Inbox("gone", capacity=1 << 16, namespace=ns)
+    with shmbus.Outbox("gone", namespace=ns) as box:
+        box.send(b"never read")
+    refused = CliRunner().invoke(main, ["rm", "gone", "--namespace", ns])
+    assert refused.exit_code == 1 and "is open" in refused.output
+    inbox.close()
+    assert any(e.endswith("gone@inbox") for e in entries(ns))  # a ring with unread data
+    done = CliRunner().invoke(main, ["rm", "gone", "--namespace", ns])
+    assert done.exit_code == 0, done.output
+    assert "removed inbox 'gone' and its 1 sender ring(s)" in done.output
+    assert entries(ns) == []
+    missing = CliRunner().invoke(main, ["rm", "gone", "--namespace", ns])
+    assert missing.exit_code == 1 and "does not exist" in missing.output

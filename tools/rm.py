@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from shmbus import fanin, naming
+from shmbus.errors import RingNotFound
 from shmbus.unlink import remove, remove_durable
 
 from .options import namespace_option
@@ -27,5 +29,13 @@ def command(name: str, durable: str | None, force: bool, namespace: str | None) 
         remove_durable(name, durable, namespace)
         click.echo(f"removed durable cursor {durable!r} of ring {name!r}")
         return
-    remove(name, namespace, force=force)
+    try:
+        remove(name, namespace, force=force)
+    except RingNotFound:
+        ns = naming.resolve_namespace(namespace)
+        if not fanin.exists(ns, name):  # not an Inbox either (shmbus.Inbox)
+            raise
+        rings = fanin.remove_inbox(ns, name, force=force)
+        click.echo(f"removed inbox {name!r} and its {len(rings)} sender ring(s)")
+        return
     click.echo(f"removed ring {name!r}")
