@@ -34,6 +34,7 @@ import shmbus
 from shmbus import naming
 from shmbus.errors import Timeout
 
+from .framing import headers_block, hpub, raw_sender
 from .headers import MSG_ID, SEQ, key_header, msg_id, parse_msg_id, ring_identity
 from .relay import Relay, ServerLost, log
 
@@ -189,14 +190,23 @@ class Outbound(Relay):
         if rest:
             window = window[:len(window) - len(rest)]
         acks.reset(len(window))
-        publish, subject = nc.publish, self.subject
-        for i, m in enumerate(window):
-            seq = m.seq
-            headers = {MSG_ID: msg_id(identity, seq), SEQ: str(seq)}
-            if m.key is not None:
-                name, value = key_header(m.key)
-                headers[name] = value
-            await publish(subject, m.data, reply=f"{inbox}{i}", headers=headers)
+        raw = raw_sender(nc)
+        if raw is not None:  # see shmbus.bridge.framing
+            subject, ident, prefix = self.subject.encode(), identity.encode(), inbox.encode()
+            pieces: list = []
+            for i, m in enumerate(window):
+                pieces += hpub(subject, b"%s%d" % (prefix, i),
+                               headers_block(ident, m.seq, m.key), m.data)
+            await raw(pieces)
+        else:
+            for i, m in enumerate(window):
+                seq = m.seq
+                headers = {MSG_ID: msg_id(identity, seq), SEQ: str(seq)}
+                if m.key is not None:
+                    name, value = key_header(m.key)
+                    headers[name] = value
+                await nc.publish(self.subject, m.data, reply=f"{inbox}{i}",
+                                 headers=headers)
         self.stats["published"] += len(window)
         try:
             await asyncio.wait_for(acks.done.wait(), self.ack_timeout)

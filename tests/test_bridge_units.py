@@ -75,3 +75,17 @@ def test_cli_refuses_a_wildcard_subject_as_usage(ns, verb):
     res = CliRunner().invoke(main, ["bridge", verb, "a", "--subject", "a.*"])
     assert res.exit_code == 2, res.output
     assert "literal NATS subject" in res.output
+
+
+def test_frames_are_what_nats_py_would_send():
+    from nats.protocol.command import hpub_cmd
+
+    from shmbus.bridge.framing import headers_block, hpub
+
+    for key, line in ((None, b""), (b"user-1", b"Shmbus-Key: user-1\r\n"),
+                      (b"\x00\xff", b"Shmbus-Key-Hex: 00ff\r\n")):
+        block = headers_block(b"ns/r@12", 5, key)
+        assert block == (b"NATS/1.0\r\nNats-Msg-Id: ns/r@12:5\r\nShmbus-Seq: 5\r\n" + line
+                         + b"\r\n")
+        frame = b"".join(hpub(b"orders", b"_INBOX.x.3", block, memoryview(b"payload")))
+        assert frame == hpub_cmd("orders", "_INBOX.x.3", block, b"payload")
