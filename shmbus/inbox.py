@@ -98,6 +98,7 @@ class Inbox(ObjectReceiver, Handle):
         self._reg: fanin.Registry | None = None
         self._bell: Sleeper | None = None
         self._senders: list[_Sender] = []
+        self._epoll: select.epoll | None = None  # made on the first wait
         try:
             with fanin.registry_lock(ns, name).acquire(10.0):
                 reg = fanin.Registry.open(ns, name, create=True)
@@ -109,7 +110,6 @@ class Inbox(ObjectReceiver, Handle):
             w[W_CAPACITY] = cap or w[W_CAPACITY] or DEFAULT_CAPACITY
             self.capacity = w[W_CAPACITY]
             self._bell = fanin.doorbell(w, ns, name)
-            self._epoll: select.epoll | None = None  # made on the first wait
             self._armed: list[Consumer] = []
             self._next = 0  # the sender the next round starts at
             self._gen = -1
