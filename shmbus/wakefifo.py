@@ -160,7 +160,7 @@ def open_writer(ns: str, name: str) -> int | None:
 def write(fd: int) -> bool:
     """Make FIFO ``fd`` readable: write one byte (a full FIFO is readable already).
     False if nobody reads it any more."""
-    if signal.getsignal(signal.SIGPIPE) is not signal.SIG_DFL:
+    if signal.getsignal(signal.SIGPIPE) not in (signal.SIG_DFL, None):  # None: set in C
         return _write(fd)
     # SIGPIPE's default action would kill us when the reader has just gone: block it
     # for this write and take the one the write raised, if it did.

@@ -292,3 +292,47 @@ def test_a_planted_entry_is_refused_by_the_waiter_and_never_written_by_the_waker
         os.close(watch)
         pub.close()
         shmbus.unlink("s")
+
+
+def _send_twice_with_sigpipe_default(ns: str, ring: str, slot: int) -> None:
+    """As the producer, with SIGPIPE's default action (which kills): send once the
+    consumer of ``slot`` is armed, then again once it is armed anew (by then its first
+    FIFO has no reader: the kept descriptor's write fails with EPIPE)."""
+    from shmbus.segment import Segment
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    seg = Segment.open(ns, ring)
+    try:
+        words, word = seg.words, slot_word(slot) + S_SLEEP
+        with shmbus.Producer(ring, namespace=ns) as pub:
+            for data in (b"one", b"two"):
+                await_until(lambda: words[word] & 1, 20, what="consumer armed")
+                armed = words[word]
+                pub.send(data)
+                await_until(lambda: words[word] != armed, 20, what="consumer woken")
+        del words
+    finally:
+        seg.close()
+
+
+def test_a_waker_whose_waiter_went_away_does_not_die_of_sigpipe(ns, procs):
+    shmbus.Producer("p", capacity=4096).close()
+    try:
+        first = shmbus.Consumer("p")
+        fd = first.fileno()
+        assert first.arm() is False
+        procs.append(start(_send_twice_with_sigpipe_default, ns, "p", first.slot))
+        assert select.select([fd], [], [], 20)[0] == [fd]
+        first.disarm()
+        assert bytes(first.recv(timeout=0)) == b"one"
+        first.close()  # its FIFO loses its reader; the producer keeps a descriptor of it
+        with shmbus.Consumer("p") as second:
+            assert second.slot == first.slot
+            fd = second.fileno()
+            assert second.arm() is False
+            assert select.select([fd], [], [], 20)[0] == [fd]
+            second.disarm()
+            assert bytes(second.recv(timeout=0)) == b"two"
+        procs[-1].join(20)
+        assert procs[-1].exitcode == 0, f"the producer died: exit {procs[-1].exitcode}"
+    finally:
+        shmbus.unlink("p")
