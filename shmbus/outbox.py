@@ -25,8 +25,9 @@ import threading
 import time
 from typing import Any, Iterable
 
-from . import fanin, naming
-from .errors import DurableBusy, LayoutMismatch, RingBusy, RingNotFound, Timeout
+from . import fanin, layout, naming
+from .errors import (CorruptRing, DurableBusy, LayoutMismatch, RingBusy, RingNotFound,
+                     Timeout)
 from .fanin import W_BELL, W_CAPACITY, W_GENERATION
 from .claim import Claim
 from .handle import Handle
@@ -114,6 +115,13 @@ class Outbox(ObjectSender, Handle):
 
     def _open_ring(self, reg: fanin.Registry, deadline: float | None) -> None:
         ns, cap = self.namespace, reg.words[W_CAPACITY]
+        if not layout.MIN_CAPACITY <= cap <= layout.MAX_CAPACITY:  # no Inbox wrote it
+            path = fanin.registry_path(ns, self.name)
+            raise CorruptRing(
+                f"registry {path} says sender rings have {cap} bytes, expected "
+                f"{layout.MIN_CAPACITY} to {layout.MAX_CAPACITY}: it is damaged; stop "
+                f"the Inbox and remove it (`shmbus rm {self.name}`), then open it again",
+                path=path, found=cap)
         sender, key = self._choose_sender()
         ring = fanin.sender_ring(self.name, sender)
         try:

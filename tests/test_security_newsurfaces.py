@@ -94,7 +94,6 @@ def test_a_sender_ring_planted_by_another_user_is_never_read(ns, tmp_path):
             assert "X.from.evil" in inbox.refused
             assert inbox.senders == ["good"]
         assert not os.path.exists(marker)
-        shmbus.gc() if hasattr(shmbus, "gc") else None
         from shmbus.cleanup import collect
         collect(ns)
         assert os.lstat(planted).st_uid == OTHER_UID  # still there: not ours to remove
@@ -135,3 +134,72 @@ def test_a_registry_planted_by_another_user_is_refused_and_left_alone(ns, kind, 
     finally:
         _remove(path)
         purge(ns)
+
+
+def test_rm_of_an_inbox_never_removes_a_sender_ring_of_another_user(ns):
+    """``shmbus rm X`` removes our Inbox's rings and registry, and leaves a sender ring
+    another user planted among them (it is not ours: PermissionDenied names it)."""
+    from click.testing import CliRunner
+
+    from shmbus.tools.cli import main
+    planted = naming.segment_path(ns, "X.from.evil")
+    with shmbus.Inbox("X", capacity=CAP), shmbus.Outbox("X", sender="good") as box:
+        box.send(b"x", timeout=5)
+    run_as(OTHER_UID, OTHER_GID, _plant, planted, b"\0" * 4096, 0o666)
+    try:
+        r = CliRunner().invoke(main, ["rm", "X"])
+        assert "Traceback" not in r.output, r.output
+        assert os.lstat(planted).st_uid == OTHER_UID
+    finally:
+        _remove(planted)
+        purge(ns)
+
+
+# -- objects: pickle from a member of a shared namespace never runs here ---------------
+
+
+def _send_obj_as_member(name: str, obj: object) -> None:
+    with shmbus.Outbox(name, sender="member") as box:
+        box.send_obj(obj, timeout=10)
+
+
+def test_an_inbox_on_a_shared_namespace_refuses_a_members_pickle(ns, monkeypatch, tmp_path):
+    """A member's Outbox sends a pickle that runs code: the Inbox's ``recv_obj``
+    refuses it (PermissionDenied), blocking and asyncio alike; json still passes."""
+    import asyncio
+
+    import shmbus.asyncio
+    monkeypatch.setenv("SHMBUS_GROUP", str(SHARED_GID))
+    marker = str(tmp_path / "pwned")
+    try:
+        with shmbus.Inbox("X", capacity=CAP) as inbox:
+            run_as(THIRD_UID, SHARED_GID, _send_obj_as_member, "X", _Pwned(marker))
+            with pytest.raises(shmbus.PermissionDenied):
+                inbox.recv_obj(timeout=5)
+        assert not os.path.exists(marker)
+
+        inbox = shmbus.asyncio.Inbox("X", capacity=CAP)
+        try:
+            run_as(THIRD_UID, SHARED_GID, _send_obj_as_member, "X", _Pwned(marker))
+            with pytest.raises(shmbus.PermissionDenied):
+                asyncio.run(inbox.recv_obj(timeout=5))
+        finally:
+            inbox.close()
+        assert not os.path.exists(marker)
+    finally:
+        purge(ns)
+
+
+# -- fan-in: a corrupt registry ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("capacity", [3, 1 << 63])
+def test_an_outbox_says_a_corrupt_registry_is_corrupt(ns, capacity):
+    """A registry whose capacity word no Inbox wrote (damaged, or written by a member
+    of a shared namespace) is a ShmbusError for the Outbox, never a ValueError (a
+    programming error: a retry loop would not expect it)."""
+    with shmbus.Inbox("X", capacity=CAP) as inbox:
+        inbox._words[fanin.W_CAPACITY] = capacity
+        with shmbus.Outbox("X") as box:
+            with pytest.raises(shmbus.ShmbusError):
+                box.send(b"x", timeout=2)
