@@ -68,7 +68,9 @@ class _Loop:
 
 class KVLease:
     """Time-bounded ownership of ``name`` across hosts, in NATS KV bucket ``bucket`` on
-    ``server``: see the module's docstring.
+    ``server`` (a URL or a list of the cluster's URLs): see the module's docstring.
+    ``replicas``: the bucket's replicas when this object creates it (3 in a cluster
+    of three: the lease then survives the loss of a server).
 
     ``acquire(timeout)``, ``renew()``, ``release()``, ``check()``; ``token``,
     ``expires_at`` (``time.monotonic()`` seconds), ``held``, ``holder()``;
@@ -82,7 +84,7 @@ class KVLease:
 
     def __init__(self, name: str, *, ttl: int, server: str | list[str],
                  bucket: str = "shmbus-leases", keepalive: bool = False,
-                 request_timeout: float = 5.0) -> None:
+                 request_timeout: float = 5.0, replicas: int = 1) -> None:
         naming.check_name(name, "lease name")
         if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or \
                 ttl != int(ttl) or not 1 <= ttl <= 10 * 365 * 86400:
@@ -93,6 +95,7 @@ class KVLease:
             raise ValueError(f"a KV bucket name has no dots, got {bucket!r}")
         self.name, self.ttl, self.server, self.bucket = name, int(ttl), server, bucket
         self.keepalive, self.request_timeout = keepalive, request_timeout
+        self.replicas = replicas  # of the bucket, if this object creates it
         self._loop = _Loop(f"kvlease-{name}")
         self._nc = self._kv = None
         self._token = 0          # revision of the acquisition
@@ -154,7 +157,8 @@ class KVLease:
             try:
                 self._kv = await js.key_value(self.bucket)
             except BucketNotFoundError:
-                self._kv = await js.create_key_value(bucket=self.bucket, history=1)
+                self._kv = await js.create_key_value(bucket=self.bucket, history=1,
+                                                     replicas=self.replicas)
         return self._kv
 
     async def _get(self):

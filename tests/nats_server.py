@@ -47,13 +47,18 @@ class NatsServer:
     """One nats-server process with JetStream, its store in ``store`` (removed by
     :meth:`close`)."""
 
-    def __init__(self, binary: str, store: Path, port: int | None = None) -> None:
+    def __init__(self, binary: str, store: Path, port: int | None = None,
+                 cluster: list[str] | None = None) -> None:
         self.binary = binary
         self.store = Path(store)
         self.port = port or free_port()
         self.proc: subprocess.Popen | None = None
         self.log = self.store.parent / f"nats-{self.port}.log"
         self.starts = 0
+        self.cluster_args: list[str] = []
+        if cluster is not None:  # [our route URL, the others' route URLs...]
+            self.cluster_args = ["--server_name", f"n{self.port}", "--cluster_name", "c",
+                                 "--cluster", cluster[0], "--routes", ",".join(cluster[1:])]
 
     @property
     def url(self) -> str:
@@ -67,7 +72,8 @@ class NatsServer:
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
                 [self.binary, "-a", "127.0.0.1", "-p", str(self.port), "-js",
-                 "-sd", str(self.store)], stdout=out, stderr=subprocess.STDOUT)
+                 "-sd", str(self.store), *self.cluster_args],
+                stdout=out, stderr=subprocess.STDOUT)
         self.starts += 1
 
         def ready() -> bool:
@@ -104,6 +110,29 @@ class NatsServer:
         self.stop()
         shutil.rmtree(self.store, ignore_errors=True)
         self.log.unlink(missing_ok=True)
+
+
+def cluster_of_three(binary: str, base: Path) -> list[NatsServer]:
+    """Three servers routed into one JetStream cluster on 127.0.0.1 (each started;
+    JetStream's meta leader is elected after that: wait for it before using it)."""
+    routes = [f"nats://127.0.0.1:{free_port()}" for _ in range(3)]
+    servers = [NatsServer(binary, base / f"js{i}",
+                          cluster=[routes[i]] + routes[:i] + routes[i + 1:])
+               for i in range(3)]
+    for s in servers:
+        s.start()
+    return servers
+
+
+@pytest.fixture
+def nats_cluster(tmp_path):
+    """Three clustered servers; stopped and their stores removed after the test."""
+    servers = cluster_of_three(binary_or_skip(), tmp_path)
+    try:
+        yield servers
+    finally:
+        for s in servers:
+            s.close()
 
 
 @pytest.fixture

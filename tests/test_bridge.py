@@ -39,7 +39,7 @@ def hosts(ns):
         collect(space, force=True)
     left = [e for e in support.shm_entries() if support.namespace_of(e) == other]
     support.remove_entries(left)
-    assert not left, f"test left {left} in /dev/shm"
+    assert not left, f"test left {left} in /dev/shm (the second host's namespace)"
 
 
 def stored(url: str, subject: str) -> list:

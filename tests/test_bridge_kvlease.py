@@ -9,7 +9,8 @@ import pytest
 
 import shmbus
 
-from .nats_server import nats_server  # noqa: F401 - a fixture
+from .nats_server import nats_cluster, nats_server  # noqa: F401 - fixtures
+from .support import await_until
 
 pytest.importorskip("nats", reason="the KV lease needs nats-py (the test extra)")
 
@@ -139,3 +140,48 @@ def test_two_threads_race_one_wins(leases):
     for t in threads:
         t.join(20)
     assert len(won) == 1
+
+
+def _renewed(lease: KVLease) -> bool:
+    try:
+        lease.renew()
+        return True
+    except shmbus.LeaseLost:
+        raise
+    except Exception:  # noqa: BLE001 - the cluster is electing a new stream leader
+        return False
+
+
+@pytest.mark.timeout(90)
+def test_lease_outlives_its_stream_leader_in_a_cluster_of_three(nats_cluster):
+    import asyncio
+
+    import nats
+
+    urls = [s.url for s in nats_cluster]
+    a = KVLease("leader", ttl=15, server=urls, replicas=3)
+    b = KVLease("leader", ttl=15, server=urls, replicas=3)
+    try:
+        a.acquire(timeout=30)  # (the cluster elects its leaders meanwhile)
+
+        async def stream_leader() -> str:
+            nc = await nats.connect(urls)
+            try:
+                info = await nc.jetstream().stream_info("KV_shmbus-leases")
+                return info.cluster.leader
+            finally:
+                await nc.close()
+        leader = asyncio.run(stream_leader())
+        (victim,) = [s for s in nats_cluster if f"n{s.port}" == leader]
+        victim.kill()
+        await_until(lambda: _renewed(a), 30, interval=0.2, what="a renewal after failover")
+        a.check()
+        with pytest.raises(shmbus.Timeout):
+            b.acquire(timeout=1)
+        token = a.token
+        a.release()
+        b.acquire(timeout=20)
+        assert b.token > token
+    finally:
+        a.close()
+        b.close()
