@@ -72,11 +72,15 @@ class Reader:
         kept, stay = self.kept, []
         if end >= self.pos:  # all of them (recv, recv_many, close): no end to compare
             self.kept = stay
-            for msg in kept:
-                try:
+            try:
+                for msg in kept:
                     msg[0].release()
-                except BufferError:
-                    pass
+            except BufferError:  # one is held by an export: release the others
+                for msg in kept:
+                    try:
+                        msg[0].release()
+                    except BufferError:
+                        pass
             return
         for msg in kept:
             if msg[5] <= end:

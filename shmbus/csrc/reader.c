@@ -101,15 +101,16 @@ Reader_init(Reader *self, PyObject *args, PyObject *kwds)
 static void
 release_views(Kept *kept, Py_ssize_t n)
 {
-    static PyObject *name;
-    if (name == NULL && (name = PyUnicode_InternFromString("release")) == NULL) {
+    static PyObject *release;  /* memoryview.release: every kept view is a memoryview */
+    if (release == NULL && (release = PyObject_GetAttrString(
+                                (PyObject *)&PyMemoryView_Type, "release")) == NULL) {
         PyErr_Clear();
         return;
     }
     PyObject *type, *value, *tb;
     PyErr_Fetch(&type, &value, &tb);
     for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *r = PyObject_CallMethodNoArgs(kept[i].view, name);
+        PyObject *r = PyObject_CallOneArg(release, kept[i].view);
         if (r == NULL)
             PyErr_Clear();  /* BufferError: exports of its own */
         Py_XDECREF(r);
