@@ -59,7 +59,13 @@ class Backoff:
 
 
 class Relay:
-    """Base of :class:`~shmbus.bridge.Outbound` and :class:`~shmbus.bridge.Inbound`."""
+    """Base of :class:`~shmbus.bridge.Outbound` and :class:`~shmbus.bridge.Inbound`.
+
+    Keyword arguments both take: ``connect_timeout`` (seconds per attempt to
+    connect) and ``backoff`` (``(first, most)`` seconds between attempts, doubling).
+    Events: ``standing_by`` (another relay of this ring and direction leads),
+    ``leading``, ``connected``.
+    """
 
     direction = ""
 
@@ -122,7 +128,6 @@ class Relay:
             except BaseException as e:  # kept for the owner; the thread just ends
                 self.error = e
                 log.error("bridge %s %s: stopped by %r", self.direction, self.ring, e)
-        self._stop.clear()
         self._thread = threading.Thread(target=target, daemon=True,
                                         name=f"bridge-{self.direction}-{self.ring}")
         self._thread.start()
@@ -132,7 +137,8 @@ class Relay:
         """End :meth:`run` (from any thread, or a signal handler): unacknowledged work
         stays where it is safe (in the ring, or in the stream).  Waits up to
         ``timeout`` for that (not when called from the relay's own thread); returns
-        whether it has ended."""
+        whether it has ended.  It is final: a later ``run`` returns at once (make a
+        new object to relay again)."""
         self._stop.set()
         if self._runner is threading.current_thread():
             return False

@@ -405,3 +405,28 @@ def test_second_bridge_stands_by_until_the_first_stops(ns, nats_server):
             assert second.leading.wait(10)
             assert second.connected.wait(10)
     shmbus.unlink("a")
+
+
+@pytest.mark.parametrize("state", ["standing by", "backing off", "relaying", "inbound"])
+def test_stop_ends_a_bridge_promptly_in_every_state(ns, nats_server, state):
+    import time
+    shmbus.Producer("a", capacity=CAP).close()
+    first = Outbound("a", nats_server.url, "orders")
+    url = nats_server.url
+    if state == "backing off":
+        nats_server.stop()
+    relay = (Inbound(url, "orders", "b", capacity=CAP) if state == "inbound" else
+             Outbound("a", url, "orders", backoff=(5.0, 5.0)))
+    with first if state == "standing by" else relay:
+        if state == "standing by":
+            relay.start()
+            assert relay.standing_by.wait(10)
+        elif state == "backing off":
+            await_until(lambda: relay.stats["failures"] >= 1, 10, what="a failure")
+        else:
+            assert relay.connected.wait(10)
+        began = time.monotonic()
+        assert relay.stop(timeout=5)
+        assert time.monotonic() - began < 1.0
+    for ring in ("a", "b"):
+        shmbus.unlink(ring)
