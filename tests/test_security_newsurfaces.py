@@ -203,3 +203,123 @@ def test_an_outbox_says_a_corrupt_registry_is_corrupt(ns, capacity):
         with shmbus.Outbox("X") as box:
             with pytest.raises(shmbus.ShmbusError):
                 box.send(b"x", timeout=2)
+
+
+# -- wake-up FIFOs: a member replaces the FIFO a producer writes to -------------------
+
+
+def _replace_entry(namespace: str, name: str, kind: str, target: str) -> None:
+    """(As a member: the shared lock directory is group-writable, not sticky) remove
+    entry ``name`` of the lock directory and put ``kind`` in its place."""
+    directory = naming.lock_dir(namespace)
+    os.unlink(f"{directory}/{name}")
+    if kind == "symlink":
+        os.symlink(target, f"{directory}/{name}")
+    elif kind == "file":
+        fd = os.open(f"{directory}/{name}", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o660)
+        os.write(fd, b"member's file")
+        os.close(fd)
+    else:
+        os.mkfifo(f"{directory}/{name}", 0o660)
+
+
+def _fill(fifo: str) -> tuple[int, int]:
+    """Hold FIFO ``fifo`` open for reading, never read, and fill it: (reader, writer)."""
+    r = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    w = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+    try:
+        while True:
+            os.write(w, b"\0" * 65536)
+    except BlockingIOError:
+        pass
+    return r, w
+
+
+def _unread(fd: int) -> bytes:
+    try:
+        return os.read(fd, 1)  # b"": no writer at all
+    except BlockingIOError:
+        return b""  # a writer, nothing written
+
+
+@pytest.mark.parametrize("kind", ["symlink", "file", "full-fifo"])
+@pytest.mark.parametrize("side", ["consumer", "producer"])
+def test_a_replaced_wake_fifo_is_never_followed_written_or_waited_on(
+        ns, monkeypatch, tmp_path, kind, side):
+    """A member replaces the wake-up FIFO of an armed waiter (a consumer's, or a
+    producer's waiting for room) with a symlink to a file of ours, a file of his, or a
+    FIFO someone holds open and full: the waking side never writes through the link
+    or into the file, and never blocks on the full FIFO."""
+    monkeypatch.setenv("SHMBUS_GROUP", str(SHARED_GID))
+    ours = tmp_path / "ours"
+    ours.write_bytes(b"our data")
+    our_fifo = str(tmp_path / "our-fifo")  # a FIFO of ours that a process of ours reads
+    os.mkfifo(our_fifo, 0o600)
+    reader = os.open(our_fifo, os.O_RDONLY | os.O_NONBLOCK)
+    os.chmod(tmp_path, 0o755)
+    held: tuple[int, int] | None = None
+    try:
+        with shmbus.Producer("r", capacity=CAP) as pub, shmbus.Consumer("r") as sub:
+            waiter = sub._sleeper if side == "consumer" else pub._sleeper
+            waiter.fileno()
+            name = wakefifo.name_for(waiter.sem_name)[1]
+            run_as(THIRD_UID, SHARED_GID, _replace_entry, ns, name, kind,
+                   our_fifo if kind == "symlink" else str(ours))
+            path = f"{naming.lock_dir(ns)}/{name}"
+            if kind == "full-fifo":
+                held = _fill(path)
+            if side == "consumer":
+                assert not sub.arm()
+                pub.send(b"x", timeout=5)  # wakes the armed consumer
+                sub.disarm()
+            else:
+                assert not waiter.arm(lambda: False)
+                pub.send(b"x" * 100, timeout=5)
+                sub.recv(timeout=5)
+                sub.release()  # wakes the armed producer
+                waiter.disarm()
+            assert ours.read_bytes() == b"our data"
+            assert _unread(reader) == b""  # nothing was written through the link
+            if kind == "file":
+                with open(path, "rb") as f:
+                    assert f.read() == b"member's file"
+    finally:
+        os.close(reader)
+        if held is not None:
+            os.close(held[0])
+            os.close(held[1])
+        purge(ns)
+
+
+def _plant_in_lock_dir(namespace: str, name: str, kind: str, target: str) -> None:
+    directory = naming.lock_dir(namespace)
+    if kind == "symlink":
+        os.symlink(target, f"{directory}/{name}")
+    else:
+        os.mkfifo(f"{directory}/{name}", 0o666)
+
+
+@pytest.mark.parametrize("kind", ["symlink", "fifo-for-everyone"])
+def test_a_wake_fifo_planted_before_the_waiter_is_refused_and_left(ns, monkeypatch,
+                                                                  tmp_path, kind):
+    """A member plants a symlink (to a FIFO of ours elsewhere) or a FIFO open to every
+    user under a consumer's FIFO name before it first waits on a descriptor: the
+    consumer refuses it (PermissionDenied), removes nothing, follows nothing; gc
+    leaves it too."""
+    from shmbus.cleanup import collect
+    monkeypatch.setenv("SHMBUS_GROUP", str(SHARED_GID))
+    target = str(tmp_path / "fifo")
+    os.mkfifo(target, 0o600)
+    try:
+        with shmbus.Producer("r", capacity=CAP), shmbus.Consumer("r") as sub:
+            name = wakefifo.name_for(sub._sleeper.sem_name)[1]
+            run_as(THIRD_UID, SHARED_GID, _plant_in_lock_dir, ns, name, kind, target)
+            with pytest.raises(shmbus.PermissionDenied):
+                sub.fileno()
+            path = f"{naming.lock_dir(ns)}/{name}"
+            assert os.lstat(path).st_uid == THIRD_UID
+            collect(ns)
+            assert os.lstat(path).st_uid == THIRD_UID
+        assert stat.S_ISFIFO(os.lstat(target).st_mode)
+    finally:
+        purge(ns)
