@@ -74,12 +74,26 @@ class PyMessage(tuple):
         return tuple.__new__(cls, (data, key, seq, timestamp_ns, consumer, end, flags,
                                    consumer._cur))
 
-    key = _field(1, "The key (bytes), or None.")
-    seq = _field(2, "The per-ring sequence number.")
-    timestamp_ns = _field(3, "time.monotonic_ns() at send.")
-    _consumer = _field(4, "The consumer it came from.")
-    _end = _field(5, "The ring position after its record.")
-    _flags = _field(6, "Its record's flags.")
+    if TYPE_CHECKING:  # what the fields hold, for type checkers
+        @property
+        def key(self) -> bytes | None: ...
+        @property
+        def seq(self) -> int: ...
+        @property
+        def timestamp_ns(self) -> int: ...
+        @property
+        def _consumer(self) -> Consumer: ...
+        @property
+        def _end(self) -> int: ...
+        @property
+        def _flags(self) -> int: ...
+    else:
+        key = _field(1, "The key (bytes), or None.")
+        seq = _field(2, "The per-ring sequence number.")
+        timestamp_ns = _field(3, "time.monotonic_ns() at send.")
+        _consumer = _field(4, "The consumer it came from.")
+        _end = _field(5, "The ring position after its record.")
+        _flags = _field(6, "Its record's flags.")
 
     @property
     def data(self) -> memoryview:
@@ -133,5 +147,7 @@ class PyMessage(tuple):
         return id(self)
 
 
-Message: Any = hotpath.native.Message if hotpath.compiled else PyMessage
-"""The message type this process's hot path hands out."""
+if TYPE_CHECKING:  # both twins have PyMessage's interface
+    Message = PyMessage
+else:  # the message type this process's hot path hands out
+    Message = hotpath.native.Message if hotpath.compiled else PyMessage
