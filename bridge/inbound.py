@@ -31,7 +31,6 @@ from __future__ import annotations
 import asyncio
 
 import shmbus
-from shmbus import naming
 from shmbus import ring as ring_records
 from shmbus.errors import RingNotFound, Timeout
 from shmbus.layout import RECORD_HEADER
@@ -114,21 +113,8 @@ class Inbound(Relay):
         producer = self._open_ring()
         try:
             self.last = self._last_written(producer)
-            while not self._expired(end):
-                lost = asyncio.Event()
-                nc = await self._connect(lost.set)
-                if nc is None:
-                    continue
-                try:
-                    await self._relay(nc, producer, lost, end)
-                except ServerLost as e:
-                    await self._failed(str(e), None)
-                except Exception as e:  # noqa: BLE001 - nats-py's, asyncio's, OSError
-                    if isinstance(e, shmbus.ShmbusError):
-                        raise
-                    await self._failed(f"relaying from {self.server} failed", e)
-                finally:
-                    await self._close(nc)
+            await self._over_connections(
+                end, lambda nc, lost: self._relay(nc, producer, lost, end))
         finally:
             producer.close()
 

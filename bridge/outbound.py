@@ -115,6 +115,7 @@ class Outbound(Relay):
         self.durable, self.window, self.ack_timeout = durable, window, ack_timeout
         self.stats.update(published=0, acked=0, skipped=0, lost=0)
         self._pending: list[shmbus.Message] = []  # read from the ring, not acknowledged
+        self._acks: _Acks | None = None  # the current connection's
 
     async def _serve(self, end: float | None) -> None:
         consumer = shmbus.Consumer(self.ring, durable=self.durable, start="earliest",
@@ -122,33 +123,26 @@ class Outbound(Relay):
         try:
             created = shmbus.inspect(self.ring, self.namespace)["created_at_ns"]
             identity = ring_identity(self.namespace, self.ring, created)
-            while not self._expired(end):
-                acks = _Acks(0)
-                nc = await self._connect(acks.on_lost)
-                if nc is None:
-                    continue
-                try:
-                    await self._relay(nc, consumer, identity, acks, end)
-                except ServerLost as e:
-                    await self._failed(str(e), None)
-                except Exception as e:  # noqa: BLE001 - nats-py's, asyncio's, OSError
-                    if isinstance(e, shmbus.ShmbusError):
-                        raise
-                    await self._failed(f"relaying to {self.server} failed", e)
-                finally:
-                    await self._close(nc)
+            await self._over_connections(
+                end, lambda nc, lost: self._relay(nc, consumer, identity, end))
         finally:
             # What was not acknowledged stays unreleased: the next bridge sends it.
             consumer.close(release=False)
             self._pending = []
 
-    async def _relay(self, nc, consumer: shmbus.Consumer, identity: str, acks: _Acks,
+    def _connection_lost(self) -> None:
+        if self._acks is not None:
+            self._acks.on_lost()
+
+    async def _relay(self, nc, consumer: shmbus.Consumer, identity: str,
                      end: float | None) -> None:
         js = nc.jetstream()
         stream = await self._ensure_stream(js)
         stored = await self._last_stored(js, stream, identity)
         inbox = nc.new_inbox() + "."
-        acks.cut = len(inbox)
+        self._acks = acks = _Acks(len(inbox))
+        if not nc.is_connected:  # dropped before the acks existed to hear it
+            raise ServerLost(f"lost the connection to {self.server}")
         await nc.subscribe(inbox + "*", cb=acks.on_reply)
         await nc.flush()
         self.connected.set()

@@ -22,7 +22,7 @@ import time
 from typing import Any
 
 from shmbus import naming
-from shmbus.errors import Timeout
+from shmbus.errors import ShmbusError, Timeout
 from shmbus.lock import FileLock
 
 log = logging.getLogger("shmbus.bridge")
@@ -250,6 +250,34 @@ class Relay:
 
     async def _serve(self, end: float | None) -> None:
         raise NotImplementedError
+
+    async def _over_connections(self, end: float | None, relay) -> None:
+        """Connect, ``await relay(nc, lost)`` (``lost``: an event set when the
+        connection drops), and again after every server failure (logged, backed
+        off) until stopped.  A shmbus error (the ring side) ends it."""
+        while not self._expired(end):
+            lost = asyncio.Event()
+
+            def on_lost(lost=lost) -> None:
+                lost.set()
+                self._connection_lost()
+
+            nc = await self._connect(on_lost)
+            if nc is None:
+                continue
+            try:
+                await relay(nc, lost)
+            except ServerLost as e:
+                await self._failed(str(e), None)
+            except ShmbusError:
+                raise
+            except Exception as e:  # noqa: BLE001 - nats-py's, asyncio's, OSError
+                await self._failed(f"relaying with {self.server} failed", e)
+            finally:
+                await self._close(nc)
+
+    def _connection_lost(self) -> None:
+        """Called (in the loop) when the connection drops."""
 
     def _expired(self, end: float | None) -> bool:
         return self._stop.is_set() or (end is not None and time.monotonic() > end)
