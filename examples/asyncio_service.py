@@ -14,6 +14,7 @@ import asyncio
 import multiprocessing as mp
 import os
 import time
+from typing import Any
 
 import shmbus
 import shmbus.asyncio
@@ -34,11 +35,11 @@ def client(ns: str) -> None:
         out.send_obj({"id": -1})  # stop
 
 
-async def handle(request: dict, replies: shmbus.asyncio.Producer) -> None:
+async def handle(request: dict[str, Any], replies: shmbus.asyncio.Producer) -> None:
     await replies.send_obj({"id": request["id"], "y": request["x"] * 2}, timeout=10)
 
 
-async def service(ns: str, ready) -> None:
+async def service(ns: str, ready: Any) -> None:
     beats = 0
 
     async def heartbeat() -> None:

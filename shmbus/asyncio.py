@@ -29,7 +29,7 @@ is left for the next receive.  One task receives from one consumer at a time.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, AsyncIterator, Callable
+from typing import Any, AsyncIterator, Callable, TypeVar, cast
 
 from . import consumer as _consumer
 from . import inbox as _inbox
@@ -39,6 +39,8 @@ from .message import Message
 from .wakeup import LONG_SLEEP, MAX_SLEEP
 
 __all__ = ["Consumer", "Inbox", "Producer"]
+
+T = TypeVar("T")
 
 
 class _FdWait:
@@ -54,7 +56,7 @@ class _FdWait:
         self._fd = -1
         self._loop: asyncio.AbstractEventLoop | None = None
         self._watching = False
-        self._fut: asyncio.Future | None = None
+        self._fut: asyncio.Future[None] | None = None
         self.fd_woke = False
 
     def _readable(self) -> None:
@@ -174,7 +176,7 @@ class Consumer:
         message, then return every message there now, at most ``max_messages``."""
         sub = self.sync
         try:
-            return sub.recv_many(max_messages, timeout=0)
+            return cast("list[Message]", sub.recv_many(max_messages, timeout=0))
         except Timeout:
             pass
         first = await self.recv(timeout)
@@ -209,7 +211,7 @@ class Consumer:
         return await self.recv()
 
     def fileno(self) -> int:
-        return self.sync.fileno()
+        return int(self.sync.fileno())
 
     def close(self, *, release: bool = True) -> None:
         """Stop watching the descriptor and close the blocking twin."""
@@ -219,7 +221,7 @@ class Consumer:
     async def __aenter__(self) -> "Consumer":
         return self
 
-    async def __aexit__(self, exc_type, exc, tb) -> None:
+    async def __aexit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
         self.close(release=exc_type is None)
 
     def __repr__(self) -> str:
@@ -244,7 +246,7 @@ class Producer:
         self._waiter = _FdWait(self._sleeper.fileno)
         self._sleeper.fileno()
 
-    async def _room(self, call: Callable[[float], Any], timeout: float | None) -> Any:
+    async def _room(self, call: Callable[[float], T], timeout: float | None) -> T:
         try:
             return call(0)
         except Timeout:
@@ -252,7 +254,7 @@ class Producer:
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         sleeper = self._sleeper
-        done: list[Any] = []
+        done: list[T] = []
 
         def try_call() -> bool:
             try:

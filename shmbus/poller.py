@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import select
 import time
-from typing import Generic, Protocol, TypeVar, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from .wakeup import LONG_SLEEP, MAX_SLEEP
 
@@ -54,18 +54,17 @@ class Waitable(Protocol):
     def ready(self) -> bool: ...
 
 
-W = TypeVar("W", bound=Waitable)
-
-
-class Poller(Generic[W]):
-    """A set of :class:`Waitable` objects (consumers) to wait on together."""
+class Poller:
+    """A set of :class:`Waitable` objects (consumers) to wait on together.  ``poll``
+    returns them as registered (typed ``Any``: a Poller may hold consumers, Inboxes
+    and Workers at once)."""
 
     def __init__(self) -> None:
-        self._items: dict[int, W] = {}  # id -> item, in registration order
+        self._items: dict[int, Any] = {}  # id -> item, in registration order
         self._fds: dict[int, int] = {}  # id -> its descriptor
         self._poll = select.poll()
 
-    def register(self, item: W) -> None:
+    def register(self, item: Any) -> None:
         """Add ``item`` (registering it twice is harmless).  Creates its wake-up
         descriptor; raises ``TypeError`` if it is not :class:`Waitable`, and what its
         ``fileno()`` raises (:class:`~shmbus.Closed` for a closed consumer)."""
@@ -80,7 +79,7 @@ class Poller(Generic[W]):
         self._items[key] = item
         self._fds[key] = fd
 
-    def unregister(self, item: W) -> None:
+    def unregister(self, item: Any) -> None:
         """Remove ``item``; KeyError if it is not registered."""
         key = id(item)
         if key not in self._items:
@@ -99,7 +98,7 @@ class Poller(Generic[W]):
     def __contains__(self, item: object) -> bool:
         return id(item) in self._items
 
-    def poll(self, timeout: float | None = None) -> list[W]:
+    def poll(self, timeout: float | None = None) -> list[Any]:
         """Wait up to ``timeout`` seconds (None: until something arrives; 0: just
         look) until at least one registered object has something to receive; return
         those that have, in registration order (empty on timeout)."""
@@ -111,7 +110,7 @@ class Poller(Generic[W]):
                                  "wait forever: register a consumer or pass a timeout")
             return ready
         deadline = None if timeout is None else time.monotonic() + timeout
-        armed: list[W] = []
+        armed: list[Any] = []
         try:
             for c in items:
                 if c.arm():

@@ -29,7 +29,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from . import hotpath
 from .wakeup import LONG_SLEEP, MAX_SLEEP, Sleeper, Waker, fence
@@ -56,7 +56,7 @@ class WaitStrategy:
     ``above=(segment, word, value)`` says that ``ready()`` means "that word of the
     segment is greater than value": the compiled path spins on it without the GIL."""
 
-    def __new__(cls, *args, **kwargs):
+    def __new__(cls, *args: Any, **kwargs: Any) -> "WaitStrategy":
         if cls is WaitStrategy:
             raise TypeError(
                 "WaitStrategy is the base of the wait strategies: use shmbus.BusySpin(), "
@@ -74,12 +74,12 @@ class WaitStrategy:
         raise NotImplementedError
 
 
-def _spin(sleeper: Sleeper, ready: Ready, deadline: float | None, above, spins: int
-          ) -> bool | None:
+def _spin(sleeper: Sleeper, ready: Ready, deadline: float | None,
+          above: tuple[memoryview, int, int] | None, spins: int) -> bool | None:
     """Re-read up to ``spins`` times: True when ready (or closing), False when the
     deadline passed, None when the spins ran out first."""
     if above is not None and hotpath.compiled:
-        spin_above = hotpath.native.spin_above
+        spin_above = hotpath.native.spin_above  # type: ignore[union-attr]
         if deadline is not None and time.monotonic() >= deadline:
             spins = 0  # recv(timeout=0): one look, no spin
         while spins > 0:  # in chunks: closing, the deadline and signals in between
@@ -116,7 +116,7 @@ def _yield(sleeper: Sleeper, ready: Ready, deadline: float | None,
 class BusySpin(WaitStrategy):
     """Re-read the cursor until it moves or the deadline passes (``wait="spin"``)."""
 
-    spin = _FOREVER  # type: ignore[assignment]
+    spin = _FOREVER
 
     def wait(self, sleeper: Sleeper, ready: Ready, deadline: float | None,
              above: tuple[memoryview, int, int] | None = None) -> bool:

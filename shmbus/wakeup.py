@@ -40,12 +40,15 @@ from __future__ import annotations
 import os
 import threading
 import time
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-import posix_ipc
+import posix_ipc  # type: ignore[import-not-found, unused-ignore]
 
 from . import ownership, wakefifo
 from .errors import PermissionDenied, ShmbusError
+
+if TYPE_CHECKING:
+    from .wait import WaitStrategy
 
 __all__ = ["Sleeper", "Waker", "fence", "FD_WAIT", "MAX_SLEEP", "LONG_SLEEP"]
 
@@ -72,11 +75,12 @@ class Sleeper:
     """
 
     def __init__(self, words: memoryview, epoch_index: int, sem_name: str,
-                 how, flag: tuple[memoryview, int] | None = None) -> None:
+                 how: "WaitStrategy", flag: tuple[memoryview, int] | None = None) -> None:
         self.words = words
         self.epoch_index = epoch_index
         # Optionally a byte set while asleep, so the waker can test several waiters
         # with one load (a byte store never disturbs the neighbouring bytes).
+        self.flag_buf: memoryview | None
         self.flag_buf, self.flag_index = flag if flag else (None, 0)
         self.how = how
         self.sem_name = sem_name
@@ -105,7 +109,7 @@ class Sleeper:
         why it woke.  ``above=(segment, word, value)`` says that ``ready()`` means
         "that word of the segment is greater than value" (the compiled path spins on
         it without the GIL)."""
-        return self.how.wait(self, ready, deadline, above)
+        return bool(self.how.wait(self, ready, deadline, above))
 
     # -- sleeping on the semaphore ------------------------------------------------------
 
@@ -149,6 +153,8 @@ class Sleeper:
             self.flag_buf[self.flag_index] = 1
         fence()
         asleep_since = time.monotonic()
+        sem = self.sem
+        assert sem is not None  # closed only once the last sleeper has left
         try:
             while True:
                 if self.closing or ready():
@@ -162,7 +168,7 @@ class Sleeper:
                     if timeout <= 0:
                         return ready()
                 try:
-                    self.sem.acquire(timeout)
+                    sem.acquire(timeout)
                 except (posix_ipc.BusyError, posix_ipc.SignalError):
                     pass  # timed out, or a signal handler ran: re-check either way
         finally:
@@ -248,7 +254,7 @@ class Sleeper:
             else:
                 self.fifo = None
             sem = None
-            if self._inside:
+            if self._inside and self.sem is not None:
                 for _ in range(self._inside):
                     self.sem.release()
             else:
