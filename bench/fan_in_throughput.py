@@ -30,7 +30,9 @@ from shmbus.cleanup import collect
 from shmbus.tools.benchkit import harness
 from shmbus.tools.benchkit.transports import SPAWN
 
-CAPACITY = 64 << 20  # per ring, as one_to_one_throughput's small messages
+CAPACITY = 64 << 20  # as one_to_one_throughput's small messages: the one ring's, and
+# the senders' rings' together (each 64 MiB / senders): the same memory, so that
+# neither side pays more page faults and cache misses than the other
 SIZE = 64
 
 
@@ -72,7 +74,7 @@ def _sender(ns: str, fan_in: bool, count: int, batch: int, go, out) -> None:
 
 def _receiver(ns: str, fan_in: bool, senders: int, total: int, batch: int, ready, go,
               out) -> None:
-    rx = shmbus.Inbox("in", capacity=CAPACITY, namespace=ns) if fan_in else \
+    rx = shmbus.Inbox("in", capacity=CAPACITY // senders, namespace=ns) if fan_in else \
         shmbus.Consumer("ring", namespace=ns)
     try:
         ready.set()

@@ -41,7 +41,7 @@ import select
 import time
 from typing import Any, Iterator
 
-from . import fanin, layout, liveness, naming
+from . import fanin, layout, liveness, naming, wakefifo
 from .consumer import Consumer
 from .errors import (CorruptRing, DurableBusy, LayoutMismatch, PermissionDenied, RingBusy,
                      RingNotFound, ShmbusError, Timeout)
@@ -55,7 +55,7 @@ from .wakeup import LONG_SLEEP, MAX_SLEEP, Sleeper
 
 __all__ = ["Inbox", "QUANTUM", "DEFAULT_CAPACITY"]
 
-QUANTUM = 64  # messages recv takes from one sender in a row while it has some
+QUANTUM = 256  # messages recv takes from one sender in a row while it has some
 DEFAULT_CAPACITY = 1 << 20  # bytes per sender ring when no Inbox ever said
 _MAINTAIN_EVERY = 1.0  # seconds between lists of /dev/shm and looks for gone senders
 _SPINS = 200  # looks at the rings before yielding
@@ -109,6 +109,8 @@ class Inbox(ObjectReceiver, Handle):
             w[W_PID], w[W_START] = me.pid, me.start_time
             w[W_CAPACITY] = cap or w[W_CAPACITY] or DEFAULT_CAPACITY
             self.capacity = w[W_CAPACITY]
+            # A doorbell FIFO left by an Inbox that crashed waiting: nobody reads it.
+            wakefifo.remove_unused(ns, f"{name}@inbox{wakefifo.SUFFIX}")
             self._bell = fanin.doorbell(w, ns, name)
             self._armed: list[Consumer] = []
             self._next = 0  # the sender the next round starts at

@@ -53,6 +53,7 @@ def receive_then_hang(ns, name, count, out):
     """Open the Inbox, receive ``count`` messages (reporting each before the next
     receive releases it), then wait to be killed holding the last one."""
     with shmbus.Inbox(name, capacity=1 << 16, namespace=ns) as inbox:
+        inbox.fileno()  # its wake-up FIFOs exist when it dies: the next Inbox copes
         out.put(("ready", None))
         for _ in range(count):
             msg = inbox.recv(timeout=30)
@@ -136,9 +137,10 @@ def _prefill(ns, procs, name, n, count):
 
 
 def test_recv_is_fair_round_robin_over_senders(ns, procs):
-    """Three senders with 300 messages waiting each: recv takes at most QUANTUM from
-    one before the next has its turn, so no prefix favours one by more than that."""
-    n, count = 3, 300
+    """Three senders with messages waiting (more than two quanta each): recv takes at
+    most QUANTUM from one before the next has its turn, so no prefix favours one by
+    more than that."""
+    n, count = 3, 2 * QUANTUM + 50
     with shmbus.Inbox("fair", namespace=ns) as inbox:
         _prefill(ns, procs, "fair", n, count)
         order = [P.check_payload(bytes(inbox.recv(timeout=10)))[0] for _ in range(n * count)]
