@@ -121,7 +121,7 @@ class Relay:
 
     def start(self) -> threading.Thread:
         """Run in a daemon thread of its own; returns it.  An error that ends the
-        thread is kept in ``error``."""
+        thread is kept in ``error`` (and raised by the ``with`` block's exit)."""
         def target() -> None:
             try:
                 self.run()
@@ -130,6 +130,7 @@ class Relay:
                 log.error("bridge %s %s: stopped by %r", self.direction, self.ring, e)
         self._thread = threading.Thread(target=target, daemon=True,
                                         name=f"bridge-{self.direction}-{self.ring}")
+        self._finished.clear()  # a stop() right after start() waits for the thread
         self._thread.start()
         return self._thread
 
@@ -148,8 +149,11 @@ class Relay:
         self.start()
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type, exc, tb) -> None:
         self.stop()
+        error, self.error = self.error, None
+        if error is not None and exc_type is None:
+            raise error  # what ended the thread, never lost in it
 
     @property
     def stopping(self) -> bool:

@@ -430,3 +430,11 @@ def test_stop_ends_a_bridge_promptly_in_every_state(ns, nats_server, state):
         assert time.monotonic() - began < 1.0
     for ring in ("a", "b"):
         shmbus.unlink(ring)
+
+
+def test_with_block_raises_what_ended_the_bridge_thread(ns, nats_server):
+    relay = Outbound("missing", nats_server.url, "orders")
+    with pytest.raises(shmbus.RingNotFound):
+        with relay:
+            assert relay._thread.join(10) is None and not relay._thread.is_alive()
+    assert relay.error is None  # raised once
