@@ -90,7 +90,8 @@ class Outbound(Relay):
     list of URLs), see the module's docstring.  ``stream``: the stream to store in
     (created if missing); None: the stream that captures the subject, else a new
     ``shmbus-{subject}``.  ``namespace``: the ring's.  ``durable``: the bridge's
-    durable cursor in the ring.  ``window``: publishes in flight at most.
+    durable cursor in the ring.  ``window``: publishes in flight at most, and
+    ``window_bytes``: their payload bytes at most (beyond one message).
     ``ack_timeout``: seconds to wait for a window's acknowledgements before the
     connection is given up and replaced.
 
@@ -106,13 +107,15 @@ class Outbound(Relay):
     def __init__(self, ring: str, server: str | list[str], subject: str, *,
                  stream: str | None = None, namespace: str | None = None,
                  durable: str = "nats-bridge", window: int = 1024,
-                 ack_timeout: float = 5.0, **kwargs) -> None:
+                 window_bytes: int = 8 << 20, ack_timeout: float = 5.0,
+                 **kwargs) -> None:
         super().__init__(ring, server, subject, stream=stream, namespace=namespace,
                          **kwargs)
         naming.check_name(durable, "durable name")
         if not isinstance(window, int) or window < 1:
             raise ValueError(f"window must be an int >= 1, got {window!r}")
         self.durable, self.window, self.ack_timeout = durable, window, ack_timeout
+        self.window_bytes = window_bytes
         self.stats.update(published=0, acked=0, skipped=0, lost=0)
         self._pending: list[shmbus.Message] = []  # read from the ring, not acknowledged
         self._acks: _Acks | None = None  # the current connection's
@@ -180,7 +183,7 @@ class Outbound(Relay):
                     acks: _Acks) -> None:
         """Publish ``window`` (all in flight at once), wait for the acknowledgements,
         release what is stored; raise :class:`ServerLost` if not all of it is."""
-        rest = self._cut_before_too_large(window, nc.max_payload)
+        rest = self._cut(window, nc.max_payload)
         if rest:
             window = window[:len(window) - len(rest)]
         acks.reset(len(window))
@@ -217,15 +220,22 @@ class Outbound(Relay):
                    if acks.error else f"no acknowledgement within {self.ack_timeout} s")
             raise ServerLost(f"{why}; {len(window) - ok} message(s) to send again")
 
-    def _cut_before_too_large(self, window: list[shmbus.Message],
-                              max_payload: int) -> list[shmbus.Message]:
-        """The messages from the first one the server cannot take on (none: []);
-        raises :class:`~shmbus.MessageTooLarge` if that is the first of the window.  A
-        message the server can never take stops the bridge once the messages before
-        it are relayed (a retry would spin on it forever, and every message after it
-        waits behind it)."""
+    def _cut(self, window: list[shmbus.Message], max_payload: int
+             ) -> list[shmbus.Message]:
+        """The messages of ``window`` that wait for the next window (none: []): from
+        the one that would take the window past ``window_bytes`` (never the first),
+        or from the first one the server cannot take.  Raises
+        :class:`~shmbus.MessageTooLarge` if that is the first of the window: a message
+        the server can never take stops the bridge once the messages before it are
+        relayed (a retry would spin on it forever, and every message after it waits
+        behind it)."""
+        budget = self.window_bytes
         for i, m in enumerate(window):
-            if len(m.data) > max_payload:
+            size = len(m.data)
+            budget -= size
+            if i and budget < 0:
+                return window[i:]
+            if size > max_payload:
                 if i:
                     return window[i:]
                 raise shmbus.MessageTooLarge(
