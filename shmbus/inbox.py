@@ -69,6 +69,15 @@ class _Sender:
         self.sender, self.ring, self.consumer = sender, ring, consumer
 
 
+def _identity(path: str) -> tuple[int, int, int] | None:
+    """Which file ``path`` is now (inode, device, change time), None if none."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_dev, st.st_ctime_ns
+
+
 class Inbox(ObjectReceiver, Handle):
     """The receiver of Inbox ``name`` (see the module docstring).
 
@@ -118,6 +127,7 @@ class Inbox(ObjectReceiver, Handle):
             self._due = 0.0  # time.monotonic() of the next maintenance
             self._held: dict[int, Consumer] = {}  # consumers holding unreleased messages
             self.refused: dict[str, str] = {}  # ring -> why it was not opened
+            self._refused_ids: dict[str, tuple[int, int, int] | None] = {}
             self._maintain()
             self._bind()
         except BaseException:
@@ -134,12 +144,21 @@ class Inbox(ObjectReceiver, Handle):
 
     def _rescan(self) -> None:
         """Open the sender rings that appeared (the generation is loaded first: an
-        Outbox bumps it after making its ring)."""
+        Outbox bumps it after making its ring).  An entry refused as not ours is not
+        opened again while it is the same file: another user who plants thousands of
+        names would otherwise cost every rescan (once a second) an open of each."""
         gen = self._words[W_GENERATION]
         known = {s.ring for s in self._senders}
-        for sender, ring in sorted(fanin.sender_rings(self.namespace, self.name).items()):
+        listed = fanin.sender_rings(self.namespace, self.name)
+        for ring in set(self.refused) - set(listed.values()):  # gone: forget it
+            del self.refused[ring]
+            self._refused_ids.pop(ring, None)
+        for sender, ring in sorted(listed.items()):
             if ring in known:
                 continue
+            seen = _identity(naming.segment_path(self.namespace, ring))
+            if seen is not None and self._refused_ids.get(ring) == seen:
+                continue  # refused, and still that very file
             try:
                 consumer = Consumer(ring, durable=fanin.DURABLE, start="earliest",
                                     namespace=self.namespace)
@@ -148,6 +167,8 @@ class Inbox(ObjectReceiver, Handle):
                 # bumps the generation after that, so the next round opens it
             except (PermissionDenied, CorruptRing, LayoutMismatch) as e:
                 self.refused[ring] = str(e)  # never read: not ours, or not readable
+                if isinstance(e, PermissionDenied):
+                    self._refused_ids[ring] = seen
                 continue
             consumer.sender = sender  # msg.sender
             self.refused.pop(ring, None)

@@ -323,3 +323,47 @@ def test_a_wake_fifo_planted_before_the_waiter_is_refused_and_left(ns, monkeypat
         assert stat.S_ISFIFO(os.lstat(target).st_mode)
     finally:
         purge(ns)
+
+
+# -- fan-in: entries another user plants cost the Inbox one look each, not one a second
+
+
+def _plant_many(namespace: str, names: list[str]) -> None:
+    for name in names:
+        _plant(naming.segment_path(namespace, name), b"", 0o666)
+
+
+def _replant(namespace: str, name: str) -> None:
+    path = naming.segment_path(namespace, name)
+    os.unlink(path)
+    _plant(path, b"", 0o666)
+
+
+def test_entries_another_user_planted_are_opened_once_not_at_every_rescan(ns, monkeypatch):
+    """Another user plants sender-ring names for our Inbox (thousands cost it half a
+    second of every second when each rescan opens each again): an entry refused once
+    is not opened again while it is the same file; a replaced one is, and one that is
+    gone is forgotten."""
+    from shmbus import inbox as inbox_module
+    names = [f"X.from.evil{i}" for i in range(3)]
+    run_as(OTHER_UID, OTHER_GID, _plant_many, ns, names)
+    opened: list[str] = []
+    real = inbox_module.Consumer
+
+    def counting(ring, **kwargs):
+        opened.append(ring)
+        return real(ring, **kwargs)
+    monkeypatch.setattr(inbox_module, "Consumer", counting)
+    try:
+        with shmbus.Inbox("X", capacity=CAP) as inbox:
+            assert sorted(opened) == names and sorted(inbox.refused) == names
+            opened.clear()
+            inbox._maintain()
+            assert opened == []  # nothing changed: nothing opened again
+            run_as(OTHER_UID, OTHER_GID, _replant, ns, names[0])
+            _remove(naming.segment_path(ns, names[1]))
+            inbox._maintain()
+            assert opened == [names[0]]
+            assert sorted(inbox.refused) == [names[0], names[2]]
+    finally:
+        purge(ns)
