@@ -66,8 +66,6 @@ class WaitStrategy:
 
     #: Reads before the first system call: the compiled ``recv`` spins that much itself.
     spin: int = 0
-    #: The sleeping phase (its bounds serve waiters on a file descriptor), if any.
-    sleeping: "Sleeping | None" = None
 
     def wait(self, sleeper: Sleeper, ready: Ready, deadline: float | None,
              above: tuple[memoryview, int, int] | None = None) -> bool:
@@ -168,10 +166,6 @@ class Sleeping(WaitStrategy):
                     not value > 0:
                 raise ValueError(f"{name} must be a number of seconds > 0, got {value!r}")
 
-    @property
-    def sleeping(self) -> "Sleeping":  # type: ignore[override]
-        return self
-
     def wait(self, sleeper: Sleeper, ready: Ready, deadline: float | None,
              above: tuple[memoryview, int, int] | None = None) -> bool:
         return sleeper.sleep(ready, deadline, self.max_sleep, self.long_sleep)
@@ -199,10 +193,6 @@ class Adaptive(WaitStrategy):
     @property
     def spin(self) -> int:  # type: ignore[override]
         return self.spins
-
-    @property
-    def sleeping(self) -> "Sleeping | None":  # type: ignore[override]
-        return self.then.sleeping
 
     def wait(self, sleeper: Sleeper, ready: Ready, deadline: float | None,
              above: tuple[memoryview, int, int] | None = None) -> bool:
