@@ -336,3 +336,26 @@ def test_a_waker_whose_waiter_went_away_does_not_die_of_sigpipe(ns, procs):
         assert procs[-1].exitcode == 0, f"the producer died: exit {procs[-1].exitcode}"
     finally:
         shmbus.unlink("p")
+
+
+SHARED_GID = 1500  # as in test_security_attacks: THIRD_UID is a member
+
+
+@needs_root
+def test_in_a_shared_namespace_the_fifo_is_the_groups_and_a_members_symlink_is_refused(
+        ns, monkeypatch):
+    from .security import THIRD_UID
+    monkeypatch.setenv("SHMBUS_GROUP", str(SHARED_GID))
+    with shmbus.Producer("s", capacity=4096), shmbus.Consumer("s") as sub:
+        st = os.fstat(sub.fileno())
+        assert stat.S_IMODE(st.st_mode) == 0o660 and st.st_gid == SHARED_GID
+        planted = _fifo_path(ns, "s", sub.slot + 1)
+        run_as(THIRD_UID, SHARED_GID, os.symlink, "/tmp", planted)  # members may write
+        try:
+            with shmbus.Consumer("s") as other:
+                assert other.slot == sub.slot + 1
+                with pytest.raises(shmbus.PermissionDenied, match="symbolic link"):
+                    other.fileno()
+        finally:
+            os.unlink(planted)
+    shmbus.unlink("s")
