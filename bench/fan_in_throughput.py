@@ -10,7 +10,8 @@ Each Outbox writes its own ring (a ring has one producer); the Inbox reads them 
 robin.  Reported: messages/s received (timing from the receiver's first message to its
 last, after every sender has attached), CPU seconds per million messages (senders and
 receiver), and the ratio fan-in / one ring.  Single ``send``/``recv`` per message, and
-batches of 256 (``send_many``/``recv_many``).  Rows ``shmbus`` run the compiled hot
+batches of 256 (``send_many``/``recv_many``).  Then the CPU an idle Inbox waiting on
+quiet senders uses (% of a core).  Rows ``shmbus`` run the compiled hot
 path (where it is built), ``shmbus-pure`` the pure-Python one.
 
     python -m bench.fan_in_throughput [--messages N] [--senders K] [--repeats N]
@@ -138,6 +139,55 @@ def run(fan_in: bool, pure: bool, senders: int, total: int, batch: int) -> dict:
             "senders_done_s": max(s[1] for s in sends), "receiver_s": recv[1]}
 
 
+def _idle_inbox(ns: str, senders: int, ready, out) -> None:
+    with shmbus.Inbox("idle", capacity=1 << 16, namespace=ns) as inbox:
+        ready.set()
+        for _ in range(senders):
+            inbox.recv(timeout=60)  # every sender attached: it waits on all their rings
+        out.put(("waiting", os.getpid()))
+        inbox.recv(timeout=120)
+
+
+def _idle_sender(ns: str, go) -> None:
+    with shmbus.Outbox("idle", namespace=ns) as box:
+        box.send(b"hello", timeout=60)
+        go.wait(120)
+        box.send(b"bye", timeout=60)
+
+
+def idle(pure: bool, senders: int, seconds: float) -> float:
+    """CPU time of an Inbox waiting ``seconds`` on ``senders`` quiet Outboxes, as percent
+    of one core (from the scheduler's counters, read from outside)."""
+    ns = f"bench{os.getpid()}x{uuid.uuid4().hex[:6]}"
+    procs = []
+    try:
+        out, ready, go = SPAWN.Queue(), SPAWN.Event(), SPAWN.Event()
+        with harness.child_env(_Env(pure)):  # type: ignore[arg-type]
+            rx = SPAWN.Process(target=_idle_inbox, args=(ns, senders, ready, out),
+                               daemon=True)
+            rx.start()
+            procs.append(rx)
+            ready.wait(60)
+            for _ in range(senders):
+                p = SPAWN.Process(target=_idle_sender, args=(ns, go), daemon=True)
+                p.start()
+                procs.append(p)
+        harness.collect(out, procs, 120)
+        c0, t0 = harness.cpu_ns(rx.pid), time.perf_counter()
+        time.sleep(seconds)  # the measurement window, not a synchronisation
+        c1, t1 = harness.cpu_ns(rx.pid), time.perf_counter()
+        go.set()
+        for p in procs:
+            p.join(60)
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+                p.join(5)
+        collect(ns, force=True)
+    return 100 * (c1 - c0) / 1e9 / (t1 - t0)
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--messages", type=int, default=300_000)
@@ -145,6 +195,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--only", default=None, help="comma-separated: shmbus,shmbus-pure")
     ap.add_argument("--no-batch", action="store_true", help="only single send/recv")
+    ap.add_argument("--idle-seconds", type=float, default=3.0,
+                    help="also measure an idle Inbox's CPU this long (0: skip)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     paths = [(name, pure) for name, pure in (("shmbus", False), ("shmbus-pure", True))
@@ -174,8 +226,15 @@ def main(argv: list[str] | None = None) -> dict:
     print(harness.markdown(f"fan-in, {SIZE} B ({os.cpu_count()} CPUs)", rows, [
         "path", "topology", "M msg/s received", "CPU s / M msgs",
         "fan-in / one ring (median of the runs' ratios)"]))
+    idle_cpu = {}
+    if args.idle_seconds > 0:
+        for name, pure in paths:
+            idle_cpu[name] = idle(pure, args.senders, args.idle_seconds)
+            print(f"idle Inbox ({name}) waiting on {args.senders} quiet senders: "
+                  f"{idle_cpu[name]:.3f}% of a core")
     return harness.result("fan_in_throughput", args.json, repeats=args.repeats,
-                          senders=args.senders, results=summary, ratios=ratios)
+                          senders=args.senders, results=summary, ratios=ratios,
+                          idle_cpu_percent=idle_cpu)
 
 
 if __name__ == "__main__":

@@ -466,3 +466,19 @@ def test_shmbus_rm_removes_an_inbox_and_its_rings(ns):
     assert entries(ns) == []
     missing = CliRunner().invoke(main, ["rm", "gone", "--namespace", ns])
     assert missing.exit_code == 1 and "does not exist" in missing.output
+
+
+@pytest.mark.timeout(120)
+def test_the_fan_in_benchmark_runs_and_reports(tmp_path, capsys):
+    import json
+
+    from bench import fan_in_throughput
+    out = tmp_path / "fan_in.json"
+    fan_in_throughput.main(["--messages", "4000", "--repeats", "1", "--senders", "2",
+                            "--only", "shmbus", "--idle-seconds", "0.2", "--json", str(out)])
+    text = capsys.readouterr().out
+    assert "| shmbus | 2->1 |" in text and "idle Inbox (shmbus)" in text
+    data = json.loads(out.read_text())
+    assert set(data["ratios"]) == {"shmbus", "shmbus batch=256"}
+    assert all(r > 0 for r in data["ratios"].values())
+    assert data["idle_cpu_percent"]["shmbus"] < 5
