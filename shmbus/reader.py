@@ -76,11 +76,7 @@ class Reader:
                 for msg in kept:
                     msg[0].release()
             except BufferError:  # one is held by an export: release the others
-                for msg in kept:
-                    try:
-                        msg[0].release()
-                    except BufferError:
-                        pass
+                _release_each(kept)
             return
         for msg in kept:
             if msg[5] <= end:
@@ -100,6 +96,14 @@ class Reader:
     def __repr__(self) -> str:
         return (f"<Reader pos={self.pos} committed={self.committed} "
                 f"wcache={self.wcache} expect={self.expect}>")
+
+
+def _release_each(kept: list[PyMessage]) -> None:
+    for msg in kept:
+        try:
+            msg[0].release()
+        except BufferError:
+            pass
 
 
 def bind(c: Consumer) -> tuple[Callable[..., Any], Callable[..., Any], Callable[[], Any]]:
@@ -126,8 +130,14 @@ def bind(c: Consumer) -> tuple[Callable[..., Any], Callable[..., Any], Callable[
             if pos != cur.committed:  # release the previous message (Reader.commit)
                 words[read_word] = pos
                 cur.committed = pos
-                if cur.kept:
-                    cur.release_kept(pos)
+                kept = cur.kept
+                if kept:  # the previous message's data view (Reader.release_kept)
+                    cur.kept = []
+                    try:
+                        for msg in kept:
+                            msg[0].release()
+                    except BufferError:  # held by an export: release the others
+                        _release_each(kept)
                 if words[H_PRODUCER_SLEEP] & 1:
                     wake_producer(words[H_PRODUCER_SLEEP])
             wcache = cur.wcache  # see the module docstring
