@@ -127,10 +127,21 @@ class Poller:
                     wait = min(wait, deadline - now)
                     if wait <= 0:
                         return [c for c in items if c.ready()]
-                self._poll.poll(wait * 1000.0)
+                woken = self._poll.poll(wait * 1000.0)
                 ready = [c for c in items if c.ready()]
                 if ready:
                     return ready
+                if woken:  # yet nothing to receive (a wake-up written late, for an
+                    # earlier arming, or by a member of a shared namespace): read the
+                    # descriptors empty and arm again, or poll(2) returns at once
+                    for c in armed:
+                        c.disarm()
+                    armed.clear()
+                    for c in items:
+                        (ready if c.arm() else armed).append(c)
+                    if ready:
+                        return ready
+                    since = time.monotonic()
         finally:
             for c in armed:
                 c.disarm()

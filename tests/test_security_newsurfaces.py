@@ -367,3 +367,78 @@ def test_entries_another_user_planted_are_opened_once_not_at_every_rescan(ns, mo
             assert sorted(inbox.refused) == [names[0], names[2]]
     finally:
         purge(ns)
+
+
+# -- wake-up FIFOs: a byte nobody should have written never makes a waiter spin --------
+
+
+def _write_byte(path: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+    try:
+        os.write(fd, b"\0")
+    finally:
+        os.close(fd)
+
+
+def _write_byte_as(who: str, path: str) -> None:
+    """A member writes the byte, or (a wake-up meant for an earlier arming, written
+    late) a producer of ours."""
+    if who == "member":
+        run_as(THIRD_UID, SHARED_GID, _write_byte, path)
+    else:
+        _write_byte(path)
+
+
+class _Counting:
+    """Wraps a poll or epoll object, counting its polls."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.polls = inner, 0
+
+    def poll(self, *args):
+        self.polls += 1
+        return self.inner.poll(*args)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+@pytest.mark.parametrize("who", ["member", "stale wake-up"])
+def test_a_byte_a_member_writes_into_a_wake_fifo_never_makes_a_poller_spin(
+        ns, monkeypatch, who):
+    """A member writes one byte into the wake-up FIFO of a consumer a Poller waits on
+    (a producer of ours writing late, for an earlier arming, does the same): the Poller
+    reads it empty and sleeps again, instead of returning from poll(2) at once until
+    its deadline (forever, with no timeout)."""
+    if who == "member":
+        monkeypatch.setenv("SHMBUS_GROUP", str(SHARED_GID))
+    try:
+        with shmbus.Producer("r", capacity=CAP), shmbus.Consumer("r") as sub:
+            poller = shmbus.Poller()
+            poller.register(sub)
+            name = wakefifo.name_for(sub._sleeper.sem_name)[1]
+            _write_byte_as(who, f"{naming.lock_dir(ns)}/{name}")
+            poller._poll = counting = _Counting(poller._poll)
+            assert poller.poll(timeout=0.6) == []
+            assert counting.polls < 20, f"{counting.polls} polls in 0.6 s: it spins"
+    finally:
+        purge(ns)
+
+
+@pytest.mark.parametrize("who", ["member", "stale wake-up"])
+def test_a_byte_a_member_writes_into_a_wake_fifo_never_makes_an_inbox_spin(
+        ns, monkeypatch, who):
+    """The same for an Inbox waiting on its senders' FIFOs and its doorbell."""
+    if who == "member":
+        monkeypatch.setenv("SHMBUS_GROUP", str(SHARED_GID))
+    try:
+        with shmbus.Inbox("X", capacity=CAP) as inbox:
+            inbox.fileno()
+            inbox._epoll = counting = _Counting(inbox._epoll)
+            name = wakefifo.name_for(inbox._bell.sem_name)[1]
+            _write_byte_as(who, f"{naming.lock_dir(ns)}/{name}")
+            with pytest.raises(shmbus.Timeout):
+                inbox.recv(timeout=0.6)
+            assert counting.polls < 20, f"{counting.polls} polls in 0.6 s: it spins"
+    finally:
+        purge(ns)
