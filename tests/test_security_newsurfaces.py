@@ -442,3 +442,30 @@ def test_a_byte_a_member_writes_into_a_wake_fifo_never_makes_an_inbox_spin(
             assert counting.polls < 20, f"{counting.polls} polls in 0.6 s: it spins"
     finally:
         purge(ns)
+
+
+@pytest.mark.parametrize("who", ["member", "stale wake-up"])
+def test_a_byte_a_member_writes_into_a_wake_fifo_never_makes_asyncio_spin(
+        ns, monkeypatch, who):
+    """The same for a ``shmbus.asyncio`` consumer awaiting its FIFO in the loop."""
+    import asyncio
+
+    import shmbus.asyncio
+    if who == "member":
+        monkeypatch.setenv("SHMBUS_GROUP", str(SHARED_GID))
+    try:
+        with shmbus.Producer("r", capacity=CAP):
+            sub = shmbus.asyncio.Consumer("r")
+            try:
+                looks = []
+                real = sub.sync.ready
+                sub.sync.ready = lambda: looks.append(1) or real()
+                name = wakefifo.name_for(sub.sync._sleeper.sem_name)[1]
+                _write_byte_as(who, f"{naming.lock_dir(ns)}/{name}")
+                with pytest.raises(shmbus.Timeout):
+                    asyncio.run(sub.recv(timeout=0.6))
+                assert len(looks) < 40, f"{len(looks)} looks in 0.6 s: it spins"
+            finally:
+                sub.close()
+    finally:
+        purge(ns)
