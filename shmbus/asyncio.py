@@ -12,8 +12,8 @@
 
 Same constructor arguments as the blocking twins (:class:`shmbus.Consumer`,
 :class:`shmbus.Inbox`, :class:`shmbus.Producer`), which they wrap (``.sync``);
-``Consumer.wrap(worker)`` awaits an open balancer ``Worker`` (``shmbus`` does not import
-the balancer).  Receiving and sending never
+``Worker`` is the balancer's (imported when first used: ``shmbus`` imports no balancer
+code otherwise), and ``Consumer.wrap(sub)`` awaits any open blocking receiver.  Receiving and sending never
 block the event loop: they try without waiting, and when there is nothing to receive
 (or no room) they arm the twin's wake-up (:mod:`shmbus.wakeup`) and await its FIFO
 with ``loop.add_reader``: no thread per consumer, no system call per message while
@@ -38,7 +38,7 @@ from .errors import Timeout
 from .message import Message
 from .wakeup import LONG_SLEEP, MAX_SLEEP
 
-__all__ = ["Consumer", "Inbox", "Producer"]
+__all__ = ["Consumer", "Inbox", "Producer", "Worker"]
 
 T = TypeVar("T")
 
@@ -128,8 +128,8 @@ class Consumer:
 
     _blocking: Callable[..., Any] = _consumer.Consumer
 
-    def __init__(self, name: str, **kwargs: Any) -> None:
-        self._adopt(self._blocking(name, **kwargs))
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._adopt(self._blocking(*args, **kwargs))
 
     @classmethod
     def wrap(cls, sync: Any) -> "Consumer":
@@ -306,6 +306,20 @@ class Producer:
 
     def __repr__(self) -> str:
         return f"<shmbus.asyncio.Producer of {self.sync!r}>"
+
+
+def __getattr__(name: str) -> Any:
+    # shmbus.asyncio.Worker is in the contract, yet shmbus imports no balancer code
+    # when it is imported: the balancer is imported the first time this name is used.
+    if name == "Worker":
+        from shmbus.balancer.worker import Worker as blocking
+        worker = type("Worker", (Consumer,), {
+            "_blocking": blocking, "__module__": __name__,
+            "__doc__": "An awaitable balancer ``Worker`` (same arguments: group, name, "
+                       "...)."})
+        globals()["Worker"] = worker
+        return worker
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _never() -> bool:
