@@ -155,7 +155,7 @@ class Consumer:
         """Release the previous message and return the next one, awaiting up to
         ``timeout`` seconds (None: forever); raises :class:`shmbus.Timeout`."""
         try_recv = self.sync.try_recv
-        msg = try_recv()
+        msg: Message | None = try_recv()
         if msg is not None:
             return msg
         deadline = None if timeout is None else \
