@@ -31,7 +31,7 @@ from __future__ import annotations
 import asyncio
 
 import shmbus
-from shmbus import naming
+from shmbus import layout, naming
 from shmbus.errors import Timeout
 
 from .framing import headers_block, hpub, raw_sender
@@ -124,7 +124,8 @@ class Outbound(Relay):
         consumer = shmbus.Consumer(self.ring, durable=self.durable, start="earliest",
                                    namespace=self.namespace)
         try:
-            created = shmbus.inspect(self.ring, self.namespace)["created_at_ns"]
+            # The ring this consumer reads, never whatever has its name by now.
+            created = layout.read_header(consumer._seg.buf)["created_at_ns"]
             identity = ring_identity(self.namespace, self.ring, created)
             await self._over_connections(
                 end, lambda nc, lost: self._relay(nc, consumer, identity, end))

@@ -469,3 +469,73 @@ def test_a_byte_a_member_writes_into_a_wake_fifo_never_makes_asyncio_spin(
                 sub.close()
     finally:
         purge(ns)
+
+
+# -- the bridge never relays a ring of another user -------------------------------------
+
+
+@pytest.mark.parametrize("direction", ["out", "in"])
+def test_a_bridge_never_relays_a_ring_another_user_made(ns, direction, monkeypatch):
+    """Another user makes ring ``r`` of our namespace first (a valid ring, 0666): a
+    bridge out never reads it, a bridge in never writes it; both stop with
+    PermissionDenied before they connect to any server."""
+    pytest.importorskip("nats", reason="the bridge needs nats-py (the test extra)")
+    from shmbus.bridge import Inbound, Outbound
+    from shmbus.bridge.relay import Relay
+    path = naming.segment_path(ns, "r")
+    content = _ring_bytes_holding({"secret": 1}, ns + "s")
+    run_as(OTHER_UID, OTHER_GID, _plant, path, content, 0o666)
+    connects = []
+
+    async def no_connect(self, on_lost):
+        connects.append(self)
+        return None
+    monkeypatch.setattr(Relay, "_connect", no_connect)
+    try:
+        relay = (Outbound("r", "nats://127.0.0.1:1", "s.out") if direction == "out" else
+                 Inbound("nats://127.0.0.1:1", "s.in", "r", capacity=CAP))
+        with pytest.raises(shmbus.PermissionDenied):
+            relay.run(duration=5)
+        assert connects == []
+        with open(path, "rb") as f:
+            assert f.read() == content  # no slot taken, nothing written
+    finally:
+        _remove(path)
+        purge(ns)
+
+
+def test_a_bridge_out_names_the_ring_it_reads_not_a_later_one_of_that_name(ns, monkeypatch):
+    """The ring is removed and made again under its name just after the bridge opened
+    it (by a process of ours, or a member of a shared namespace): the bridge's
+    ``Nats-Msg-Id`` identity is still the one of the ring it reads.  (Another
+    identity would make a later bridge of the new ring skip that many of its
+    messages as already stored.)"""
+    pytest.importorskip("nats", reason="the bridge needs nats-py (the test extra)")
+    from shmbus import layout
+    from shmbus.bridge import Outbound, outbound
+    from shmbus.bridge.relay import Relay
+    named: list[int] = []
+    read: list[int] = []
+    real_identity, real_consumer = outbound.ring_identity, shmbus.Consumer
+    monkeypatch.setattr(outbound, "ring_identity",
+                        lambda n, r, created: named.append(created) or
+                        real_identity(n, r, created))
+
+    def replaced_meanwhile(ring, **kwargs):
+        consumer = real_consumer(ring, **kwargs)
+        read.append(layout.read_header(consumer._seg.buf)["created_at_ns"])
+        shmbus.unlink(ring)
+        shmbus.Producer(ring, capacity=CAP).close()
+        return consumer
+    monkeypatch.setattr(shmbus, "Consumer", replaced_meanwhile)
+
+    async def stop_instead(self, on_lost):
+        self._stop.set()
+        return None
+    monkeypatch.setattr(Relay, "_connect", stop_instead)
+    shmbus.Producer("r", capacity=CAP).close()
+    try:
+        Outbound("r", "nats://127.0.0.1:1", "s.out").run(duration=5)
+        assert len(read) == 1 and named == read
+    finally:
+        purge(ns)
