@@ -251,6 +251,48 @@ def test_compiled_and_pure_readers_give_the_same_batches_and_errors(
         pub.unlink()
 
 
+@pytest.mark.skipif(native is None, reason=f"no compiled build: {why}")
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(steps=st.lists(st.tuples(st.integers(0, 60), st.lists(st.integers(1, 40),
+                                                             min_size=1, max_size=4)),
+                      min_size=1, max_size=10),
+       sizes=st.lists(st.integers(0, 700), min_size=1, max_size=16),
+       durable=st.booleans())
+def test_compiled_and_pure_readers_of_an_overwrite_ring_lose_the_same(ns, steps, sizes,
+                                                                     durable):
+    """An overwrite ring of 4 KiB that the producer laps between reads (checked reads,
+    jumps to the oldest record, lost counts), read by both readers in step: the same
+    messages, batches and ``lost``, and the same next seq stored at each release."""
+    pub = shmbus.Producer("o", capacity=4096, on_full="overwrite")
+    fast = _consumer("o", True, start="earliest", durable="f" if durable else None)
+    slow = _consumer("o", False, start="earliest", durable="s" if durable else None)
+    try:
+        i, received = 0, False
+        for count, reads in steps:
+            for _ in range(count):
+                n = sizes[i % len(sizes)]
+                pub.send(bytes([i % 256]) * n, key=b"%d" % i if i % 3 else None)
+                i += 1
+            got = _drain(fast, reads)
+            assert got == _drain(slow, reads)
+            assert (fast.lost, fast._pos, fast._expect) == (slow.lost, slow._pos,
+                                                            slow._expect)
+            received = received or any(m and m[0] not in ("Timeout", None) for m in got)
+        fast.release()
+        slow.release()
+        slots = {c["durable"] or c["slot"]: c for c in shmbus.inspect("o")["consumers"]}
+        f, s = (slots["f"], slots["s"]) if durable else (slots[fast.slot], slots[slow.slot])
+        assert f["lost"] == s["lost"] == fast.lost
+        stored = [c._words[c._next_word] for c in (fast, slow)]  # the slots' next seq + 1
+        assert stored[0] == stored[1]
+        assert stored[0] == (fast._expect + 1 if received else 0)  # with the position
+    finally:
+        fast.close()
+        slow.close()
+        pub.unlink()
+
+
 # -- overwrite rings: a producer lapping the reader in another process -------------------
 
 def _lap(ns: str, count: int, pure: bool) -> None:
