@@ -539,3 +539,42 @@ def test_a_bridge_out_names_the_ring_it_reads_not_a_later_one_of_that_name(ns, m
         assert len(read) == 1 and named == read
     finally:
         purge(ns)
+
+
+# -- shmbus metrics ---------------------------------------------------------------------
+
+
+def _scrape(url: str) -> str:
+    import urllib.request
+    with urllib.request.urlopen(url, timeout=5) as r:
+        return r.read().decode()
+
+
+def test_metrics_listen_on_loopback_and_export_nothing_of_another_users_ring(ns):
+    """``shmbus metrics`` listens on 127.0.0.1 unless told otherwise, and a ring another
+    user planted in our namespace (claiming 12345 messages) is counted as skipped,
+    its figures never exported."""
+    pytest.importorskip("prometheus_client", reason="the metrics extra")
+    from shmbus import layout
+    from shmbus.tools import metrics
+    addr = next(p for p in metrics.command.params if p.name == "addr")
+    assert addr.default == "127.0.0.1"
+    path = naming.segment_path(ns, "planted")
+    content = bytearray(_ring_bytes_holding({"x": 1}, ns + "s"))
+    header = layout.read_header(content)
+    assert header["write"] > 0
+    run_as(OTHER_UID, OTHER_GID, _plant, path, bytes(content), 0o666)
+    server, thread = metrics.serve(ns, "127.0.0.1", 0)
+    try:
+        with shmbus.Producer("ours", capacity=CAP) as pub:
+            pub.send(b"x")
+            text = _scrape(f"http://127.0.0.1:{server.server_address[1]}/metrics")
+        assert 'ring="ours"' in text
+        assert 'ring="planted"' not in text
+        assert f'shmbus_skipped_entries{{namespace="{ns}"}} 1.0' in text
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+        _remove(path)
+        purge(ns)
