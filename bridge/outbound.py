@@ -62,7 +62,9 @@ class _Acks:
         data = msg.data
         if i >= self.n or self.status[i]:
             return  # not of this window (cannot happen on a fresh connection)
-        if data and b'"error"' not in data:
+        # '"error":' is the key of an error reply: a stream named "error" shows as
+        # '"error"' followed by ',' or '}', and a quote inside a name is escaped.
+        if data and b'"error":' not in data:
             self.status[i] = 1
         else:
             self.status[i] = 2

@@ -89,3 +89,23 @@ def test_frames_are_what_nats_py_would_send():
                          + b"\r\n")
         frame = b"".join(hpub(b"orders", b"_INBOX.x.3", block, memoryview(b"payload")))
         assert frame == hpub_cmd("orders", "_INBOX.x.3", block, b"payload")
+
+
+def test_acks_tell_a_stored_message_from_a_refused_one():
+    import asyncio
+    from types import SimpleNamespace
+
+    from shmbus.bridge.outbound import _Acks
+
+    async def replies() -> _Acks:
+        acks = _Acks(len("_INBOX.x."))
+        acks.reset(3)
+        for i, data in enumerate([b'{"stream":"error","seq":7}',
+                                  b'{"stream":"s","seq":8,"duplicate":true}',
+                                  b'{"error":{"code":503,"description":"no space"}}']):
+            await acks.on_reply(SimpleNamespace(subject=f"_INBOX.x.{i}", data=data,
+                                                headers=None))
+        return acks
+    acks = asyncio.run(replies())
+    assert acks.done.is_set() and acks.stored() == 2
+    assert "no space" in acks.error
