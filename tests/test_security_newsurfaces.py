@@ -578,3 +578,25 @@ def test_metrics_listen_on_loopback_and_export_nothing_of_another_users_ring(ns)
         thread.join(5)
         _remove(path)
         purge(ns)
+
+
+# -- fan-in: another user squats the ring name of our default sender id ---------------
+
+
+@pytest.mark.xfail(strict=True, raises=shmbus.PermissionDenied, reason=(
+    "open, for the Outbox's owner: the default sender id PID.STARTTIME is public "
+    "(/proc), so another user can plant X.from.PID.STARTTIME before our first send and "
+    "the Outbox is refused for good (a denial of service on a live namespace, of the "
+    "class lockdir accepts for names used before first use); suggested: on "
+    "PermissionDenied for a default id, fall back to an unpredictable one "
+    "(PID.STARTTIME.r + secrets.token_hex(4) fits a 64-character inbox name)"))
+def test_another_user_cannot_stop_our_outbox_by_squatting_its_default_ring(ns):
+    path = naming.segment_path(ns, fanin.sender_ring("X", fanin.current_sender_id()))
+    run_as(OTHER_UID, OTHER_GID, _plant, path, b"", 0o666)
+    try:
+        with shmbus.Inbox("X", capacity=CAP) as inbox, shmbus.Outbox("X") as box:
+            box.send(b"hello", timeout=5)
+            assert bytes(inbox.recv(timeout=5)) == b"hello"
+    finally:
+        _remove(path)
+        purge(ns)
