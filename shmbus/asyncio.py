@@ -119,7 +119,21 @@ class _FdWait:
             disarm()
 
     def close(self) -> None:
+        """Stop watching, and wake a task waiting here (its ``ready()`` then sees the
+        owner closed).  From another thread, that happens in the loop's thread."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            self._loop = None
+            return
+        try:
+            in_loop = asyncio.get_running_loop() is loop
+        except RuntimeError:
+            in_loop = False
+        if not in_loop:
+            loop.call_soon_threadsafe(self.close)
+            return
         self._unwatch()
+        self._wake()
         self._loop = None
 
 
@@ -214,9 +228,10 @@ class Consumer:
         return int(self.sync.fileno())
 
     def close(self, *, release: bool = True) -> None:
-        """Stop watching the descriptor and close the blocking twin."""
-        self._waiter.close()
+        """Close the blocking twin (idempotent; from any thread): a task awaiting a
+        receive wakes and gets :class:`shmbus.Closed`."""
         self.sync.close(release=release)
+        self._waiter.close()
 
     async def __aenter__(self) -> "Consumer":
         return self
@@ -295,8 +310,10 @@ class Producer:
                                 timeout)
 
     def close(self) -> None:
-        self._waiter.close()
+        """Close the blocking twin (idempotent; from any thread): a task awaiting room
+        wakes and gets :class:`shmbus.Closed`."""
         self.sync.close()
+        self._waiter.close()
 
     async def __aenter__(self) -> "Producer":
         return self

@@ -205,3 +205,31 @@ def test_an_awaitable_worker(ns, long_bounds):
 
     asyncio.run(main())
     shmbus.unlink(membership.worker_ring("g", "w1"))
+
+
+@pytest.mark.parametrize("where", ["in the loop", "from another thread"])
+def test_closing_wakes_an_awaiting_recv_with_closed(ns, long_bounds, where):
+    import threading
+
+    async def main() -> None:
+        async with sa.Producer("a", capacity=4096):
+            sub = sa.Consumer("a")
+            task = asyncio.create_task(sub.recv(timeout=20))
+            words, word = sub.sync._words, slot_word(sub.sync.slot) + S_SLEEP
+            while not words[word] & 1:
+                await asyncio.sleep(0)
+            del words
+            t0 = time.monotonic()
+            if where == "in the loop":
+                sub.close()
+            else:
+                t = threading.Thread(target=sub.close)
+                t.start()
+                t.join(10)
+            with pytest.raises(shmbus.Closed):
+                await task
+            assert time.monotonic() - t0 < 10  # woken, not the 30 s bound
+            sub.close()  # again: harmless
+
+    asyncio.run(main())
+    shmbus.unlink("a")
