@@ -66,6 +66,11 @@ def _symlink(target: str, path: str) -> None:
     os.symlink(target, path)
 
 
+def _mkfifo(path: str, mode: int) -> None:
+    os.mkfifo(path, mode)
+    os.chmod(path, mode)
+
+
 def _remove(path: str) -> None:
     try:
         os.unlink(path)
@@ -102,11 +107,12 @@ def test_a_sender_ring_planted_by_another_user_is_never_read(ns, tmp_path):
         purge(ns)
 
 
-@pytest.mark.parametrize("kind", ["file", "symlink"])
+@pytest.mark.parametrize("kind", ["file", "symlink", "fifo"])
 def test_a_registry_planted_by_another_user_is_refused_and_left_alone(ns, kind, tmp_path):
-    """Another user puts a registry (a file of his, or a symlink to a file of ours)
-    under ``{ns}.X@inbox``: the Inbox and the Outbox refuse it; gc and ``shmbus rm X``
-    leave it (and the symlink's target) alone."""
+    """Another user puts a registry (a file of his, a symlink to a file of ours, a FIFO
+    nobody writes) under ``{ns}.X@inbox``: the Inbox and the Outbox refuse it at once
+    (never blocking on the FIFO); gc and ``shmbus rm X`` leave it (and the symlink's
+    target) alone."""
     from click.testing import CliRunner
 
     from shmbus.cleanup import collect
@@ -118,6 +124,8 @@ def test_a_registry_planted_by_another_user_is_refused_and_left_alone(ns, kind, 
     os.chmod(tmp_path, 0o755)
     if kind == "file":
         run_as(OTHER_UID, OTHER_GID, _plant, path, b"\0" * 128, 0o666)
+    elif kind == "fifo":
+        run_as(OTHER_UID, OTHER_GID, _mkfifo, path, 0o666)
     else:
         run_as(OTHER_UID, OTHER_GID, _symlink, target, path)
     try:
