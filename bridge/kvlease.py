@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import socket
 import threading
@@ -39,6 +40,7 @@ from shmbus.errors import AlreadyHeld, LeaseLost, NotHeld, Timeout
 _EXPECTED_LAST = "Nats-Expected-Last-Subject-Sequence"
 _KV_OP = "KV-Operation"
 _POLL = 0.1  # seconds between attempts to acquire a taken lease
+_log = logging.getLogger("shmbus.bridge")
 
 
 class _Loop:
@@ -137,9 +139,12 @@ class KVLease:
     # -- the server -----------------------------------------------------------------------
 
     def _call(self, coro, timeout: float | None = None):
+        """Run ``coro`` in the lease's loop; wait for it at most ``timeout`` seconds
+        (and never more than ``request_timeout`` and a second)."""
+        most = self.request_timeout + 1
         with self._lock:
             try:
-                return self._loop.run(coro, timeout or self.request_timeout + 1)
+                return self._loop.run(coro, most if timeout is None else min(timeout, most))
             except TimeoutError:
                 raise Timeout(f"lease {self.name!r}: no answer from {self.server} within "
                               f"{self.request_timeout} s; is the server reachable?",
@@ -150,9 +155,12 @@ class KVLease:
         from nats.js.errors import BucketNotFoundError
         if self._kv is None:
             if self._nc is None:
+                async def quiet(e: Exception) -> None:  # (nats-py logs tracebacks)
+                    _log.debug("lease %s: %r", self.name, e)
+
                 self._nc = await nats.connect(self.server, max_reconnect_attempts=-1,
                                               connect_timeout=self.request_timeout,
-                                              allow_reconnect=True)
+                                              allow_reconnect=True, error_cb=quiet)
             js = self._nc.jetstream(timeout=self.request_timeout)
             try:
                 self._kv = await js.key_value(self.bucket)
@@ -203,8 +211,9 @@ class KVLease:
         why = "it is held"
         while True:
             began = time.monotonic()
+            wait = None if deadline is None else max(0.05, deadline - began)
             try:
-                revision = self._call(self._write(0, 0))
+                revision = self._call(self._write(0, 0), wait)
             except Exception as e:  # noqa: BLE001 - unreachable, or timed out: retry
                 revision, why = 0, f"the server is unreachable ({type(e).__name__}: {e})"
             else:

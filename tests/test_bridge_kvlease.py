@@ -185,3 +185,16 @@ def test_lease_outlives_its_stream_leader_in_a_cluster_of_three(nats_cluster):
     finally:
         a.close()
         b.close()
+
+
+def test_acquire_keeps_its_timeout_while_the_server_is_down(leases, nats_server):
+    import time
+    a = leases()
+    nats_server.stop()
+    began = time.monotonic()
+    with pytest.raises(shmbus.Timeout, match="unreachable"):
+        a.acquire(timeout=1)
+    assert time.monotonic() - began < 3
+    nats_server.start()
+    a.acquire(timeout=20)
+    assert a.held
