@@ -97,7 +97,8 @@ class Outbound(Relay):
     ``ack_timeout``: seconds to wait for a window's acknowledgements before the
     connection is given up and replaced.
 
-    ``run()`` blocks (as a standby while another bridge relays this ring out),
+    ``run()`` blocks (as a standby while another bridge relays this ring out with
+    the same ``durable``),
     ``start()`` runs it in a thread, ``stop()`` ends it; a context manager starts and
     stops it.  ``stats``: published, acked, skipped (already in the stream), lost
     (overwrite rings), connects, failures, last_error.  Raises
@@ -111,9 +112,9 @@ class Outbound(Relay):
                  durable: str = "nats-bridge", window: int = 1024,
                  window_bytes: int = 8 << 20, ack_timeout: float = 5.0,
                  **kwargs) -> None:
-        super().__init__(ring, server, subject, stream=stream, namespace=namespace,
-                         **kwargs)
         naming.check_name(durable, "durable name")
+        super().__init__(ring, server, subject, stream=stream, namespace=namespace,
+                         _role="." + durable, **kwargs)
         if not isinstance(window, int) or window < 1:
             raise ValueError(f"window must be an int >= 1, got {window!r}")
         self.durable, self.window, self.ack_timeout = durable, window, ack_timeout

@@ -7,8 +7,9 @@ nats-py is asyncio-based; a relay runs its own event loop in the thread that cal
 API on the ring side with short timeouts, so the loop keeps serving the connection.
 
 One live bridge per (ring, direction): a relay first takes the file lock
-``{ring}@bridge-{direction}`` in the ring's namespace; a second relay of the same ring
-and direction waits for it as a standby.  The kernel releases the lock the moment its
+``{ring}@bridge-in``, or ``{ring}@bridge-out.{durable}`` (one per cursor: a ring may be
+relayed to two places under two durable names), in the ring's namespace; a second
+relay of the same ring, direction (and cursor) waits for it as a standby.  The kernel releases the lock the moment its
 holder dies (kill -9 included), so a standby takes over at once, and resumes where the
 dead one left the ring (its durable cursor, or the ring's last message).
 """
@@ -71,8 +72,8 @@ class Relay:
 
     def __init__(self, ring: str, server: str | list[str], subject: str, *,
                  stream: str | None, namespace: str | None,
-                 connect_timeout: float = 2.0, backoff: tuple[float, float] = (0.1, 5.0)
-                 ) -> None:
+                 connect_timeout: float = 2.0, backoff: tuple[float, float] = (0.1, 5.0),
+                 _role: str = "") -> None:
         _nats()
         naming.check_name(ring)
         if not isinstance(subject, str) or any(c in subject for c in " \t\r\n*>") \
@@ -84,8 +85,9 @@ class Relay:
         self.namespace = naming.resolve_namespace(namespace)
         self.connect_timeout = connect_timeout
         self._backoff = Backoff(*backoff)
-        self._lock = FileLock(naming.ring_lock_name(ring, f"bridge-{self.direction}"),
-                              namespace=self.namespace, reentrant=False, _internal=True)
+        role = f"bridge-{self.direction}{_role}"
+        self._lock = FileLock(naming.ring_lock_name(ring, role), namespace=self.namespace,
+                              reentrant=False, _internal=True)
         self._stop = threading.Event()
         self._finished = threading.Event()
         self._finished.set()

@@ -438,3 +438,16 @@ def test_with_block_raises_what_ended_the_bridge_thread(ns, nats_server):
         with relay:
             assert relay._thread.join(10) is None and not relay._thread.is_alive()
     assert relay.error is None  # raised once
+
+
+def test_two_cursors_relay_one_ring_to_two_subjects(ns, nats_server):
+    with shmbus.Producer("a", capacity=CAP) as pub:
+        pub.send_many(payloads(100))
+        with Outbound("a", nats_server.url, "one") as one, \
+                Outbound("a", nats_server.url, "two", durable="second") as two:
+            await_until(lambda: one.stats["acked"] == two.stats["acked"] == 100, 20,
+                        what="100 acks on both")
+            assert not one.standing_by.is_set() and not two.standing_by.is_set()
+    assert [m.data for m in stored(nats_server.url, "one")] == payloads(100)
+    assert [m.data for m in stored(nats_server.url, "two")] == payloads(100)
+    shmbus.unlink("a")
