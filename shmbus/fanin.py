@@ -62,6 +62,7 @@ __all__ = ["DURABLE", "Registry", "doorbell", "check_inbox_name", "sender_ring",
            "sender_rings", "exists", "remove_inbox", "collect", "MAX_SLEEP", "LONG_SLEEP"]
 
 DURABLE = "inbox"  # the Inbox's durable name on every sender ring
+_FROM = "from"  # never a component of a sender id (see sender_ring)
 INBOX_NAME_MAX = 64  # "X.from." + a default sender id must fit a ring name
 _MAGIC = int.from_bytes(b"SHMBFANI", "little")
 REGISTRY_VERSION = 1
@@ -81,8 +82,15 @@ def check_inbox_name(name: object) -> str:
 
 
 def sender_ring(inbox: str, sender: str) -> str:
-    """The ring sender ``sender`` of Inbox ``inbox`` writes into."""
+    """The ring sender ``sender`` of Inbox ``inbox`` writes into.  A sender id has no
+    component ``from``, so that ``A.from.B.from.C`` is sender ``C`` of Inbox
+    ``A.from.B``, never one of Inbox ``A``: each sender ring has one Inbox."""
     naming.check_name(sender, "sender id")
+    if _FROM in sender.split("."):
+        raise InvalidName(
+            f"invalid sender id {sender!r}: it has a component {_FROM!r}, which would "
+            "make its ring also a sender ring of another inbox (NAME.from.SENDER); "
+            "choose another id", name=sender)
     ring = f"{inbox}.from.{sender}"
     if len(ring) > naming.NAME_MAX_LEN:
         raise InvalidName(
@@ -99,7 +107,7 @@ def sender_rings(ns: str, inbox: str) -> dict[str, str]:
     except OSError:
         return {}
     return {ring[len(prefix):]: ring for ring in naming.ring_names_in(ns, entries)
-            if ring.startswith(prefix)}
+            if ring.startswith(prefix) and _FROM not in ring[len(prefix):].split(".")}
 
 
 def registry_path(ns: str, inbox: str) -> str:
