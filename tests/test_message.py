@@ -194,6 +194,25 @@ def test_a_view_with_exports_of_its_own_is_the_callers_to_drop(ns, compiled):
     pub.unlink()
 
 
+def test_a_workers_try_recv_publishes_what_it_received(ns, compiled):
+    """A balancer Worker records what it received in its slot (what counts one delivery
+    more if it dies): try_recv too, not only recv and recv_many."""
+    from shmbus.balancer import membership
+    from shmbus.balancer.worker import Worker, received_position
+    worker = _on_path(compiled, Worker, "g", "w", capacity=4096)
+    try:
+        with shmbus.Producer(membership.worker_ring("g", "w")) as pub:
+            pub.send(b"one")
+            pub.send(b"two")
+            msg = worker.try_recv()
+            assert bytes(msg) == b"one" and received_position(worker) == msg._end
+            assert worker.try_recv() is not None and worker.try_recv() is None
+            assert received_position(worker) == worker._pos
+    finally:
+        worker.close()
+        shmbus.unlink(membership.worker_ring("g", "w"))
+
+
 # -- the same messages from both readers -------------------------------------------------
 
 records = st.lists(st.tuples(st.binary(max_size=300),
