@@ -21,13 +21,14 @@ then the Inbox removes it.
 
 from __future__ import annotations
 
+import secrets
 import threading
 import time
 from typing import Any, Iterable
 
 from . import fanin, layout, naming
-from .errors import (CorruptRing, DurableBusy, LayoutMismatch, RingBusy, RingNotFound,
-                     Timeout)
+from .errors import (CorruptRing, DurableBusy, LayoutMismatch, PermissionDenied, RingBusy,
+                     RingNotFound, Timeout)
 from .fanin import W_BELL, W_CAPACITY, W_GENERATION
 from .claim import Claim
 from .handle import Handle
@@ -39,6 +40,7 @@ __all__ = ["Outbox"]
 
 _open: set[tuple[str, str, str]] = set()  # (namespace, inbox, sender) open here
 _open_guard = threading.Lock()
+_SQUATTED = 3  # ids tried when another user planted a ring under our default one
 _BUSY_RETRY = 1.0  # seconds: the Inbox holds a gone sender's producer lock while it
 # removes its ring; a sender of that id starting again meanwhile waits that long
 
@@ -49,7 +51,8 @@ class Outbox(ObjectSender, Handle):
 
     ``sender`` names this sender (``msg.sender`` on the Inbox's side; a ring name's
     characters); by default ``PID.STARTTIME`` of this process (``.N`` appended for a
-    second Outbox of the same Inbox open in this process).  A sender id used by a live
+    second Outbox of the same Inbox open in this process; ``.rHEX``, unpredictable,
+    if another user planted a ring under the default name).  A sender id used by a live
     Outbox elsewhere raises :class:`RingBusy` at the first send.  Each sender's
     messages arrive in the order it sent them.  See the module docstring for what the
     first send does and waits for.
@@ -123,27 +126,18 @@ class Outbox(ObjectSender, Handle):
                 f"the Inbox and remove it (`shmbus rm {self.name}`), then open it again",
                 path=path, found=cap)
         sender, key = self._choose_sender()
-        ring = fanin.sender_ring(self.name, sender)
         try:
-            busy_until = time.monotonic() + _BUSY_RETRY
-            while True:
+            for attempt in range(_SQUATTED):
+                ring = fanin.sender_ring(self.name, sender)
                 try:
-                    producer = Producer(ring, capacity=cap, namespace=ns)
+                    producer = self._make_producer(ring, sender, cap)
                     break
-                except LayoutMismatch:  # left by this sender before the capacity changed
-                    try:
-                        producer = Producer(ring, namespace=ns, create=False)
-                        break
-                    except RingNotFound:
-                        continue  # removed meanwhile: make it afresh
-                except RingBusy as e:
-                    if self._wanted is not None and time.monotonic() > busy_until:
-                        raise RingBusy(
-                            f"sender id {sender!r} of inbox {self.name!r} is in use by pid "
-                            f"{e.fields.get('pid')}: give each Outbox its own sender id "
-                            "(or none: the default is unique)", name=self.name,
-                            sender=sender, pid=e.fields.get("pid")) from None
-                    time.sleep(0.001)  # the Inbox removes the ring it left: a moment
+                except PermissionDenied:
+                    # Another user made our default ring's name first (PID.STARTTIME
+                    # is public): an unpredictable id instead.  A given id stays.
+                    if self._wanted is not None or attempt == _SQUATTED - 1:
+                        raise
+                    sender, key = self._random_sender(key)
             try:
                 _give_inbox_cursor(ring, ns)
                 reg.words[W_GENERATION] += 1  # after the ring exists: see fanin
@@ -162,6 +156,34 @@ class Outbox(ObjectSender, Handle):
         bell = reg.words[W_BELL]
         if bell & 1:  # the Inbox waits: tell it about the new ring
             waker.wake(bell)
+
+    def _make_producer(self, ring: str, sender: str, cap: int) -> Producer:
+        ns = self.namespace
+        busy_until = time.monotonic() + _BUSY_RETRY
+        while True:
+            try:
+                return Producer(ring, capacity=cap, namespace=ns)
+            except LayoutMismatch:  # left by this sender before the capacity changed
+                try:
+                    return Producer(ring, namespace=ns, create=False)
+                except RingNotFound:
+                    continue  # removed meanwhile: make it afresh
+            except RingBusy as e:
+                if self._wanted is not None and time.monotonic() > busy_until:
+                    raise RingBusy(
+                        f"sender id {sender!r} of inbox {self.name!r} is in use by pid "
+                        f"{e.fields.get('pid')}: give each Outbox its own sender id "
+                        "(or none: the default is unique)", name=self.name,
+                        sender=sender, pid=e.fields.get("pid")) from None
+                time.sleep(0.001)  # the Inbox removes the ring it left: a moment
+
+    def _random_sender(self, old: tuple[str, str, str]) -> tuple[str, tuple[str, str, str]]:
+        sender = f"{fanin.current_sender_id()}.r{secrets.token_hex(4)}"
+        key = (self.namespace, self.name, sender)
+        with _open_guard:
+            _open.discard(old)
+            _open.add(key)
+        return sender, key
 
     def _choose_sender(self) -> tuple[str, tuple[str, str, str]]:
         base = self._wanted or fanin.current_sender_id()
