@@ -47,6 +47,7 @@ from .errors import (CorruptRing, DurableBusy, LayoutMismatch, PermissionDenied,
                      RingNotFound, ShmbusError, Timeout)
 from .fanin import W_CAPACITY, W_GENERATION, W_PID, W_START
 from .handle import Handle
+from .introspect import inspect
 from .lock import FileLock
 from .message import Message
 from .objects import ObjectReceiver
@@ -67,6 +68,17 @@ class _Sender:
 
     def __init__(self, sender: str, ring: str, consumer: Consumer) -> None:
         self.sender, self.ring, self.consumer = sender, ring, consumer
+
+
+def _unread_by_others(ring: str, ns: str) -> bool:
+    """Whether a durable consumer other than the Inbox has not read all of ``ring``
+    (a ring of ours named like a sender ring, made for other readers too)."""
+    try:
+        info = inspect(ring, namespace=ns)
+    except ShmbusError:
+        return False
+    return any(c["durable"] not in (None, "", fanin.DURABLE) and c["lag_bytes"] > 0
+               for c in info["consumers"])
 
 
 def _identity(path: str) -> tuple[int, int, int] | None:
@@ -196,6 +208,8 @@ class Inbox(ObjectReceiver, Handle):
         try:
             if s.consumer.ready():
                 return  # it sent more before it stopped: receive that first
+            if _unread_by_others(s.ring, self.namespace):
+                return  # as gc: a durable cursor of another consumer is behind
             self._held.pop(id(s.consumer), None)
             s.consumer.close()
             self._senders.remove(s)

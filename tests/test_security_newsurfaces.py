@@ -650,3 +650,47 @@ def test_a_ring_fed_by_a_bridge_refuses_pickle_by_default(ns, nats_server, tmp_p
         assert not os.path.exists(marker)
     finally:
         purge(ns)
+
+
+# -- fan-in: what an Inbox takes for a sender ring -------------------------------------
+
+
+def test_an_inbox_never_removes_a_ring_whose_other_durable_cursors_have_not_read_it(ns):
+    """A ring of ours named like a sender ring (``X.from.eu``) but with a durable
+    consumer of its own: once its producer is gone and the Inbox has read it all, the
+    Inbox leaves it, as gc does, for the durable consumer that has not read it."""
+    with shmbus.Producer("X.from.eu", capacity=CAP) as pub:
+        shmbus.Consumer("X.from.eu", durable="billing").close()
+        for i in range(3):
+            pub.send(b"%d" % i)
+    try:
+        with shmbus.Inbox("X", capacity=CAP) as inbox:
+            assert [bytes(inbox.recv(timeout=5)) for _ in range(3)] == [b"0", b"1", b"2"]
+            with pytest.raises(shmbus.Timeout):
+                inbox.recv(timeout=0.1)
+            inbox._maintain()
+        with shmbus.Consumer("X.from.eu", durable="billing") as billing:
+            assert [bytes(billing.recv(timeout=5)) for _ in range(3)] == \
+                [b"0", b"1", b"2"]
+    finally:
+        purge(ns)
+
+
+def test_an_inbox_never_takes_the_sender_rings_of_an_inbox_named_below_it(ns):
+    """Inbox ``X.from.a`` (an inbox name may hold dots) has sender ring
+    ``X.from.a.from.s``: while it is closed, Inbox ``X`` neither receives its messages
+    nor removes its ring; the next ``X.from.a`` receives them."""
+    with shmbus.Inbox("X.from.a", capacity=CAP), \
+            shmbus.Outbox("X.from.a", sender="s") as box:
+        box.send(b"for X.from.a", timeout=5)
+    try:
+        with shmbus.Inbox("X", capacity=CAP) as inbox:
+            with pytest.raises(shmbus.Timeout):
+                inbox.recv(timeout=0.3)
+            assert inbox.senders == []
+        with shmbus.Inbox("X.from.a", capacity=CAP) as inbox:
+            assert bytes(inbox.recv(timeout=5)) == b"for X.from.a"
+        with pytest.raises(shmbus.InvalidName):
+            shmbus.Outbox("X", sender="a.from.s")  # its ring would be X.from.a's
+    finally:
+        purge(ns)
