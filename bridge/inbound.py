@@ -167,15 +167,16 @@ class Inbound(Relay):
             stats["skipped"] += len(msgs) - len(payloads)
             if payloads:
                 written = stats["written"]
-                if not self._write(producer, payloads, keys):
+                if not await self._write(producer, payloads, keys):
                     return  # stopped while the ring was full: nothing acknowledged
                 stats["written"] = written + len(payloads)
             self.last = last
             await msgs[-1].ack()  # AckAll: this one and every one before it
 
-    def _write(self, producer: shmbus.Producer, payloads: list, keys: list) -> bool:
-        """Write the batch into the ring, waiting for room while not stopped; False if
-        stopped first (what was written is in the ring, and the ring says so)."""
+    async def _write(self, producer: shmbus.Producer, payloads: list, keys: list) -> bool:
+        """Write the batch into the ring, waiting for room while not stopped (the
+        loop serves the connection between waits); False if stopped first (what was
+        written is in the ring, and the ring says so)."""
         while True:
             before = producer.seq
             try:
@@ -189,3 +190,4 @@ class Inbound(Relay):
                 payloads, keys = payloads[done:], keys[done:]
                 if self._stop.is_set():
                     return False
+                await asyncio.sleep(0)

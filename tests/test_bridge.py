@@ -451,3 +451,22 @@ def test_two_cursors_relay_one_ring_to_two_subjects(ns, nats_server):
     assert [m.data for m in stored(nats_server.url, "one")] == payloads(100)
     assert [m.data for m in stored(nats_server.url, "two")] == payloads(100)
     shmbus.unlink("a")
+
+
+def test_relay_in_waits_for_room_in_a_full_block_ring(ns, nats_server):
+    """A slow durable consumer holds the bridge back; nothing is lost or doubled."""
+    publish(nats_server.url, "orders", payloads(3000))
+    shmbus.Producer("b", capacity=1 << 14).close()  # 16 KiB: a few hundred messages
+    got = []
+    with shmbus.Consumer("b", durable="slow", start="earliest") as slow, \
+            Inbound(nats_server.url, "orders", "b") as inb:
+        def read() -> bool:
+            try:
+                got.extend(bytes(m) for m in slow.recv_many(100, timeout=0.05))
+            except shmbus.Timeout:
+                pass
+            return len(got) >= 3000
+        await_until(read, 30, what="3000 messages through a 16 KiB ring")
+        assert inb.stats["written"] == 3000
+    assert got == payloads(3000)
+    shmbus.unlink("b")
