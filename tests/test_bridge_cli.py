@@ -41,12 +41,11 @@ def stop(proc: subprocess.Popen) -> tuple[int, str]:
 
 def test_bridge_out_and_in_connect_two_hosts(hosts, nats_server):
     a_ns, b_ns = hosts
-    shmbus.Producer("b", capacity=1 << 20, namespace=b_ns).close()
     with shmbus.Producer("a", capacity=1 << 20, namespace=a_ns) as pub:
         out = shmbus_cmd("bridge", "out", "a", "--server", nats_server.url,
                          "--subject", "orders", namespace=a_ns)
         inb = shmbus_cmd("bridge", "in", "b", "--server", nats_server.url,
-                         "--subject", "orders", namespace=b_ns)
+                         "--subject", "orders", "--capacity", "1M", namespace=b_ns)
         try:
             pub.send_many(payloads(1000), keys=[b"k"] * 1000)
             got = drain("b", 1000, namespace=b_ns)
@@ -58,6 +57,7 @@ def test_bridge_out_and_in_connect_two_hosts(hosts, nats_server):
     assert [g[0] for g in got] == payloads(1000)
     assert (out_rc, in_rc) == (0, 0), (out_err, in_err)
     assert "acked 1000" in out_err and "written 1000" in in_err
+    assert shmbus.inspect("b", b_ns)["capacity"] == 1 << 20
 
 
 def test_bridge_in_without_a_ring_or_capacity_says_so(ns, nats_server):

@@ -9,7 +9,9 @@ import signal
 
 import click
 
-from .options import SECONDS, namespace_option
+from shmbus import layout
+
+from .options import SECONDS, Size, namespace_option
 
 server_option = click.option(
     "--server", "-s", default="nats://127.0.0.1:4222", show_default=True,
@@ -74,8 +76,9 @@ def out(ring, server, subject, stream, durable, window, seconds, namespace) -> N
 @stream_option
 @click.option("--durable", default=None,
               help="JetStream consumer name (default: shmbus-HOST-NAMESPACE-RING).")
-@click.option("--capacity", type=click.IntRange(1), default=None,
-              help="Create RING with this many bytes if it does not exist.")
+@click.option("--capacity", type=Size(layout.MIN_CAPACITY, layout.MAX_CAPACITY),
+              default=None, help="Create RING with this size if it does not exist: "
+              "bytes, or as `shmbus ls` prints sizes (64K, 16M, 1.5G).")
 @click.option("--batch", type=click.IntRange(1), default=1024, show_default=True,
               help="Messages per fetch.")
 @seconds_option
