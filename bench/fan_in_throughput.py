@@ -74,8 +74,8 @@ def _sender(ns: str, fan_in: bool, count: int, batch: int, go, out) -> None:
 
 
 def _receiver(ns: str, fan_in: bool, senders: int, total: int, batch: int, ready, go,
-              out) -> None:
-    rx = shmbus.Inbox("in", capacity=CAPACITY // senders, namespace=ns) if fan_in else \
+              out, capacity: int) -> None:
+    rx = shmbus.Inbox("in", capacity=capacity, namespace=ns) if fan_in else \
         shmbus.Consumer("ring", namespace=ns)
     try:
         ready.set()
@@ -97,7 +97,8 @@ def _receiver(ns: str, fan_in: bool, senders: int, total: int, batch: int, ready
         rx.close()
 
 
-def run(fan_in: bool, pure: bool, senders: int, total: int, batch: int) -> dict:
+def run(fan_in: bool, pure: bool, senders: int, total: int, batch: int,
+        sender_capacity: int | None = None) -> dict:
     """One run: ``senders`` Outboxes into an Inbox (or one Producer into a Consumer)."""
     ns = f"bench{os.getpid()}x{uuid.uuid4().hex[:6]}"
     k = senders if fan_in else 1
@@ -110,8 +111,9 @@ def run(fan_in: bool, pure: bool, senders: int, total: int, batch: int) -> dict:
     try:
         out, ready, go = SPAWN.Queue(), SPAWN.Event(), SPAWN.Event()
         with harness.child_env(_Env(pure)):  # type: ignore[arg-type]
-            rx = SPAWN.Process(target=_receiver, args=(ns, fan_in, k, total, batch, ready,
-                                                       go, out), daemon=True)
+            rx = SPAWN.Process(target=_receiver, args=(
+                ns, fan_in, k, total, batch, ready, go, out,
+                sender_capacity or CAPACITY // senders), daemon=True)
             rx.start()
             procs.append(rx)
             ready.wait(60)
@@ -195,6 +197,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--only", default=None, help="comma-separated: shmbus,shmbus-pure")
     ap.add_argument("--no-batch", action="store_true", help="only single send/recv")
+    ap.add_argument("--sender-capacity", type=int, default=None,
+                    help="bytes of each sender's ring (default: 64 MiB / senders)")
     ap.add_argument("--idle-seconds", type=float, default=3.0,
                     help="also measure an idle Inbox's CPU this long (0: skip)")
     ap.add_argument("--json", default=None)
@@ -210,7 +214,7 @@ def main(argv: list[str] | None = None) -> dict:
             cases.append((f"{tag} 1->1", lambda pure=pure, n=n, b=batch:
                           run(False, pure, 1, n, b)))
             cases.append((f"{tag} {args.senders}->1", lambda pure=pure, n=n, b=batch:
-                          run(True, pure, args.senders, n, b)))
+                          run(True, pure, args.senders, n, b, args.sender_capacity)))
     summary = harness.interleaved(cases, args.repeats)
     rows, ratios = [], {}
     for name, s in summary.items():
