@@ -84,6 +84,8 @@ def test_both_paths_take_the_same_arguments(ns, compiled):
         assert sub.try_recv() is None
         with pytest.raises(shmbus.Timeout):
             sub.recv_many(1, 0)
+        saved = sub.try_recv, sub.recv, sub.recv_many  # kept past close: still refused
+
         with pytest.raises(ValueError, match="max_messages must be >= 1"):
             sub.recv_many(0)
         for bad in [lambda: sub.recv(1, 2), lambda: sub.recv(wait=1),
@@ -92,6 +94,9 @@ def test_both_paths_take_the_same_arguments(ns, compiled):
                     lambda: sub.recv_many(2, max_messages=2), lambda: sub.try_recv(0)]:
             with pytest.raises(TypeError):
                 bad()
+    for call, args in zip(saved, [(), (0,), (1, 0)]):
+        with pytest.raises(shmbus.Closed):
+            call(*args)
     pub.unlink()
 
 

@@ -166,7 +166,7 @@ reader_keep(Reader *self, uint64_t end, PyObject *view)
 
 /* Release up to ``end``: store the next seq (overwrite rings: before the position, see
  * Consumer._store_read) and the read position, release the views of the messages that
- * ends, wake a sleeping producer.  -1 if the wake-up raised. */
+ * end there or before, wake a sleeping producer.  -1 if the wake-up raised. */
 int
 reader_commit(Reader *self, uint64_t end, int has_next, uint64_t next_seq)
 {
@@ -461,7 +461,8 @@ Reader_recv(Reader *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwn
 PyDoc_STRVAR(Reader_try_recv__doc__,
 "try_recv($self, /)\n--\n\n"
 "Release the previous message and return the next one, or None if there is none\n"
-"now (never waits).  Unusual cases go to the pure-Python try_take().");
+"now (never waits, never calls Python for an empty ring).  Unusual cases go to the\n"
+"pure-Python try_take().");
 
 static PyObject *
 Reader_try_recv(Reader *self, PyObject *Py_UNUSED(ignored))
@@ -474,6 +475,8 @@ Reader_try_recv(Reader *self, PyObject *Py_UNUSED(ignored))
         return msg;
     if (got == FAILED)
         return NULL;
+    if (got == EMPTY)  /* nothing published (a closed reader is UNUSUAL: Python raises) */
+        Py_RETURN_NONE;
     return PyObject_CallNoArgs(self->try_take);
 }
 
