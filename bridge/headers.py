@@ -12,6 +12,7 @@ header values are text lines).
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 
@@ -69,7 +70,9 @@ def stream_name(subject: str) -> str:
 
 
 def consumer_name(namespace: str, ring: str) -> str:
-    """The JetStream durable an inbound bridge uses by default: one per host,
+    """The JetStream durable an inbound bridge uses by default: one per host, user,
     namespace and ring, so that two hosts relaying one subject into rings of the same
-    name do not share a cursor."""
-    return _NOT_NAME.sub("_", f"shmbus-{socket.gethostname()}-{namespace}-{ring}")
+    name do not share a cursor, nor two users of one host whose (private) namespaces
+    have the same name."""
+    return _NOT_NAME.sub(
+        "_", f"shmbus-{socket.gethostname()}-{os.geteuid()}-{namespace}-{ring}")

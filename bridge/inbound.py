@@ -18,8 +18,8 @@ JetStream consumer to deliver from the next stream sequence, and it drops anythi
 delivered again at or below it; so nothing is written twice, whatever was or was not
 acknowledged before a crash.  (The sender's ring key and seq travel in the headers
 ``Shmbus-Key`` / ``Shmbus-Seq``; they are not written into the ring.)  The JetStream
-consumer (``durable``, default ``shmbus-{host}-{namespace}-{ring}``) is deleted and
-created again at each connect for that: the ring, not the server, is the cursor.  A
+consumer (``durable``, default ``shmbus-{host}-{uid}-{namespace}-{ring}``) is deleted
+and created again at each connect for that: the ring, not the server, is the cursor.  A
 ring removed and created again empty is filled again from the start of the stream.
 
 On a ``block`` ring a full ring holds the bridge back (and, past the consumer's ack

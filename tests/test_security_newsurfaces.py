@@ -173,7 +173,8 @@ def _send_obj_as_member(name: str, obj: object) -> None:
         box.send_obj(obj, timeout=10)
 
 
-def test_an_inbox_on_a_shared_namespace_refuses_a_members_pickle(ns, monkeypatch, tmp_path):
+def test_an_inbox_on_a_shared_namespace_refuses_a_members_pickle(ns, monkeypatch,
+                                                                  tmp_path):
     """A member's Outbox sends a pickle that runs code: the Inbox's ``recv_obj``
     refuses it (PermissionDenied), blocking and asyncio alike; json still passes."""
     import asyncio
@@ -349,7 +350,8 @@ def _replant(namespace: str, name: str) -> None:
     _plant(path, b"", 0o666)
 
 
-def test_entries_another_user_planted_are_opened_once_not_at_every_rescan(ns, monkeypatch):
+def test_entries_another_user_planted_are_opened_once_not_at_every_rescan(
+        ns, monkeypatch):
     """Another user plants sender-ring names for our Inbox (thousands cost it half a
     second of every second when each rescan opens each again): an entry refused once
     is not opened again while it is the same file; a replaced one is, and one that is
@@ -514,7 +516,8 @@ def test_a_bridge_never_relays_a_ring_another_user_made(ns, direction, monkeypat
         purge(ns)
 
 
-def test_a_bridge_out_names_the_ring_it_reads_not_a_later_one_of_that_name(ns, monkeypatch):
+def test_a_bridge_out_names_the_ring_it_reads_not_a_later_one_of_that_name(
+        ns, monkeypatch):
     """The ring is removed and made again under its name just after the bridge opened
     it (by a process of ours, or a member of a shared namespace): the bridge's
     ``Nats-Msg-Id`` identity is still the one of the ring it reads.  (Another
@@ -694,3 +697,21 @@ def test_an_inbox_never_takes_the_sender_rings_of_an_inbox_named_below_it(ns):
             shmbus.Outbox("X", sender="a.from.s")  # its ring would be X.from.a's
     finally:
         purge(ns)
+
+
+def _consumer_name(namespace: str, ring: str) -> str:
+    from shmbus.bridge.headers import consumer_name
+    return consumer_name(namespace, ring)
+
+
+def test_bridges_in_of_two_users_never_share_a_jetstream_consumer(ns):
+    """Two users of one host each run ``bridge in`` into ring ``orders`` of a namespace
+    they both name ``shmbus`` (explicit names are private per user, and may collide):
+    their default JetStream consumers differ.  (One name would make each bridge
+    delete and recreate the other's consumer at every connect, and the two would
+    fetch from one cursor: each user's ring would get part of the subject, the rest
+    relayed into the other user's ring.)"""
+    pytest.importorskip("nats", reason="the bridge needs nats-py (the test extra)")
+    mine = _consumer_name("shmbus", "orders")
+    theirs = run_as(OTHER_UID, OTHER_GID, _consumer_name, "shmbus", "orders")
+    assert mine != theirs
