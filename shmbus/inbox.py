@@ -380,8 +380,8 @@ class Inbox(ObjectReceiver, Handle):
                     left = until - now
                     if left <= 0:
                         return
-                    if ep.poll(min(left, MAX_SLEEP if now - since < MAX_SLEEP else LONG_SLEEP)) \
-                            and not self._ready():
+                    wait = min(left, MAX_SLEEP if now - since < MAX_SLEEP else LONG_SLEEP)
+                    if ep.poll(wait) and not self._ready():
                         # Woken, yet nothing to receive (a wake-up written late, or a
                         # member's byte): read the FIFOs empty and arm again, never spin.
                         self.disarm()
