@@ -223,8 +223,15 @@ def bind(c: Consumer) -> tuple[Callable[..., Any], Callable[..., Any], Callable[
 
     def try_recv() -> PyMessage | None:
         try:
+            pos = cur.pos
+            if pos == words[H_WRITE] and not me._closed:  # nothing published: no wait
+                if pos != cur.committed:
+                    cur.commit(pos, cur.expect)
+                return None
             return receive(0)
         except Timeout:
             return None
+        except ValueError as e:  # a released view: closed by another thread?
+            raise closed_or(e) from None
 
     return receive, recv_many, try_recv
