@@ -167,6 +167,18 @@ def test_a_released_message_and_its_views_raise(ns, compiled, how, on_full):
         pub.unlink()
 
 
+def test_try_recv_on_an_empty_ring_releases_the_previous_message(ns, compiled):
+    with shmbus.Producer("r", capacity=4096) as pub, _consumer("r", compiled) as sub:
+        pub.send(b"only")
+        msg = sub.recv(timeout=1)
+        view = msg.data
+        assert sub.try_recv() is None
+        _released(msg)
+        _view_released(view)
+        assert sub._committed == msg._end == sub._pos
+    pub.unlink()
+
+
 def test_releasing_a_message_releases_it_and_those_before_it_only(ns, compiled):
     with shmbus.Producer("r", capacity=1 << 16) as pub, _consumer("r", compiled) as sub:
         for i in range(5):
