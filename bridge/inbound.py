@@ -65,8 +65,8 @@ class Inbound(Relay):
     ``batch``: messages per fetch.  ``durable``: the JetStream consumer's name.
 
     ``run()``, ``start()``, ``stop()`` and the context manager as for ``Outbound``;
-    ``stats``: written, skipped (delivered again, already in the ring), connects,
-    failures, last_error.
+    ``stats``: written, skipped (delivered again, already in the ring), idle_fetches
+    (fetches that found nothing), connects, failures, last_error.
     """
 
     direction = "in"
@@ -81,7 +81,7 @@ class Inbound(Relay):
             raise ValueError(f"batch must be an int >= 1, got {batch!r}")
         self.durable = durable or consumer_name(self.namespace, ring)
         self.capacity, self.on_full, self.batch = capacity, on_full, batch
-        self.stats.update(written=0, skipped=0)
+        self.stats.update(written=0, skipped=0, idle_fetches=0)
         self.last = 0  # the stream sequence of the ring's last message (0: none)
 
     def _open_ring(self) -> shmbus.Producer:
@@ -152,6 +152,7 @@ class Inbound(Relay):
             try:
                 msgs = await sub.fetch(self.batch, timeout=_FETCH_WAIT)
             except (nats.errors.TimeoutError, asyncio.TimeoutError):
+                stats["idle_fetches"] += 1
                 continue  # nothing to fetch (nats-py raises either)
             if not msgs:
                 continue
