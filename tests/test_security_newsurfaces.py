@@ -13,7 +13,6 @@ member with the ring's contents; it never means that a member runs code in our p
 from __future__ import annotations
 
 import os
-import pickle
 import stat
 
 import pytest
