@@ -314,8 +314,8 @@ def test_a_wake_fifo_planted_before_the_waiter_is_refused_and_left(ns, monkeypat
                                                                   tmp_path, kind):
     """A member plants a symlink (to a FIFO of ours elsewhere) or a FIFO open to every
     user under a consumer's FIFO name before it first waits on a descriptor: the
-    consumer refuses it (PermissionDenied), removes nothing, follows nothing; gc
-    leaves it too."""
+    consumer refuses it (PermissionDenied), removes nothing, follows nothing; gc and
+    rm leave it too."""
     from shmbus.cleanup import collect
     monkeypatch.setenv("SHMBUS_GROUP", str(SHARED_GID))
     target = str(tmp_path / "fifo")
@@ -330,6 +330,8 @@ def test_a_wake_fifo_planted_before_the_waiter_is_refused_and_left(ns, monkeypat
             assert os.lstat(path).st_uid == THIRD_UID
             collect(ns)
             assert os.lstat(path).st_uid == THIRD_UID
+        shmbus.unlink("r")  # shmbus rm: the ring and what of its companions is ours
+        assert os.lstat(path).st_uid == THIRD_UID
         assert stat.S_ISFIFO(os.lstat(target).st_mode)
     finally:
         purge(ns)
