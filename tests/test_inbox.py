@@ -237,6 +237,7 @@ def test_outbox_first_send_waits_for_the_inbox(ns, procs):
     procs.append(start(send_numbered, ns, "later", 3, 10, out))
     with shmbus.Inbox("later", namespace=ns) as inbox:
         seqs = [P.check_payload(bytes(inbox.recv(timeout=30)))[1] for _ in range(10)]
+        procs[-1].join(30)  # its Outbox closed: the Inbox removes the drained ring
     assert seqs == list(range(10))
 
 
