@@ -39,7 +39,7 @@ from __future__ import annotations
 import os
 import select
 import time
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from . import fanin, layout, liveness, naming, wakefifo
 from .consumer import Consumer
@@ -61,6 +61,10 @@ DEFAULT_CAPACITY = 1 << 20  # bytes per sender ring when no Inbox ever said
 _MAINTAIN_EVERY = 1.0  # seconds between lists of /dev/shm and looks for gone senders
 _SPINS = 200  # looks at the rings before yielding
 _YIELD_FOR = 0.0002  # seconds of sched_yield before sleeping
+
+
+def _no_sender(timeout: float | None = None) -> Message:
+    raise AssertionError("Inbox.recv used a sender it had not chosen")  # pragma: no cover
 
 
 class _Sender:
@@ -243,7 +247,7 @@ class Inbox(ObjectReceiver, Handle):
         me = self
         words, senders, held = self._words, self._senders, self._held
         left = 0  # messages recv may still take from the current sender
-        cur_recv: Any = None
+        cur_recv: Callable[[float | None], Message] = _no_sender  # used only while left
 
         def recv(timeout: float | None = None) -> Message:
             nonlocal left
@@ -257,7 +261,7 @@ class Inbox(ObjectReceiver, Handle):
 
         def take(timeout: float | None) -> Message:
             nonlocal left, cur_recv
-            left, cur_recv = 0, None
+            left, cur_recv = 0, _no_sender
             deadline = None
             try:
                 me._release_held()
@@ -288,7 +292,7 @@ class Inbox(ObjectReceiver, Handle):
             nonlocal left, cur_recv
             if max_messages < 1:
                 raise ValueError(f"max_messages must be >= 1, got {max_messages!r}")
-            left, cur_recv = 0, None
+            left, cur_recv = 0, _no_sender
             deadline = None
             try:
                 me._release_held()
