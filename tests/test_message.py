@@ -179,6 +179,27 @@ def test_try_recv_on_an_empty_ring_releases_the_previous_message(ns, compiled):
     pub.unlink()
 
 
+@pytest.mark.parametrize("on_full", ["block", "overwrite"])
+def test_a_message_from_the_slow_path_is_released_alike(ns, compiled, on_full):
+    """After padding the slow path (Python) reads the record and makes the message:
+    the compiled reader's messages made there behave as its own."""
+    with shmbus.Producer("r", capacity=4096, on_full=on_full) as pub, \
+            _consumer("r", compiled) as sub:
+        for _ in range(3):
+            pub.send(b"x" * 1000)
+            sub.recv(timeout=1)
+        pub.send(b"y" * 1500)  # does not fit before the end: padding, then index 0
+        msg = sub.recv(timeout=1)
+        assert type(msg) is _message_type(compiled) and sub._pos == 4096 + 1528
+        view = msg.data
+        assert bytes(view) == b"y" * 1500
+        pub.send(b"z")
+        assert bytes(sub.recv(timeout=1)) == b"z"
+        _released(msg)
+        _view_released(view)
+    pub.unlink()
+
+
 def test_releasing_a_message_releases_it_and_those_before_it_only(ns, compiled):
     with shmbus.Producer("r", capacity=1 << 16) as pub, _consumer("r", compiled) as sub:
         for i in range(5):
