@@ -63,7 +63,7 @@ _SPINS = 200  # looks at the rings before yielding
 _YIELD_FOR = 0.0002  # seconds of sched_yield before sleeping
 
 
-def _no_sender(timeout: float | None = None) -> Message:
+def _no_sender() -> Message | None:
     raise AssertionError("Inbox.recv used a sender it had not chosen")  # pragma: no cover
 
 
@@ -242,26 +242,27 @@ class Inbox(ObjectReceiver, Handle):
 
     def _bind(self) -> None:
         """Build ``recv`` and ``recv_many``.  ``recv``'s hot path is one call of the
-        current sender's own (compiled) ``recv``; rounds, waiting and maintenance are
-        in ``take``."""
+        current sender's own (compiled) ``try_recv``, which answers None for a ring
+        gone empty without an exception; rounds, waiting and maintenance are in
+        ``take``."""
         me = self
         words, senders, held = self._words, self._senders, self._held
         left = 0  # messages recv may still take from the current sender
-        cur_recv: Callable[[float | None], Message] = _no_sender  # used only while left
+        # The current sender's try_recv (None when its ring is empty: no exception).
+        cur_try: Callable[[], Message | None] = _no_sender  # used only while left
 
         def recv(timeout: float | None = None) -> Message:
             nonlocal left
             if left:
                 left -= 1
-                try:
-                    return cur_recv(0)
-                except Timeout:
-                    pass
+                msg = cur_try()
+                if msg is not None:
+                    return msg
             return take(timeout)
 
         def take(timeout: float | None) -> Message:
-            nonlocal left, cur_recv
-            left, cur_recv = 0, _no_sender
+            nonlocal left, cur_try
+            left, cur_try = 0, _no_sender
             deadline = None
             try:
                 me._release_held()
@@ -273,14 +274,11 @@ class Inbox(ObjectReceiver, Handle):
                     for k in range(n):
                         i = (start + k) % n
                         c = senders[i].consumer
-                        if c.ready():
-                            try:
-                                msg = c.recv(0)
-                            except Timeout:
-                                continue  # only padding was there
+                        msg = c.try_recv()
+                        if msg is not None:
                             me._next = (i + 1) % n
                             held[id(c)] = c
-                            cur_recv, left = c.recv, QUANTUM - 1
+                            cur_try, left = c.try_recv, QUANTUM - 1
                             return msg
                     if deadline is None and timeout is not None:
                         deadline = time.monotonic() + timeout
@@ -289,10 +287,10 @@ class Inbox(ObjectReceiver, Handle):
                 raise me._closed_or(e) from None
 
         def recv_many(max_messages: int, timeout: float | None = None) -> list[Message]:
-            nonlocal left, cur_recv
+            nonlocal left, cur_try
             if max_messages < 1:
                 raise ValueError(f"max_messages must be >= 1, got {max_messages!r}")
-            left, cur_recv = 0, _no_sender
+            left, cur_try = 0, _no_sender
             deadline = None
             try:
                 me._release_held()
