@@ -128,7 +128,7 @@ def _recv_array(c: Consumer, dtype: np.dtype, max_messages: int,
             c._take(0)  # raises the closed error
         pos, data = c._pos, c._data
         write = c._words[H_WRITE]
-        c._wcache = min(write, (pos | mask) + 1)  # see Consumer._bind_recv
+        c._wcache = min(write, (pos | mask) + 1)  # wcache: see shmbus.reader
         if pos >= write:
             if pos > write:
                 c._take(0)  # raises CorruptRing: the cursor is past the write position
@@ -236,7 +236,7 @@ def take_uniform(c: Consumer, first: PyMessage, pos: int, limit: int) -> list[Py
     the consumer's ``safe_from``)."""
     stride = layout.record_size(0 if first[1] is None else len(first[1]), len(first[0]))
     write = c._words[H_WRITE]
-    c._wcache = min(write, (pos | c._mask) + 1)  # see Consumer._bind_recv
+    c._wcache = min(write, (pos | c._mask) + 1)  # wcache: see shmbus.reader
     idx = pos & c._mask
     count = min(limit, (write - pos) // stride, (c.capacity - idx) // stride)
     if count < BULK:

@@ -109,7 +109,7 @@ def _take_run(c: Consumer, max_records: int, keys: bool) -> Run | None | bool:
             c._pos = pos
             return False
         idx = pos & mask
-    c._wcache = min(write, (pos | mask) + 1)  # see Consumer._bind_recv
+    c._wcache = min(write, (pos | mask) + 1)  # wcache: see shmbus.reader
     first = idx
     limit = min(cap, first + write - pos)
     stop = min(limit, pad_limit + 1)  # a header must fit before the end
