@@ -17,6 +17,13 @@ that name receives it all.
 
 A closed (or dead) Outbox's ring stays until the Inbox has received everything in it;
 then the Inbox removes it.
+
+**Decision: a sender whose ring is full sleeps at once** (its producer's wait strategy
+is ``"sleep"``, not ``"adaptive"``): it waits for the one receiver that serves every
+sender, and spinning or yielding meanwhile only takes CPU from that receiver when
+there are more senders than cores.  Measured (``python -m bench.fan_in_throughput``,
+2 shared cores): 4 senders into an Inbox with batches of 256 went from 37-40% of one
+ring's rate to 102-108%.
 """
 
 from __future__ import annotations
@@ -40,6 +47,9 @@ __all__ = ["Outbox"]
 
 _open: set[tuple[str, str, str]] = set()  # (namespace, inbox, sender) open here
 _open_guard = threading.Lock()
+# A sender whose ring is full waits for the one receiver that serves them all: spinning
+# or yielding there only takes CPU from it (more senders than cores): sleep at once.
+_WAIT = "sleep"
 _SQUATTED = 3  # ids tried when another user planted a ring under our default one
 _BUSY_RETRY = 1.0  # seconds: the Inbox holds a gone sender's producer lock while it
 # removes its ring; a sender of that id starting again meanwhile waits that long
@@ -162,10 +172,10 @@ class Outbox(ObjectSender, Handle):
         busy_until = time.monotonic() + _BUSY_RETRY
         while True:
             try:
-                return Producer(ring, capacity=cap, namespace=ns)
+                return Producer(ring, capacity=cap, namespace=ns, wait=_WAIT)
             except LayoutMismatch:  # left by this sender before the capacity changed
                 try:
-                    return Producer(ring, namespace=ns, create=False)
+                    return Producer(ring, namespace=ns, create=False, wait=_WAIT)
                 except RingNotFound:
                     continue  # removed meanwhile: make it afresh
             except RingBusy as e:
