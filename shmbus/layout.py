@@ -66,7 +66,8 @@ import numpy as np
 from .errors import CorruptRing, LayoutMismatch
 
 MAGIC = int.from_bytes(b"SHMBUS\x01\x00", "little")
-LAYOUT_VERSION = 2          # 2: PID namespaces of the producer and of each slot
+LAYOUT_VERSION = 3          # 2: PID namespaces of the producer and of each slot;
+                            # 3: a sleep epoch's FD_WAIT bit (a FIFO wake-up)
 CACHE_LINE = 64
 PAGE = 4096
 
@@ -147,6 +148,11 @@ S_LOST = _word(SLOT_DTYPE, "lost")
 # so that a consumer lapped while away can count what it lost.
 S_NEXT_SEQ = _word(SLOT_DTYPE, "next_seq")
 S_SLEEP = _word(SLOT_DTYPE, "sleep")
+# A sleep epoch (S_SLEEP, H_PRODUCER_SLEEP) is odd while its waiter sleeps; with this bit
+# set too, the waiter sleeps on its wake-up FIFO and is woken by a byte written there,
+# not by a post of its semaphore (see shmbus.wakeup).  A release before version 3 would
+# post the semaphore instead, which is why this bit bumped the version.
+FD_WAIT = 1 << 62
 # The spare word: a balancer worker publishes there what it has received (its consumer
 # is the only writer; see balancer.worker); other consumers leave it alone.
 S_RECEIVED = _word(SLOT_DTYPE, "spare")

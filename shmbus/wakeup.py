@@ -46,6 +46,7 @@ import posix_ipc  # type: ignore[import-not-found, unused-ignore]
 
 from . import ownership, wakefifo
 from .errors import PermissionDenied, ShmbusError
+from .layout import FD_WAIT
 
 if TYPE_CHECKING:
     from .wait import WaitStrategy
@@ -54,7 +55,6 @@ __all__ = ["Sleeper", "Waker", "fence", "FD_WAIT", "MAX_SLEEP", "LONG_SLEEP"]
 
 MAX_SLEEP = 0.01   # seconds: the longest a missed wake-up can delay a waiter
 LONG_SLEEP = 0.5   # seconds: sleeps once no wake-up can be missed
-FD_WAIT = 1 << 62  # in an odd epoch: wake me through my FIFO, not my semaphore
 
 _fence_lock = threading.Lock()
 
