@@ -12,6 +12,8 @@ from .errors import (AlreadyHeld, Closed, CorruptRing, DurableBusy, InvalidName,
 from .errors import CodecUnavailable, FrameError, Released
 from .hotpath import compiled
 from .inbox import Inbox
+from .info import (ConsumerInfo, LeaseEntry, LeaseHolder, LockHolderInfo, LockInfo, ProducerInfo,
+                   RingInfo, RingSummary)
 from .introspect import inspect, list_locks, list_rings
 from .lease import Fence, Lease, list_leases
 from .layout import LAYOUT_VERSION
@@ -32,4 +34,6 @@ __all__ = [
     "CorruptRing", "MessageTooLarge", "InvalidName", "Timeout", "LeaseLost", "NotHeld",
     "ShmFull", "Closed", "PermissionDenied", "AlreadyHeld", "compiled",
     "FrameError", "CodecUnavailable", "Released",
+    "RingSummary", "RingInfo", "ProducerInfo", "ConsumerInfo", "LockInfo", "LockHolderInfo",
+    "LeaseHolder", "LeaseEntry",
 ]

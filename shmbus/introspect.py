@@ -16,6 +16,7 @@ import stat
 
 from . import layout, liveness, naming, ring
 from .errors import CorruptRing, PermissionDenied, ShmbusError
+from .info import ConsumerInfo, LockInfo, ProducerInfo, RingInfo, RingSummary
 from .layout import H_TAIL, H_WRITE, REC_PAD
 from .lock import lock_holders
 from .segment import Segment
@@ -115,7 +116,7 @@ def _not_ours(path: str, problem: str) -> PermissionDenied:
                             "yours, or use another namespace", path=path)
 
 
-def list_rings(namespace: str | None = None) -> list[dict]:
+def list_rings(namespace: str | None = None) -> list[RingSummary]:
     """Summaries of every ring in the namespace: name, capacity, fill, messages,
     producer, consumers and worst lag.  A ring that cannot be read is listed with an
     ``error`` string instead."""
@@ -124,7 +125,7 @@ def list_rings(namespace: str | None = None) -> list[dict]:
         entries = os.listdir(naming.SHM_DIR)
     except OSError:
         entries = []
-    out = []
+    out: list[RingSummary] = []
     for name in naming.ring_names_in(ns, entries):
         try:
             problem = entry_problem(naming.segment_path(ns, name), own=False)
@@ -148,7 +149,7 @@ def list_rings(namespace: str | None = None) -> list[dict]:
     return out
 
 
-def inspect(name: str, namespace: str | None = None) -> dict:
+def inspect(name: str, namespace: str | None = None) -> RingInfo:
     """Everything about ring ``name``: header fields, producer (pid, alive, epoch),
     positions, and every slot in use (pid, alive, durable name, position, lag in
     bytes, next seq to read, lost).  Raises :class:`RingNotFound` / :class:`CorruptRing`."""
@@ -160,14 +161,15 @@ def inspect(name: str, namespace: str | None = None) -> dict:
         cap = h["capacity"]
         write, tail = h["write"], h["tail"]
         ppid = h["producer_pid"]
-        producer = None
+        producer: ProducerInfo | None = None
         if ppid:
             producer = {"pid": ppid, "start_time": h["producer_start"],
                         "alive": liveness.liveness(ppid, h["producer_start"],
                                                    h["producer_pid_ns"]).value,
                         "epoch": h["producer_epoch"],
                         "since_ns": h["producer_since_ns"]}
-        consumers = []
+        consumers: list[ConsumerInfo] = []
+        stored_next: list[int] = []
         slots = layout.read_slots(seg.buf, h["slot_count"])
         for i, s in enumerate(slots):
             if int(s["state"]) == layout.SLOT_FREE:
@@ -179,12 +181,12 @@ def inspect(name: str, namespace: str | None = None) -> dict:
                 "alive": liveness.liveness(pid, start, int(s["pid_ns"])).value if pid else None,
                 "position": read, "lag_bytes": max(0, write - read),
                 "next_seq": _seq_at(seg, read, write), "lost": int(s["lost"]),
-                "lag_messages": 0, "_stored_next": int(s["next_seq"]),
+                "lag_messages": 0,
             })
+            stored_next.append(int(s["next_seq"]))
         oldest = _oldest_seq(seg, h)  # before counting: oldest <= messages
         messages = _message_count(seg, h)
-        for c in consumers:
-            stored = c.pop("_stored_next")
+        for c, stored in zip(consumers, stored_next):
             # Messages it can still receive (as Consumer.pending counts them): from the
             # seq at its position, or where the producer overwrote that (a lapped slot
             # of an overwrite ring), from the oldest message left; else from the next
@@ -290,7 +292,7 @@ def _oldest_in(w: memoryview, data: memoryview, cap: int, name: str) -> int | No
     return None  # overwritten as fast as we looked: unknown
 
 
-def list_locks(namespace: str | None = None) -> list[dict]:
+def list_locks(namespace: str | None = None) -> list[LockInfo]:
     """Every lock file of the namespace with its holders, as plain data:
     ``{"name", "path", "holders": [{"pid", "mode", "since", "start_time", "waiting"}]}``;
     an entry that is not a lock file of ours (a FIFO, a symlink, another user's file)
@@ -315,7 +317,7 @@ def list_locks(namespace: str | None = None) -> list[dict]:
         os.close(dir_fd)
 
 
-def _lock_entry(directory: str, name: str, dir_fd: int) -> dict | None:
+def _lock_entry(directory: str, name: str, dir_fd: int) -> LockInfo | None:
     """``list_locks``'s entry for file ``name`` of the lock directory open as
     ``dir_fd``, or None for what is not a lock file (or is gone)."""
     if name.endswith(("@lease", "@fence", "@stats")) or name.endswith(".tmp") or \

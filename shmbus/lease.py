@@ -44,6 +44,7 @@ import os
 import signal
 import threading
 import time
+from typing import TYPE_CHECKING, cast
 
 import psutil
 
@@ -51,6 +52,10 @@ from . import liveness, lockdir, naming
 from .errors import AlreadyHeld, LeaseLost, NotHeld, ShmbusError, Timeout
 from .leasefile import (TOKEN_MAX, LeaseFile, LeaseState, pinned_expiry, remove, set_pin,
                         unpin)
+
+if TYPE_CHECKING:
+    from .choices import OnStale
+    from .info import LeaseEntry, LeaseHolder
 
 __all__ = ["Lease", "LeaseState", "Fence", "list_leases"]
 
@@ -70,7 +75,7 @@ class Lease:
     """
 
     def __init__(self, name: str, *, ttl: float, namespace: str | None = None,
-                 on_stale: str = "refuse", keepalive: bool = False) -> None:
+                 on_stale: OnStale = "refuse", keepalive: bool = False) -> None:
         naming.check_name(name, "lease name")
         if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or \
                 not 0 < ttl <= _TTL_MAX:
@@ -108,7 +113,7 @@ class Lease:
         """When the lease expires, in ``time.monotonic()`` seconds."""
         return self._expires_ns / 1e9
 
-    def holder(self) -> dict | None:
+    def holder(self) -> LeaseHolder | None:
         """The current holder (pid, start_time, token, expires_in, alive), or None."""
         with self._file.locked(time.monotonic() + self.ttl) as f:
             st = f.read()
@@ -428,7 +433,7 @@ def _killable(st: LeaseState, lease_file: tuple[int, int]) -> int | None:
     return here if expiry is not None and expiry <= time.monotonic_ns() else None
 
 
-def list_leases(namespace: str | None = None) -> list[dict]:
+def list_leases(namespace: str | None = None) -> list[LeaseEntry]:
     """Every lease of the namespace: name, token, holder (pid, alive, expires_in).
     Leases that cannot be read (locked by a hung process, not ours, damaged) are left
     out; raises :class:`PermissionDenied` if the lock directory is not ours."""
@@ -442,7 +447,7 @@ def list_leases(namespace: str | None = None) -> list[dict]:
         names = sorted(n for n in os.listdir(dir_fd) if n.endswith("@lease"))
     finally:
         os.close(dir_fd)
-    out = []
+    out: list[LeaseEntry] = []
     for entry in names:
         lease_file = LeaseFile(f"{directory}/{entry}", ns, entry)
         try:
@@ -450,5 +455,5 @@ def list_leases(namespace: str | None = None) -> list[dict]:
                 st = f.read()
         except (ShmbusError, FileNotFoundError):
             continue
-        out.append({"name": entry[:-len("@lease")], **st.to_dict()})
+        out.append(cast("LeaseEntry", {"name": entry[:-len("@lease")], **st.to_dict()}))
     return out

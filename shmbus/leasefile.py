@@ -29,10 +29,13 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator, cast
 
 from . import liveness, lockdir, naming
 from .errors import ShmbusError, Timeout
+
+if TYPE_CHECKING:
+    from .info import LeaseHolder
 
 __all__ = ["LeaseState", "EMPTY", "LeaseFile", "TOKEN_MAX", "remove", "pinned_expiry",
            "set_pin", "unpin"]
@@ -61,12 +64,12 @@ class LeaseState:
     def expired(self) -> bool:
         return time.monotonic_ns() >= self.expires_ns
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> LeaseHolder:
         d = asdict(self)
         d["expires_in"] = (self.expires_ns - time.monotonic_ns()) / 1e9 if self.pid else None
         d["alive"] = (liveness.liveness(self.pid, self.start_time, self.pid_ns).value
                       if self.pid else None)
-        return d
+        return cast("LeaseHolder", d)
 
 
 EMPTY = LeaseState(0, 0, 0, 0, 0, 0)

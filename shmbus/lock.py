@@ -42,9 +42,13 @@ import os
 import threading
 import time
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, cast
 
 from . import liveness, lockdir, naming
 from .errors import AlreadyHeld, NotHeld, PermissionDenied, ShmbusError, Timeout
+
+if TYPE_CHECKING:
+    from .info import LockHolderInfo, LockInfo
 
 __all__ = ["FileLock", "LockHolder", "lock_holders", "list_locks"]
 
@@ -62,8 +66,8 @@ class LockHolder:
     start_time: int | None
     waiting: bool = False
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+    def to_dict(self) -> LockHolderInfo:
+        return cast("LockHolderInfo", asdict(self))
 
 
 class _ThreadLock:
@@ -478,7 +482,7 @@ def lock_holders(path: str) -> list[LockHolder]:
     return holders
 
 
-def list_locks(namespace: str | None = None) -> list[dict]:
+def list_locks(namespace: str | None = None) -> list[LockInfo]:
     """Every lock file of the namespace with its holders, as plain data:
     ``{"name", "path", "holders": [{"pid", "mode", "since", "start_time", "waiting"}]}``.
     Raises :class:`PermissionDenied` if the namespace's lock directory is not ours."""
@@ -492,7 +496,7 @@ def list_locks(namespace: str | None = None) -> list[dict]:
         names = sorted(n for n in os.listdir(dir_fd) if not is_lease_file(n))
     finally:
         os.close(dir_fd)
-    out = []
+    out: list[LockInfo] = []
     for name in names:
         path = f"{directory}/{name}"
         out.append({"name": name, "path": path,
