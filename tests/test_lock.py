@@ -205,3 +205,21 @@ def test_full_dev_shm_when_taking_a_lock_is_shm_full(ns, monkeypatch):
         shmbus.FileLock("x").acquire(timeout=1)
     with pytest.raises(shmbus.ShmFull, match="full"):
         shmbus.Lease("l", ttl=1).acquire(timeout=1)
+
+
+def test_a_lock_taken_in_one_thread_is_released_from_another(ns):
+    """Closing a handle from another thread (a durable Consumer, a Producer, an Inbox:
+    close() wakes a thread blocked in them) releases locks that thread did not take;
+    afterwards every thread may take them again."""
+    lock = shmbus.FileLock("handoff", namespace=ns)
+    taker = threading.Thread(target=lock.acquire)
+    taker.start()
+    taker.join(10)
+    assert lock.held
+    lock.release()  # from this thread
+    assert not lock.held and lock.holders() == []
+    again = shmbus.FileLock("handoff", namespace=ns, timeout=5)
+    retaker = threading.Thread(target=lambda: again.acquire() and again.release())
+    retaker.start()
+    retaker.join(10)
+    assert not retaker.is_alive() and not again.held
