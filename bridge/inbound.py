@@ -6,10 +6,11 @@
         ^                                          |
         +------- ack (AckAll) after the write -----+
 
-The bridge is the ring's producer.  It fetches batches from a durable JetStream pull
-consumer, writes each batch into the ring with one ``send_many`` and acknowledges the
-batch (one AckAll) only after its messages are in the ring: a crash, kill -9 included,
-loses nothing.
+The bridge is the ring's producer.  It pulls from a durable JetStream pull consumer
+(:mod:`shmbus.bridge.pull`: requests kept outstanding, messages taken in bulk),
+writes what arrived into the ring with one ``send_many`` and acknowledges it (one
+AckAll) only after its messages are in the ring: a crash, kill -9 included, loses
+nothing.
 
 **Decision:** the key of each message the bridge writes is the message's stream
 sequence in decimal ASCII (``b"1234"``): the ring itself then says what it holds.  A
@@ -36,9 +37,10 @@ from shmbus.errors import RingNotFound, Timeout
 from shmbus.layout import RECORD_HEADER
 
 from .headers import consumer_name
+from .pull import Puller
 from .relay import Relay, ServerLost, log
 
-_FETCH_WAIT = 0.25  # seconds a fetch waits for messages (how soon stop is noticed)
+_FETCH_WAIT = 0.25  # seconds a take waits for messages (how soon stop is noticed)
 _SEND_WAIT = 0.25   # seconds a send waits for room in a full ring, between checks
 _ACK_WAIT = 300.0   # seconds before JetStream redelivers an unacknowledged message
 
@@ -62,7 +64,7 @@ class Inbound(Relay):
     module's docstring.  ``stream``: as for :class:`~shmbus.bridge.Outbound` (created
     if missing).  ``capacity`` (and ``on_full``): create the ring if it does not
     exist (without a capacity a missing ring is :class:`~shmbus.RingNotFound`).
-    ``batch``: messages per fetch.  ``durable``: the JetStream consumer's name.
+    ``batch``: messages per pull request.  ``durable``: the JetStream consumer's name.
 
     ``run()``, ``start()``, ``stop()`` and the context manager as for ``Outbound``;
     ``stats``: written, skipped (delivered again, already in the ring), idle_fetches
@@ -118,9 +120,9 @@ class Inbound(Relay):
         finally:
             producer.close()
 
-    async def _subscribe(self, js, stream: str):
-        """A pull subscription whose consumer delivers from the stream sequence after
-        the ring's last message."""
+    async def _subscribe(self, js, stream: str) -> None:
+        """(Re)create the pull consumer so that it delivers from the stream sequence
+        after the ring's last message."""
         from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
         from nats.js.errors import NotFoundError
         try:
@@ -133,14 +135,14 @@ class Inbound(Relay):
             durable_name=self.durable, ack_policy=AckPolicy.ALL, ack_wait=_ACK_WAIT,
             filter_subject=self.subject, max_ack_pending=max(4 * self.batch, 1000),
             **start))
-        return await js.pull_subscribe_bind(durable=self.durable, stream=stream)
 
     async def _relay(self, nc, producer: shmbus.Producer, lost: asyncio.Event,
                      end: float | None) -> None:
-        import nats.errors
         js = nc.jetstream()
         stream = await self._ensure_stream(js)
-        sub = await self._subscribe(js, stream)
+        await self._subscribe(js, stream)
+        puller = Puller(nc, stream, self.durable, self.batch)
+        await puller.start()
         self.connected.set()
         self._backoff.reset()
         log.info("bridge in %s: relaying from %s subject %s (stream %s) after stream "
@@ -149,12 +151,9 @@ class Inbound(Relay):
         while not self._expired(end):
             if lost.is_set():
                 raise ServerLost(f"lost the connection to {self.server}")
-            try:
-                msgs = await sub.fetch(self.batch, timeout=_FETCH_WAIT)
-            except (nats.errors.TimeoutError, asyncio.TimeoutError):
-                stats["idle_fetches"] += 1
-                continue  # nothing to fetch (nats-py raises either)
+            msgs = await puller.take(_FETCH_WAIT)
             if not msgs:
+                stats["idle_fetches"] += 1
                 continue
             last = self.last
             payloads, keys = [], []

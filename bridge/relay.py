@@ -196,8 +196,9 @@ class Relay:
         async def lost() -> None:
             on_lost()
 
+        nc = nats.aio.client.Client()
         try:
-            nc = await nats.connect(
+            await nc.connect(
                 # (0 attempts would mean: retry forever inside connect; 1 tries each
                 # server twice, then raises NoServersError.)
                 self.server, allow_reconnect=False, max_reconnect_attempts=1,
@@ -209,6 +210,12 @@ class Relay:
                 disconnected_cb=lost, closed_cb=lost,
                 name=f"shmbus-bridge-{self.direction}-{self.namespace}-{self.ring}")
         except Exception as e:  # noqa: BLE001 - every failure to connect is retried
+            # A connect that failed half-way (a server stopping as we connect) leaves
+            # its socket open in nats-py: close it here.
+            await self._close(nc)
+            transport = getattr(nc, "_transport", None)
+            if transport is not None:
+                transport.close()
             await self._failed(f"cannot reach {self.server}", e)
             return None
         self.stats["connects"] += 1

@@ -80,7 +80,7 @@ def out(ring, server, subject, stream, durable, window, seconds, namespace) -> N
               default=None, help="Create RING with this size if it does not exist: "
               "bytes, or as `shmbus ls` prints sizes (64K, 16M, 1.5G).")
 @click.option("--batch", type=click.IntRange(1), default=1024, show_default=True,
-              help="Messages per fetch.")
+              help="Messages per pull request (two are kept outstanding).")
 @seconds_option
 @namespace_option
 def in_(ring, server, subject, stream, durable, capacity, batch, seconds,
