@@ -109,3 +109,50 @@ def test_acks_tell_a_stored_message_from_a_refused_one():
     acks = asyncio.run(replies())
     assert acks.done.is_set() and acks.stored() == 2
     assert "no space" in acks.error
+
+
+def test_puller_keeps_requests_outstanding_and_reads_statuses():
+    import asyncio
+    from types import SimpleNamespace
+
+    from shmbus.bridge.pull import Puller
+    from shmbus.bridge.relay import ServerLost
+
+    class FakeConnection:
+        def __init__(self) -> None:
+            self.requests: list[tuple[str, bytes, str]] = []
+
+        def new_inbox(self) -> str:
+            return "_INBOX.me"
+
+        async def subscribe(self, subject, cb):
+            self.cb = cb
+
+        async def publish(self, subject, payload, reply=""):
+            self.requests.append((subject, payload, reply))
+
+    def status(code: str, **headers: str):
+        return SimpleNamespace(reply="", data=b"", headers={"Status": code, **headers})
+
+    async def scenario() -> None:
+        nc = FakeConnection()
+        p = Puller(nc, "S", "C", batch=10, expires=1.0)
+        await p.start()
+        assert await p.take(0.01) == []
+        assert nc.requests == [("$JS.API.CONSUMER.MSG.NEXT.S.C",
+                                b'{"batch": 10, "expires": 1000000000}', "_INBOX.me")]
+        assert p.outstanding == 10
+        for i in range(4):
+            await nc.cb(SimpleNamespace(reply=f"$JS.ACK.S.C.1.{i + 1}.1.0.0", data=b"x",
+                                        headers=None))
+        await nc.cb(status("100"))  # a heartbeat: nothing
+        assert len(await p.take(0.01)) == 4
+        assert p.outstanding == 6 and len(nc.requests) == 1
+        assert await p.take(0.01) == []  # fewer than a batch outstanding: asks again
+        assert p.outstanding == 16 and len(nc.requests) == 2
+        await nc.cb(status("408", **{"Nats-Pending-Messages": "6"}))  # one expired
+        assert await p.take(0.01) == [] and p.outstanding == 10 and len(nc.requests) == 2
+        await nc.cb(status("409", Description="Consumer Deleted"))
+        with pytest.raises(ServerLost, match="409 Consumer Deleted"):
+            await p.take(0.01)
+    asyncio.run(scenario())
