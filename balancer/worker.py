@@ -10,6 +10,8 @@ Only the worker's own consumer writes that word; one store per receive call.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import shmbus
 from shmbus import layout, liveness, naming
 from shmbus.consumer import Consumer
@@ -20,6 +22,10 @@ from shmbus.lock import FileLock
 from shmbus.segment import Segment
 
 from . import membership
+
+if TYPE_CHECKING:
+    from shmbus.choices import WaitName
+    from shmbus.wait import WaitStrategy
 
 __all__ = ["Worker", "received_position"]
 
@@ -41,7 +47,8 @@ class Worker(shmbus.Consumer):
     """
 
     def __init__(self, group: str, name: str, *, capacity: int = 1 << 20,
-                 namespace: str | None = None, wait: str = "adaptive") -> None:
+                 namespace: str | None = None,
+                 wait: WaitName | WaitStrategy = "adaptive") -> None:
         membership.check_group(group)
         naming.check_name(name, "worker name")
         ns = naming.resolve_namespace(namespace)

@@ -47,7 +47,7 @@ def main() -> None:
             p.start()
         t0 = None
         jobs: dict[int, list[int]] = {i: [] for i in range(WORKERS)}
-        senders: dict[int, str] = {}
+        senders: dict[int, str | None] = {}
         killed = False
         while True:
             msg = inbox.recv(timeout=30)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import time
+from multiprocessing.synchronize import Event
 
 import shmbus
 
@@ -17,7 +18,7 @@ RING = "quickstart"
 COUNT = 200_000
 
 
-def produce(ns: str, ready) -> None:
+def produce(ns: str, ready: list[Event]) -> None:
     with shmbus.Producer(RING, namespace=ns) as pub:
         for consumer_ready in ready:
             consumer_ready.wait(30)
@@ -29,12 +30,12 @@ def produce(ns: str, ready) -> None:
         print(f"producer: sent {COUNT:,} messages in {time.perf_counter() - t0:.2f} s")
 
 
-def consume(ns: str, durable: str | None, ready) -> None:
+def consume(ns: str, durable: str | None, ready: Event) -> None:
     with shmbus.Consumer(RING, namespace=ns, durable=durable) as sub:
         ready.set()
-        n, t0 = 0, None
+        n, t0 = 0, 0.0
         for msg in sub:
-            if t0 is None:
+            if not n:
                 t0 = time.perf_counter()
             if msg.key == b"done":
                 break

@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from itertools import repeat
 from operator import add
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -26,6 +26,8 @@ from .errors import MessageTooLarge
 from .layout import H_WRITE, REC_PAD, RECORD_HEADER
 
 if TYPE_CHECKING:
+    import numpy.typing as npt
+
     from .consumer import Consumer
     from .producer import Producer
 
@@ -35,7 +37,7 @@ BULK = 16  # fewer messages than this: numpy's fixed cost per call is not worth 
 BULK_SIZE = 4096  # larger messages: send_many copies each once, as send does
 
 
-def send_array(p: Producer, array, timeout: float | None) -> range:
+def send_array(p: Producer, array: npt.ArrayLike, timeout: float | None) -> range:
     """See :meth:`Producer.send_array`."""
     p._check_usable()
     a = np.asarray(array)
@@ -101,7 +103,8 @@ def _send_records(p: Producer, count: int, stride: int, size: int, fill,
     return range(first, cur.seq)
 
 
-def recv_array(c: Consumer, dtype, max_messages: int, timeout: float | None) -> np.ndarray:
+def recv_array(c: Consumer, dtype: npt.DTypeLike, max_messages: int,
+               timeout: float | None) -> npt.NDArray[Any]:
     """See :meth:`Consumer.recv_array`."""
     dtype = np.dtype(dtype)
     if dtype.hasobject or not dtype.itemsize:

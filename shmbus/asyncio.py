@@ -29,14 +29,21 @@ is left for the next receive.  One task receives from one consumer at a time.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, AsyncIterator, Callable, TypeVar, cast
+from typing import (TYPE_CHECKING, Any, AsyncIterator, Callable, Collection, Iterable, TypeVar,
+                    cast)
 
 from . import consumer as _consumer
 from . import inbox as _inbox
 from . import producer as _producer
 from .errors import Timeout
 from .message import Message
-from .wakeup import LONG_SLEEP, MAX_SLEEP
+from .wakeup import LONG_SLEEP, MAX_SLEEP, Sleeper
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer, Self
+
+    from .choices import CodecName, OnFull, Start, WaitName
+    from .wait import WaitStrategy
 
 __all__ = ["Consumer", "Inbox", "Producer", "Worker"]
 
@@ -142,8 +149,13 @@ class Consumer:
 
     _blocking: Callable[..., Any] = _consumer.Consumer
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self._adopt(self._blocking(*args, **kwargs))
+    if TYPE_CHECKING:  # the blocking twin's arguments (each subclass has its own)
+        def __init__(self, name: str, *, durable: str | None = None,
+                     start: Start = "latest", namespace: str | None = None,
+                     wait: WaitName | WaitStrategy = "adaptive") -> None: ...
+    else:
+        def __init__(self, *args, **kwargs):
+            self._adopt(self._blocking(*args, **kwargs))
 
     @classmethod
     def wrap(cls, sync: Any) -> "Consumer":
@@ -198,14 +210,15 @@ class Consumer:
             sub.ready() else []
         return [first, *rest]
 
-    async def recv_obj(self, timeout: float | None = None, **kwargs: Any) -> Any:
+    async def recv_obj(self, timeout: float | None = None, *, copy: bool = False,
+                       accept: Collection[str] | None = None) -> Any:
         """Like :meth:`shmbus.Consumer.recv_obj`, awaiting the message."""
         deadline = None if timeout is None else \
             asyncio.get_running_loop().time() + timeout
         while True:
             if self.sync.ready():
                 try:
-                    return self.sync.recv_obj(0, **kwargs)
+                    return self.sync.recv_obj(0, copy=copy, accept=accept)
                 except Timeout:
                     pass  # padding: nothing after all
             left = None if deadline is None else \
@@ -233,7 +246,7 @@ class Consumer:
         self.sync.close(release=release)
         self._waiter.close()
 
-    async def __aenter__(self) -> "Consumer":
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
@@ -249,17 +262,31 @@ class Inbox(Consumer):
 
     _blocking = _inbox.Inbox
 
+    if TYPE_CHECKING:
+        def __init__(self, name: str, *, capacity: int | None = None,
+                     namespace: str | None = None) -> None: ...
+
 
 class Producer:
     """An awaitable :class:`shmbus.Producer` (same arguments): ``send`` awaits room
     on a full ``block`` ring instead of blocking the loop."""
 
-    def __init__(self, name: str, **kwargs: Any) -> None:
-        self.sync = pub = _producer.Producer(name, **kwargs)
-        # The blocking producer's sleeper: consumers that release wake it.
-        self._sleeper = pub._sleeper
-        self._waiter = _FdWait(self._sleeper.fileno)
-        self._sleeper.fileno()
+    sync: _producer.Producer  # the blocking twin
+    _sleeper: Sleeper
+    _waiter: _FdWait
+
+    if TYPE_CHECKING:  # the blocking twin's arguments
+        def __init__(self, name: str, *, capacity: int | None = None, create: bool = True,
+                     on_full: OnFull = "block", namespace: str | None = None,
+                     wait: WaitName | WaitStrategy = "adaptive",
+                     max_consumers: int | None = None) -> None: ...
+    else:
+        def __init__(self, name, **kwargs):
+            self.sync = pub = _producer.Producer(name, **kwargs)
+            # The blocking producer's sleeper: consumers that release wake it.
+            self._sleeper = pub._sleeper
+            self._waiter = _FdWait(self._sleeper.fileno)
+            self._sleeper.fileno()
 
     async def _room(self, call: Callable[[float], T], timeout: float | None) -> T:
         try:
@@ -286,14 +313,15 @@ class Producer:
         await self._waiter.until(arm_and_try, try_call, sleeper.disarm, deadline)
         return done[0] if done else call(0)  # the deadline passed: Timeout, or Closed
 
-    async def send(self, data: Any, key: Any = None, *, timeout: float | None = None
-                   ) -> int:
+    async def send(self, data: Buffer, key: str | Buffer | None = None, *,
+                   timeout: float | None = None) -> int:
         """Publish one message (see :meth:`shmbus.Producer.send`), awaiting up to
         ``timeout`` seconds (None: forever) for room; raises :class:`shmbus.Timeout`."""
         send = self.sync.send
         return await self._room(lambda t: send(data, key, timeout=t), timeout)
 
-    async def send_many(self, messages: Any, *, keys: Any = None,
+    async def send_many(self, messages: Iterable[Buffer], *,
+                        keys: Iterable[str | Buffer | None] | None = None,
                         timeout: float | None = None) -> range:
         """Publish a batch (see :meth:`shmbus.Producer.send_many`), awaiting room."""
         send_many = self.sync.send_many
@@ -302,11 +330,11 @@ class Producer:
         return await self._room(lambda t: send_many(messages, keys=keys, timeout=t),
                                 timeout)
 
-    async def send_obj(self, obj: Any, key: Any = None, *, timeout: float | None = None,
-                       **kwargs: Any) -> int:
+    async def send_obj(self, obj: Any, key: str | bytes | None = None, *,
+                       timeout: float | None = None, codec: CodecName = "pickle") -> int:
         """Publish an object (see :meth:`shmbus.Producer.send_obj`), awaiting room."""
         send_obj = self.sync.send_obj
-        return await self._room(lambda t: send_obj(obj, key, timeout=t, **kwargs),
+        return await self._room(lambda t: send_obj(obj, key, timeout=t, codec=codec),
                                 timeout)
 
     def close(self) -> None:
@@ -323,6 +351,15 @@ class Producer:
 
     def __repr__(self) -> str:
         return f"<shmbus.asyncio.Producer of {self.sync!r}>"
+
+
+if TYPE_CHECKING:  # what __getattr__ makes on first use
+    class Worker(Consumer):
+        """An awaitable balancer ``Worker`` (same arguments: group, name, ...)."""
+
+        def __init__(self, group: str, name: str, *, capacity: int = 1 << 20,
+                     namespace: str | None = None,
+                     wait: WaitName | WaitStrategy = "adaptive") -> None: ...
 
 
 def __getattr__(name: str) -> Any:

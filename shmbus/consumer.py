@@ -26,6 +26,7 @@ from __future__ import annotations
 import os
 import time
 from operator import attrgetter
+from typing import TYPE_CHECKING, Any
 
 from . import hotpath, layout, liveness, naming, ring
 from .errors import DurableBusy
@@ -44,6 +45,13 @@ from .segment import Segment
 from .slots import SlotTable
 from .slowpath import SlowPath
 from .wait import Sleeper, Waker, fence, strategy
+
+if TYPE_CHECKING:
+    import numpy.typing as npt
+    from typing_extensions import Self
+
+    from .choices import Start, WaitName
+    from .wait import WaitStrategy
 
 __all__ = ["Consumer", "Message"]
 
@@ -68,11 +76,12 @@ class Consumer(SlowPath, ObjectReceiver, Handle):
     """
 
     _kind = "consumer"
-    sender: object = None  # what msg.sender says (an Inbox names its senders)
+    sender: str | None = None  # what msg.sender says (an Inbox names its senders)
     _resumed = False  # attached to an existing durable cursor
 
-    def __init__(self, name: str, *, durable: str | None = None, start: str = "latest",
-                 namespace: str | None = None, wait: str = "adaptive") -> None:
+    def __init__(self, name: str, *, durable: str | None = None, start: Start = "latest",
+                 namespace: str | None = None,
+                 wait: WaitName | WaitStrategy = "adaptive") -> None:
         self._closed = True
         naming.check_name(name)
         if durable is not None:
@@ -240,7 +249,8 @@ class Consumer(SlowPath, ObjectReceiver, Handle):
         self._message = hotpath.native.Message
         self.recv, self.recv_many, self.try_recv = fast.recv, fast.recv_many, fast.try_recv
 
-    def recv_array(self, dtype, max_messages: int, timeout: float | None = None):
+    def recv_array(self, dtype: npt.DTypeLike, max_messages: int,
+                   timeout: float | None = None) -> npt.NDArray[Any]:
         """Release the previous batch; wait up to ``timeout`` for a message, then return
         up to ``max_messages`` messages of ``dtype``'s size (without a key) as one
         read-only numpy array of ``dtype`` that views the ring (zero copies; valid until
@@ -381,7 +391,7 @@ class Consumer(SlowPath, ObjectReceiver, Handle):
         self.recv = self.recv_many = self.try_recv = self._refuse
         self._pos = self._committed = _NEVER
 
-    def __enter__(self) -> "Consumer":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

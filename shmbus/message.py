@@ -115,7 +115,7 @@ class PyMessage(tuple):
         return (self[6] >> REC_REDELIVERY_SHIFT) + 1
 
     @property
-    def sender(self) -> Any:
+    def sender(self) -> str | None:
         """Who sent it: the receiving consumer's ``sender`` attribute (None for a
         plain Consumer; an Inbox's per-sender consumers name their sender)."""
         return self[4].sender
