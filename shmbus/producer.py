@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from operator import attrgetter
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 from . import hotpath, layout, liveness, naming, ring
 from .arrays import send_array
@@ -38,6 +38,13 @@ from .segment import Segment
 from .segment import unlink as _unlink_segment
 from .slots import SlotTable
 from .wait import Sleeper, Waker, strategy
+
+if TYPE_CHECKING:
+    import numpy.typing as npt
+    from typing_extensions import Buffer, Self
+
+    from .choices import OnFull, WaitName
+    from .wait import WaitStrategy
 
 __all__ = ["Producer"]
 
@@ -66,8 +73,9 @@ class Producer(ObjectSender, Room, Handle):
     _kind = "producer"
 
     def __init__(self, name: str, *, capacity: int | None = None, create: bool = True,
-                 on_full: str = "block", namespace: str | None = None,
-                 wait: str = "adaptive", max_consumers: int | None = None) -> None:
+                 on_full: OnFull = "block", namespace: str | None = None,
+                 wait: WaitName | WaitStrategy = "adaptive",
+                 max_consumers: int | None = None) -> None:
         self._closed = True
         naming.check_name(name)
         self.namespace = ns = naming.resolve_namespace(namespace)
@@ -192,7 +200,8 @@ class Producer(ObjectSender, Room, Handle):
 
     # -- sending ----------------------------------------------------------------------
 
-    def send(self, data, key=None, *, timeout: float | None = None) -> int:
+    def send(self, data: Buffer, key: str | Buffer | None = None, *,
+             timeout: float | None = None) -> int:
         """Publish one message (bytes or any contiguous buffer, e.g. a numpy array) with
         an optional key (str or bytes); return its seq.  In ``block`` mode waits up to
         ``timeout`` seconds (None: forever) for room, then raises :class:`Timeout`.
@@ -259,7 +268,8 @@ class Producer(ObjectSender, Room, Handle):
             cur = Sequencer(write, seq, room, cp_next)
         return cur, send
 
-    def send_many(self, messages: Iterable, *, keys: Iterable | None = None,
+    def send_many(self, messages: Iterable[Buffer], *,
+                  keys: Iterable[str | Buffer | None] | None = None,
                   timeout: float | None = None) -> range:
         """Publish several messages (each bytes or any contiguous buffer) with one
         store of the write position (and one wake-up); return the range of their
@@ -280,7 +290,7 @@ class Producer(ObjectSender, Room, Handle):
         original message's) instead of the time of the call."""
         return send_many(self, messages, keys, timeout, flags, stamps)
 
-    def send_array(self, array, *, timeout: float | None = None) -> range:
+    def send_array(self, array: npt.ArrayLike, *, timeout: float | None = None) -> range:
         """Publish one message per element (along the first axis) of the numpy array
         ``array`` (e.g. a structured array of records): each carries that element's
         bytes, no key, and the call's timestamp.  Far cheaper per message than
@@ -289,7 +299,8 @@ class Producer(ObjectSender, Room, Handle):
         range of their seqs."""
         return send_array(self, array, timeout)
 
-    def claim(self, size: int, key=None, *, timeout: float | None = None) -> Claim:
+    def claim(self, size: int, key: str | Buffer | None = None, *,
+              timeout: float | None = None) -> Claim:
         """Reserve room for a ``size``-byte message and return a context manager whose
         value is a writable memoryview of exactly ``size`` bytes inside the ring: fill
         it in place (zero copies); it is published when the ``with`` block exits without
@@ -382,7 +393,7 @@ class Producer(ObjectSender, Room, Handle):
         self.close()
         _unlink_segment(self.namespace, self.name)
 
-    def __enter__(self) -> "Producer":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
