@@ -32,6 +32,9 @@ from . import codecs, layout
 from .errors import FrameError, MessageTooLarge
 
 if TYPE_CHECKING:
+    from typing_extensions import Buffer
+
+    from .choices import CodecName
     from .claim import Claim
     from .message import Message
 
@@ -63,15 +66,16 @@ class ObjectSender:
         name: str
         capacity: int | None
 
-        def send(self, data: Any, key: Any = None, *, timeout: float | None = None) -> int:
+        def send(self, data: Buffer, key: str | Buffer | None = None, *,
+                 timeout: float | None = None) -> int:
             ...
 
-        def claim(self, size: int, key: Any = None, *,
+        def claim(self, size: int, key: str | Buffer | None = None, *,
                   timeout: float | None = None) -> Claim:
             ...
 
     def send_obj(self, obj: Any, key: str | bytes | None = None, *,
-                 timeout: float | None = None, codec: str = "pickle") -> int:
+                 timeout: float | None = None, codec: CodecName = "pickle") -> int:
         """Publish ``obj`` as one message and return its seq.  ``codec`` is
         ``"pickle"`` (protocol 5: contiguous numpy arrays and other ``PickleBuffer``
         objects inside ``obj`` are copied once into the ring, 8-byte aligned), ``"json"``,

@@ -31,7 +31,7 @@ from __future__ import annotations
 import secrets
 import threading
 import time
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 from . import fanin, layout, naming
 from .errors import (CorruptRing, DurableBusy, LayoutMismatch, PermissionDenied, RingBusy,
@@ -42,6 +42,11 @@ from .handle import Handle
 from .objects import ObjectSender
 from .producer import Producer
 from .wait import Waker
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer
+
+    from .choices import CodecName
 
 __all__ = ["Outbox"]
 
@@ -213,7 +218,7 @@ class Outbox(ObjectSender, Handle):
 
     # -- sending ------------------------------------------------------------------------
 
-    def send(self, data: Any, key: Any = None, *,
+    def send(self, data: Buffer, key: str | Buffer | None = None, *,
              timeout: float | None = None) -> int:
         """Publish one message (bytes or any contiguous buffer) with an optional key;
         return its seq in this sender's ring.  Waits up to ``timeout`` for room (and,
@@ -221,14 +226,16 @@ class Outbox(ObjectSender, Handle):
         seq: int = self.__dict__["send"](data, key, timeout=timeout)
         return seq
 
-    def send_many(self, messages: Iterable[Any], *, keys: Iterable[Any] | None = None,
+    def send_many(self, messages: Iterable[Buffer], *,
+                  keys: Iterable[str | Buffer | None] | None = None,
                   timeout: float | None = None) -> range:
         """Publish several messages with one publish (see ``Producer.send_many``)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         producer = self._producer or self._attach(deadline, timeout)
         return producer.send_many(messages, keys=keys, timeout=_left(deadline))
 
-    def claim(self, size: int, key: Any = None, *, timeout: float | None = None) -> Claim:
+    def claim(self, size: int, key: str | Buffer | None = None, *,
+              timeout: float | None = None) -> Claim:
         """Room for a ``size``-byte message written in place (see ``Producer.claim``);
         published when the ``with`` block exits."""
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -236,7 +243,7 @@ class Outbox(ObjectSender, Handle):
         return producer.claim(size, key, timeout=_left(deadline))
 
     def send_obj(self, obj: Any, key: str | bytes | None = None, *,
-                 timeout: float | None = None, codec: str = "pickle") -> int:
+                 timeout: float | None = None, codec: CodecName = "pickle") -> int:
         deadline = None if timeout is None else time.monotonic() + timeout
         if self._producer is None:
             self._attach(deadline, timeout)
