@@ -7,15 +7,21 @@ import inspect
 from shmbus import balancer
 import shmbus
 
-PUBLIC = {"Producer", "Consumer", "Message", "FileLock", "Lease", "Fence", "WaitStrategy",
-          "list_rings", "inspect", "list_locks", "list_leases", "unlink",
+# Every name shmbus.__all__ exports: a name added or removed is a decision, made here too.
+PUBLIC = {"Producer", "Consumer", "Message", "Inbox", "Outbox", "Poller", "FileLock", "Lease",
+          "Fence", "WaitStrategy", "BusySpin", "Yielding", "Sleeping", "Adaptive",
+          "list_rings", "inspect", "list_locks", "list_leases", "unlink", "compiled",
           "ShmbusError", "RingNotFound", "RingBusy", "DurableBusy", "LayoutMismatch",
           "CorruptRing", "MessageTooLarge", "InvalidName", "Timeout", "LeaseLost",
-          "NotHeld", "ShmFull", "LAYOUT_VERSION"}
+          "NotHeld", "ShmFull", "Closed", "PermissionDenied", "AlreadyHeld", "Released",
+          "FrameError", "CodecUnavailable", "LAYOUT_VERSION",
+          # the plain data of list_rings, inspect, list_locks, list_leases, Lease.holder
+          "RingSummary", "RingInfo", "ProducerInfo", "ConsumerInfo", "LockInfo",
+          "LockHolderInfo", "LeaseHolder", "LeaseEntry"}
 
 
 def test_all_names_exist():
-    assert PUBLIC <= set(shmbus.__all__)
+    assert set(shmbus.__all__) == PUBLIC
     assert all(hasattr(shmbus, name) for name in shmbus.__all__)
     assert {"Balancer", "Worker", "RoundRobin", "ConsistentHash"} <= set(balancer.__all__)
 
@@ -50,3 +56,20 @@ def test_errors_are_also_builtins():
                for n in PUBLIC if n.endswith(("Error", "Found", "Busy", "Mismatch", "Ring",
                                                "Large", "Name", "Lost", "Held", "Full"))
                and n != "ShmbusError")
+
+
+def test_every_package_ships_py_typed():
+    """PEP 561: type checkers use shmbus's annotations only if each installed package
+    carries a ``py.typed`` marker (and pyproject installs it as package data)."""
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    tool = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
+    data, dirs = tool["package-data"], tool["package-dir"]
+    for package in tool["packages"]:
+        if package.rpartition(".")[0] in dirs:  # shmbus.tools.benchkit
+            continue  # PEP 561: its parent's marker covers a subpackage
+        source = root / dirs.get(package, package.replace(".", "/"))
+        assert (source / "py.typed").is_file(), f"{source} has no py.typed"
+        assert "py.typed" in data.get(package, []), f"{package}: py.typed not in package-data"
