@@ -42,6 +42,7 @@ import threading
 import time
 from itertools import groupby
 from operator import itemgetter
+from typing import Literal, cast
 
 import shmbus
 from shmbus import layout, naming
@@ -50,6 +51,7 @@ from shmbus.errors import DurableBusy, LeaseLost, RingNotFound, ShmbusError, Tim
 from shmbus.segment import Segment
 
 from . import membership, stats
+from .stats import BalancerStats
 from .handoff import Handoffs
 from .roster import Roster, _Member
 from .routing import Router, router
@@ -84,7 +86,8 @@ class Balancer(Roster):
     :meth:`join` or exit of the ``with`` block, so it is never lost in a thread.
     """
 
-    def __init__(self, group: str, inputs: list[str], *, policy: str | Policy = "round-robin",
+    def __init__(self, group: str, inputs: list[str], *,
+                 policy: Literal["round-robin", "consistent-hash"] | Policy = "round-robin",
                  namespace: str | None = None, prefetch: int = 1000,
                  max_deliveries: int = 5, lease_ttl: float = 2.0,
                  dead_letter_capacity: int = 1 << 20, poll: float = 0.02) -> None:
@@ -489,15 +492,16 @@ class Balancer(Roster):
 
     # -- stats --------------------------------------------------------------------------
 
-    def stats(self) -> dict:
+    def stats(self) -> BalancerStats:
         workers = {n: {"in_flight": m.in_flight(), "dispatched": m.dispatched}
                    for n, m in self.members.items()}
         inputs = {c.name: c.lag for c in self._consumers}
-        return {"group": self.group, "policy": self.policy.name, "leader_pid": os.getpid(),
+        return cast("BalancerStats", {
+                "group": self.group, "policy": self.policy.name, "leader_pid": os.getpid(),
                 "lease_token": self.lease.token, **self.counters, "workers": workers,
                 "input_lag_bytes": inputs, "pending": len(self._pending),
                 "waiting_for_workers": sorted(self._unjoined),
-                "keys_in_handoff": len(self._handoffs.held)}
+                "keys_in_handoff": len(self._handoffs.held)})
 
     def _publish_stats(self) -> None:
         """Publish :meth:`stats` for ``shmbus inspect``/``top``.  Never stops the

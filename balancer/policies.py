@@ -24,7 +24,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 import math
-from typing import Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 __all__ = ["Policy", "RoundRobin", "ConsistentHash", "hash64", "policy"]
 
@@ -92,7 +92,8 @@ class RoundRobin(Policy):
         if self._next >= len(self._workers):
             self._next = 0
 
-    def pick(self, key=None, *, loads=None, skip=None) -> str | None:
+    def pick(self, key: bytes | str | None = None, *, loads: Mapping[str, int] | None = None,
+             skip: Skip | None = None) -> str | None:
         n = len(self._workers)
         for _ in range(n):
             worker = self._workers[self._next]
@@ -197,7 +198,8 @@ class ConsistentHash(Policy):
         i = bisect.bisect(self._points, hash64(_key_bytes(key)))
         return self._owners[i % len(self._owners)]
 
-    def pick(self, key=None, *, loads=None, skip=None) -> str | None:
+    def pick(self, key: bytes | str | None = None, *, loads: Mapping[str, int] | None = None,
+             skip: Skip | None = None) -> str | None:
         if not self._points:
             return None
         owners = self._owners
@@ -227,7 +229,7 @@ class ConsistentHash(Policy):
         return math.ceil((1 + self.load_factor) * total / len(self._weights))
 
 
-def policy(name: str, **options) -> Policy:
+def policy(name: str, **options: Any) -> Policy:
     """A policy by its CLI name: ``round-robin`` or ``consistent-hash``."""
     if name == RoundRobin.name:
         return RoundRobin(**options)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from typing import Any, Mapping, TypedDict
 
 from shmbus import lockdir, naming
 
@@ -21,7 +22,32 @@ from . import membership
 _MAX_SIZE = 1 << 20  # a stats file is a few KiB; never read more than this
 
 
-def write(namespace: str, group: str, data: dict) -> None:
+class WorkerStats(TypedDict):
+    """One worker in :class:`BalancerStats`."""
+
+    in_flight: int       # dispatched to it, not yet acknowledged
+    dispatched: int
+
+
+class BalancerStats(TypedDict):
+    """``Balancer.stats()``: what the leader publishes (:func:`read` returns it, plus
+    ``updated_at``, as the file says: any member of a shared namespace may write it)."""
+
+    group: str
+    policy: str
+    leader_pid: int
+    lease_token: int
+    dispatched: int
+    redelivered: int
+    dead_lettered: int
+    workers: dict[str, WorkerStats]
+    input_lag_bytes: dict[str, int]  # per input ring
+    pending: int
+    waiting_for_workers: list[str]
+    keys_in_handoff: int
+
+
+def write(namespace: str, group: str, data: Mapping[str, Any]) -> None:
     """Publish ``data`` (plus ``updated_at``) as the group's stats.  Raises
     :class:`shmbus.PermissionDenied` if the lock directory is not ours."""
     path = membership.stats_path(namespace, group)
@@ -68,7 +94,7 @@ def _write_new(dir_fd: int, name: str, path: str, body: bytes) -> None:
         os.close(fd)
 
 
-def read(namespace: str | None, group: str) -> dict | None:
+def read(namespace: str | None, group: str) -> dict[str, Any] | None:
     """The group's last published stats, or None if there are none or they are not a
     JSON object (whatever the file holds: in a namespace shared with a group, any
     member can write it).  Raises :class:`shmbus.PermissionDenied` if the file or its directory

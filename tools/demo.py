@@ -7,6 +7,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import time
+from typing import Literal
 
 import click
 
@@ -27,7 +28,7 @@ def _produce(ns: str, stop) -> None:
                 continue  # the workers are behind: back-pressure
 
 
-def _balance(ns: str, policy: str, stop) -> None:
+def _balance(ns: str, policy: Literal["round-robin", "consistent-hash"], stop) -> None:
     from shmbus.balancer import Balancer
     b = Balancer(GROUP, [INPUT], policy=policy, namespace=ns)
     b.start()
