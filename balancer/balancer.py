@@ -29,8 +29,9 @@ owner is over the bound, which trades per-key order for balance.
 Messages are forwarded as raw records (:mod:`shmbus.forward`): one copy per stretch of
 records bound for the same worker, no ``Message`` per message, and each keeps its
 producer's ``timestamp_ns``; consistent hashing routes a run of records to their keys'
-owners in one call (:mod:`shmbus.balancer.routing`; in C with the compiled hot path).  Bounded loads, custom policies, redeliveries and input
-records that need checked reads go through ``recv_many``/``send_many`` instead.
+owners in one call (:mod:`shmbus.balancer.routing`; in C with the compiled hot path).
+Bounded loads, custom policies, redeliveries and input records that need checked reads
+go through ``recv_many``/``send_many`` instead.
 """
 
 from __future__ import annotations
@@ -376,14 +377,16 @@ class Balancer(Roster):
             r = self._router = router(self.policy)
         return r
 
-    def _hash_picks(self, run: Run, router: Router, room: dict[str, int]) -> tuple[dict, int]:
+    def _hash_picks(self, run: Run, router: Router,
+                    room: dict[str, int]) -> tuple[dict, int]:
         """Which records (by index) go to which owner, and how many lead the run up
         to the first whose owner has no room or whose key is in handoff (that one and
         all after it wait)."""
         owners, lists = router.route(run)
         names = router.names
         held = self._handoffs.held
-        if not held and all(room[names[w]] >= len(idx) for w, idx in enumerate(lists)):
+        if not held and all(room[names[w]] >= len(idx)
+                            for w, idx in enumerate(lists) if idx):
             return {names[w]: idx for w, idx in enumerate(lists) if idx}, len(owners)
         blocks = self._handoffs.blocks
         picks: dict[str, list[int]] = {}

@@ -26,14 +26,12 @@ from .claim import Claim
 from .errors import LayoutMismatch, RingBusy, ShmbusError
 from .handle import Handle
 from .objects import ObjectSender
-from .payload import as_bytes_view, key_bytes
 from .layout import (H_COUNT, H_GENERATION, H_LAST, H_PRODUCER_EPOCH, H_PRODUCER_PID,
                      H_PRODUCER_SINCE, H_PRODUCER_SLEEP, H_PRODUCER_START, H_SCAN,
-                     H_SLEEPERS, H_TAIL, H_WRITE, RECORD, RECORD_HEADER, S_READ,
-                     slot_word)
+                     H_SLEEPERS, H_TAIL, H_WRITE, S_READ, slot_word)
 from .lock import FileLock
 from .room import Room
-from .sequencer import Sequencer
+from .sequencer import bind
 from .segment import Segment
 from .segment import unlink as _unlink_segment
 from .slots import SlotTable
@@ -156,7 +154,7 @@ class Producer(ObjectSender, Room, Handle):
         seq = ring.next_seq_after(seg.data, cap, write, w[H_LAST], tail, w[H_COUNT])
         w[H_COUNT] = seq
         cp_next = ring.first_unwritten_checkpoint(w, self._shift, write)
-        self._cur, self._pure_send = self._bind_send(write, seq, tail + cap, cp_next)
+        self._cur, self._pure_send = bind(self, write, seq, tail + cap, cp_next)
         if w[H_SCAN] & 1:  # the previous producer died while scanning
             w[H_SCAN] += 1
         me = liveness.current()
@@ -206,67 +204,8 @@ class Producer(ObjectSender, Room, Handle):
         an optional key (str or bytes); return its seq.  In ``block`` mode waits up to
         ``timeout`` seconds (None: forever) for room, then raises :class:`Timeout`.
         Raises :class:`MessageTooLarge` for a message that can never fit."""
-        # Each instance shadows this method with the closure built by _bind_send.
+        # Each instance shadows this method with the send built by sequencer.bind.
         return self.__dict__["send"](data, key, timeout=timeout)
-
-    def _bind_send(self, write: int, seq: int, room: int, cp_next: int):
-        """Build this producer's cursor and pure-Python ``send``: the hot path keeps
-        what does not change in closure cells (each saves an attribute lookup per
-        message) and leaves waiting, wrapping and wake-ups to methods.  With the
-        compiled hot path the cursor is a ``shmbus._hotpath.Sequencer``, whose
-        ``send`` hands every case it does not take to this one."""
-        me = self
-        data_area, words = self._data, self._words
-        mask, cap, max_record = self._mask, self.capacity, self._max_record
-        pack, now = RECORD.pack_into, time.monotonic_ns
-
-        def send(data, key=None, *, timeout: float | None = None) -> int:
-            if type(data) is not bytes:
-                data = as_bytes_view(data)
-            if key is None:
-                kb, klen = b"", 0
-            else:
-                kb = key_bytes(key)
-                klen = len(kb)
-            n = len(data)
-            size = (RECORD_HEADER + 7 + klen + n) & -8
-            pos = cur.write
-            idx = pos & mask
-            # One test covers wrapping, a full ring, a checkpoint due, and a producer
-            # that is closed, claimed or forked (its limit is 0): see Room._reserve.
-            if idx + size > cap or pos + size > cur.limit or size > max_record:
-                pos = me._reserve(size, klen, n, timeout, None)
-                idx = pos & mask
-            seq = cur.seq
-            try:
-                pack(data_area, idx, n, klen, 0, seq, now())
-                start = idx + RECORD_HEADER
-                if klen:
-                    data_area[start:start + klen] = kb
-                    start += klen
-                data_area[start:start + n] = data
-                cur.seq = seq + 1
-                end = cur.write = pos + size
-                words[H_WRITE] = end
-                words[H_LAST] = pos
-                sleepers = words[H_SLEEPERS]
-            except ValueError as e:  # a released view: closed by another thread?
-                raise me._closed_or(e) from None
-            if sleepers:
-                me._wake_sleepers()
-            return seq
-
-        if hotpath.compiled:
-            cur = hotpath.native.Sequencer(
-                segment=self._seg.buf, data_offset=self._seg.data_offset, capacity=cap,
-                max_record=max_record, write_word=H_WRITE, last_word=H_LAST,
-                sleepers_word=H_SLEEPERS, checkpoints_word=layout.H_CHECKPOINTS,
-                shift=self._shift, write=write, seq=seq, limit=min(room, cp_next),
-                room=room, cp_next=cp_next, fallback=send, wake=self._wake_sleepers,
-                reserve=self._reserve)
-        else:
-            cur = Sequencer(write, seq, room, cp_next)
-        return cur, send
 
     def send_many(self, messages: Iterable[Buffer], *,
                   keys: Iterable[str | Buffer | None] | None = None,

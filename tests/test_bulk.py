@@ -81,3 +81,24 @@ def test_redelivered_messages_keep_their_count_in_bulk_batches(ns):
         assert [m.deliveries for m in got] == [2] * 20 + [1] * 20
     shmbus.unlink("in")
     shmbus.unlink("out")
+
+
+def test_send_many_shows_only_its_public_parameters():
+    """Flags and per-message timestamps are the balancer's business
+    (``Producer._send_many``), not part of the public signature (issue 14 §6)."""
+    import inspect
+    from typing import get_type_hints
+    sig = inspect.signature(shmbus.Producer.send_many)
+    assert list(sig.parameters) == ["self", "messages", "keys", "timeout"]
+    assert sig.parameters["keys"].kind is inspect.Parameter.KEYWORD_ONLY
+    assert sig.parameters["timeout"].kind is inspect.Parameter.KEYWORD_ONLY
+    assert set(get_type_hints(shmbus.Producer.send_many)) == {
+        "messages", "keys", "timeout", "return"}
+
+
+def test_send_many_refuses_the_private_parameters(ring):
+    with pytest.raises(TypeError):
+        ring.send_many([b"x"], _flags=1)
+    with pytest.raises(TypeError):
+        ring.send_many([b"x"], _stamps=[1])
+    assert ring.seq == 0

@@ -7,7 +7,11 @@
  * One small type per concept, like CPython's own _struct or _queue:
  *
  *   Sequencer   the producer's cursor (write position, next seq, limit) and its
- *               send(): one record written and published in C;
+ *               send(): one record written and published in C; send_many(): a
+ *               batch, one publish; forward() (forward.c): records of another
+ *               ring copied, restamped and published;
+ *   KeyRouter   (forward.c) a consistent-hash ring: a run of records to their
+ *               keys' owners, with hash64 (BLAKE2b, = balancer.policies.hash64);
  *   spin_above  the spin phase of waiting: a word read in a loop without the GIL;
  *   Reader      a consumer's read cursor (position, released position, cached write
  *               position, expected seq) and its recv(): one record checked and
