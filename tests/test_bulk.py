@@ -87,12 +87,11 @@ def test_send_many_shows_only_its_public_parameters():
     """Flags and per-message timestamps are the balancer's business
     (``Producer._send_many``), not part of the public signature (issue 14 §6)."""
     import inspect
-    from typing import get_type_hints
     sig = inspect.signature(shmbus.Producer.send_many)
     assert list(sig.parameters) == ["self", "messages", "keys", "timeout"]
     assert sig.parameters["keys"].kind is inspect.Parameter.KEYWORD_ONLY
     assert sig.parameters["timeout"].kind is inspect.Parameter.KEYWORD_ONLY
-    assert set(get_type_hints(shmbus.Producer.send_many)) == {
+    assert set(shmbus.Producer.send_many.__annotations__) == {
         "messages", "keys", "timeout", "return"}
 
 
