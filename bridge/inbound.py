@@ -30,6 +30,7 @@ wait, JetStream redelivers; the redeliveries are dropped as above).
 from __future__ import annotations
 
 import asyncio
+from typing import TYPE_CHECKING, Any
 
 import shmbus
 from shmbus import ring as ring_records
@@ -39,6 +40,9 @@ from shmbus.layout import RECORD_HEADER
 from .headers import consumer_name
 from .pull import Puller
 from .relay import Relay, ServerLost, log
+
+if TYPE_CHECKING:
+    from shmbus.choices import OnFull
 
 _FETCH_WAIT = 0.25  # seconds a take waits for messages (how soon stop is noticed)
 _SEND_WAIT = 0.25   # seconds a send waits for room in a full ring, between checks
@@ -76,7 +80,7 @@ class Inbound(Relay):
     def __init__(self, server: str | list[str], subject: str, ring: str, *,
                  stream: str | None = None, namespace: str | None = None,
                  durable: str | None = None, capacity: int | None = None,
-                 on_full: str = "block", batch: int = 1024, **kwargs) -> None:
+                 on_full: OnFull = "block", batch: int = 1024, **kwargs: Any) -> None:
         super().__init__(ring, server, subject, stream=stream, namespace=namespace,
                          **kwargs)
         if not isinstance(batch, int) or batch < 1:

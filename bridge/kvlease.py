@@ -33,6 +33,7 @@ import os
 import socket
 import threading
 import time
+from typing import Any
 
 from shmbus import naming
 from shmbus.errors import AlreadyHeld, LeaseLost, NotHeld, Timeout
@@ -125,7 +126,7 @@ class KVLease:
     def expires_at(self) -> float:
         return self._expires
 
-    def holder(self) -> dict | None:
+    def holder(self) -> dict[str, Any] | None:
         """The current holder (host, pid, token, revision), or None."""
         entry = self._call(self._get())
         if entry is None:

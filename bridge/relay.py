@@ -20,11 +20,15 @@ import asyncio
 import logging
 import threading
 import time
-from typing import Any
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
 
 from shmbus import naming
 from shmbus.errors import ShmbusError, Timeout
 from shmbus.lock import FileLock
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 log = logging.getLogger("shmbus.bridge")
 
@@ -147,11 +151,12 @@ class Relay:
             return False
         return self._finished.wait(timeout)
 
-    def __enter__(self):
+    def __enter__(self) -> Self:
         self.start()
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
         self.stop()
         error, self.error = self.error, None
         if error is not None and exc_type is None:
