@@ -10,7 +10,7 @@ Only the worker's own consumer writes that word; one store per receive call.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import shmbus
 from shmbus import layout, liveness, naming
@@ -24,6 +24,8 @@ from shmbus.segment import Segment
 from . import membership
 
 if TYPE_CHECKING:
+    import numpy.typing as npt
+
     from shmbus.choices import WaitName
     from shmbus.wait import WaitStrategy
 
@@ -128,7 +130,8 @@ class Worker(shmbus.Consumer):
         return bool(pid) and not liveness.is_dead(pid, w[H_PRODUCER_START],
                                                   w[H_PRODUCER_PID_NS])
 
-    def recv_array(self, dtype, max_messages: int, timeout: float | None = None):
+    def recv_array(self, dtype: npt.DTypeLike, max_messages: int,
+                   timeout: float | None = None) -> npt.NDArray[Any]:
         try:
             array = super().recv_array(dtype, max_messages, timeout)
         except Timeout as e:

@@ -35,8 +35,7 @@ from . import hotpath
 from .wakeup import LONG_SLEEP, MAX_SLEEP, Sleeper, Waker, fence
 
 if TYPE_CHECKING:
-    from typing import Literal
-    WaitName = Literal["spin", "yield", "sleep", "adaptive"]
+    from .choices import WaitName
 
 __all__ = ["WaitStrategy", "BusySpin", "Yielding", "Sleeping", "Adaptive", "strategy",
            "STRATEGIES", "Sleeper", "Waker", "fence"]
@@ -56,13 +55,14 @@ class WaitStrategy:
     ``above=(segment, word, value)`` says that ``ready()`` means "that word of the
     segment is greater than value": the compiled path spins on it without the GIL."""
 
-    def __new__(cls, *args: Any, **kwargs: Any) -> "WaitStrategy":
-        if cls is WaitStrategy:
-            raise TypeError(
-                "WaitStrategy is the base of the wait strategies: use shmbus.BusySpin(), "
-                "Yielding(spins=100), Sleeping() or Adaptive(spins, yield_for, then=...), "
-                "or a name: 'spin', 'yield', 'sleep', 'adaptive'")
-        return super().__new__(cls)
+    if not TYPE_CHECKING:  # (else type checkers take its signature for every strategy's)
+        def __new__(cls, *args: Any, **kwargs: Any) -> "WaitStrategy":
+            if cls is WaitStrategy:
+                raise TypeError(
+                    "WaitStrategy is the base of the wait strategies: use "
+                    "shmbus.BusySpin(), Yielding(spins=100), Sleeping() or Adaptive(spins, "
+                    "yield_for, then=...), or a name: 'spin', 'yield', 'sleep', 'adaptive'")
+            return super().__new__(cls)
 
     #: Reads before the first system call: the compiled ``recv`` spins that much itself.
     spin: int = 0

@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import shmbus
 import shmbus.asyncio
+from shmbus.balancer import Balancer, Worker
+from shmbus.bridge import Inbound
 
 
 def user(pub: shmbus.Producer, sub: shmbus.Consumer) -> None:
@@ -43,6 +45,14 @@ def user(pub: shmbus.Producer, sub: shmbus.Consumer) -> None:
         ring["messages"] + "x"  # error
     shmbus.inspect("r")["no_such_field"]  # error
     sub.recv_array("u1", 8).no_such_attribute  # error
+    shmbus.Yielding(spins="many")  # error
+    shmbus.BusySpin(100)  # error
+    shmbus.Outbox("results").send("text")  # error
+    shmbus.Inbox("results").recv().seq + "a"  # error
+    Balancer("g", ["r"], policy="random")  # error
+    Worker("g", "w", wait="nap")  # error
+    Inbound("nats://127.0.0.1:4222", "s", "r", on_full="drop")  # error
+    shmbus.Lease("l", ttl=1, on_stale="steal")  # error
 
 
 async def user_async() -> None:
@@ -51,6 +61,8 @@ async def user_async() -> None:
     async with shmbus.asyncio.Consumer("r") as sub:
         msg = await sub.recv()
         msg.seq + "a"  # error
+    async with shmbus.asyncio.Worker("g", "w") as worker:
+        (await worker.recv()).key + 1  # error
 
 
 def fine(pub: shmbus.Producer, sub: shmbus.Consumer) -> None:
@@ -67,7 +79,15 @@ def fine(pub: shmbus.Producer, sub: shmbus.Consumer) -> None:
     rings: list[shmbus.RingSummary] = shmbus.list_rings()
     info: shmbus.RingInfo = shmbus.inspect("r")
     locks: list[shmbus.LockInfo] = shmbus.list_locks()
-    print(seq, data, key, deliveries, rings, info, locks)
+    leases: list[shmbus.LeaseEntry] = shmbus.list_leases()
+    print(seq, data, key, deliveries, rings, info, locks, leases)
+    with Worker("g", "w", wait=shmbus.Adaptive(spins=10)) as worker:
+        got: int = worker.recv(timeout=1.0).seq
+    with Balancer("g", ["r"], policy="consistent-hash") as balancer:
+        dispatched: int = balancer.stats()["dispatched"]
+    with shmbus.Outbox("results") as outbox:
+        outbox.send(b"x", key="k")
+    print(got, dispatched)
 '''
 
 
