@@ -19,7 +19,7 @@ they are the caller's to drop before the message is released; to keep data, copy
 from __future__ import annotations
 
 from operator import itemgetter
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from . import hotpath
 from .errors import Released
@@ -147,7 +147,28 @@ class PyMessage(tuple):
         return id(self)
 
 
-if TYPE_CHECKING:  # both twins have PyMessage's interface
-    Message = PyMessage
+if TYPE_CHECKING:
+    @runtime_checkable
+    class Message(Protocol):
+        """What both twins offer, for type checkers: PyMessage is a tuple underneath and
+        the compiled Message is not, so neither one's extras are the interface."""
+
+        @property
+        def data(self) -> memoryview: ...
+        @property
+        def key(self) -> bytes | None: ...
+        @property
+        def seq(self) -> int: ...
+        @property
+        def timestamp_ns(self) -> int: ...
+        @property
+        def deliveries(self) -> int: ...
+        @property
+        def sender(self) -> str | None: ...
+        def release(self) -> None: ...
+        def __bytes__(self) -> bytes: ...
+        def __len__(self) -> int: ...
+        @property
+        def _end(self) -> int: ...
 else:  # the message type this process's hot path hands out
     Message = hotpath.native.Message if hotpath.compiled else PyMessage

@@ -21,7 +21,7 @@ same ``recv``, ``recv_many`` and ``try_recv``, so the Python slow paths serve bo
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, cast
 
 from .arrays import BULK, take_uniform
 from .errors import Timeout
@@ -112,10 +112,13 @@ def bind(c: Consumer) -> tuple[Callable[..., Any], Callable[..., Any], Callable[
     (waiting, padding, checked reads) to ``c._take``.  Every record of an overwrite
     ring is a checked read (``c._take``)."""
     me, cur = c, c._cur
-    words, data, take = c._words, c._data, c._take
+    words, data = c._words, c._data
     mask, pad_limit, safe_from = c._mask, c._pad_limit, c._safe_from
     read_word, wake_producer = c._read_word, c._producer_waker.wake
-    take_next, closed_or = c._take_next, c._closed_or
+    closed_or = c._closed_or
+    # On the pure path the slow path hands out PyMessage too (c._message).
+    take = cast("Callable[[float | None], PyMessage]", c._take)
+    take_next = cast("Callable[[], PyMessage | None]", c._take_next)
     unpack = RECORD.unpack_from
     new = tuple.__new__
 

@@ -39,6 +39,7 @@ def user(pub: shmbus.Producer, sub: shmbus.Consumer) -> None:
     msg.seq + "a"  # error
     msg.data + 1  # error
     msg.key + 1  # error
+    msg[0]  # error
     pub.send_many(["a", "b"])  # error
     shmbus.Consumer("r", wait="nap")  # error
     for ring in shmbus.list_rings():
@@ -76,11 +77,15 @@ def fine(pub: shmbus.Producer, sub: shmbus.Consumer) -> None:
     data: memoryview = msg.data
     key: bytes | None = msg.key
     deliveries: int = msg.deliveries
+    kept: shmbus.Message = msg
+    assert isinstance(kept, shmbus.Message) and bytes(kept) and len(kept) >= 0
+    sender: str | None = msg.sender
+    msg.release()
     rings: list[shmbus.RingSummary] = shmbus.list_rings()
     info: shmbus.RingInfo = shmbus.inspect("r")
     locks: list[shmbus.LockInfo] = shmbus.list_locks()
     leases: list[shmbus.LeaseEntry] = shmbus.list_leases()
-    print(seq, data, key, deliveries, rings, info, locks, leases)
+    print(seq, data, key, deliveries, sender, rings, info, locks, leases)
     with Worker("g", "w", wait=shmbus.Adaptive(spins=10)) as worker:
         got: int = worker.recv(timeout=1.0).seq
     with Balancer("g", ["r"], policy="consistent-hash") as balancer:
