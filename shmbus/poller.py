@@ -64,7 +64,7 @@ class Poller:
         self._fds: dict[int, int] = {}  # id -> its descriptor
         self._poll = select.poll()
 
-    def register(self, item: Any) -> None:
+    def register(self, item: Waitable) -> None:
         """Add ``item`` (registering it twice is harmless).  Creates its wake-up
         descriptor; raises ``TypeError`` if it is not :class:`Waitable`, and what its
         ``fileno()`` raises (:class:`~shmbus.Closed` for a closed consumer)."""
@@ -79,7 +79,7 @@ class Poller:
         self._items[key] = item
         self._fds[key] = fd
 
-    def unregister(self, item: Any) -> None:
+    def unregister(self, item: Waitable) -> None:
         """Remove ``item``; KeyError if it is not registered."""
         key = id(item)
         if key not in self._items:

@@ -48,6 +48,7 @@ def user(pub: shmbus.Producer, sub: shmbus.Consumer) -> None:
     sub.recv_array("u1", 8).no_such_attribute  # error
     shmbus.Yielding(spins="many")  # error
     shmbus.BusySpin(100)  # error
+    shmbus.Poller().register("orders")  # error
     shmbus.Outbox("results").send("text")  # error
     shmbus.Inbox("results").recv().seq + "a"  # error
     Balancer("g", ["r"], policy="random")  # error
@@ -92,6 +93,10 @@ def fine(pub: shmbus.Producer, sub: shmbus.Consumer) -> None:
         dispatched: int = balancer.stats()["dispatched"]
     with shmbus.Outbox("results") as outbox:
         outbox.send(b"x", key="k")
+    poller = shmbus.Poller()
+    poller.register(sub)
+    poller.register(shmbus.Inbox("results"))
+    poller.register(worker)
     print(got, dispatched)
 '''
 
