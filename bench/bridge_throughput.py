@@ -8,8 +8,9 @@
 
 The peers are the best plain nats-py clients measured for issue 15: a publisher that
 keeps a window of 1,024 unacknowledged messages on one reply subscription and counts
-the acknowledgements without parsing them (no headers: less than the bridge sends),
-and a pull consumer that fetches batches of 1,024 and acknowledges each batch with one
+the acknowledgements without parsing them (without headers, and again with a
+``Nats-Msg-Id`` each: duplicate detection is work for the server, and the bridge
+needs it), and a pull consumer that fetches batches of 1,024 and acknowledges each batch with one
 AckAll.  The rings are filled (relay out) or the stream is filled (relay in,
 fetch/ack) before timing starts; timing starts when the bridge or client is connected
 and ends at the last acknowledgement (out) or the last message in the ring / received
@@ -90,8 +91,11 @@ def _unique() -> str:
     return uuid.uuid4().hex[:10]
 
 
-async def _windowed_publish(url: str, subject: str, n: int, size: int) -> float:
-    """The peer publisher: seconds to have ``n`` messages acknowledged."""
+async def _windowed_publish(url: str, subject: str, n: int, size: int,
+                            msg_ids: bool = False) -> float:
+    """The peer publisher: seconds to have ``n`` messages acknowledged (with
+    ``msg_ids``, each carries a ``Nats-Msg-Id``, as the bridge's do, for JetStream's
+    duplicate detection)."""
     import nats
     nc = await nats.connect(url)
     js = nc.jetstream()
@@ -114,7 +118,8 @@ async def _windowed_publish(url: str, subject: str, n: int, size: int) -> float:
     sent = 0
     while sent < n:
         while sent < n and sent - acked < WINDOW:
-            await nc.publish(subject, payload, reply=inbox)
+            headers = {"Nats-Msg-Id": f"peer:{sent}"} if msg_ids else None
+            await nc.publish(subject, payload, reply=inbox, headers=headers)
             sent += 1
         room.clear()
         if sent - acked >= WINDOW:
@@ -169,8 +174,9 @@ def _wait(pred, timeout: float = 120.0) -> None:
         time.sleep(0.0005)
 
 
-def run_publisher(url: str, n: int, size: int) -> dict:
-    return {"rate": n / asyncio.run(_windowed_publish(url, "p" + _unique(), n, size))}
+def run_publisher(url: str, n: int, size: int, msg_ids: bool = False) -> dict:
+    return {"rate": n / asyncio.run(_windowed_publish(url, "p" + _unique(), n, size,
+                                                      msg_ids))}
 
 
 def run_fetch(url: str, n: int, size: int) -> dict:
@@ -270,6 +276,8 @@ def main(argv=None) -> dict:
             cases += [
                 (f"{label} nats-py windowed publisher",
                  lambda n=n, s=size: run_publisher(url, n, s)),
+                (f"{label} nats-py windowed publisher + Nats-Msg-Id",
+                 lambda n=n, s=size: run_publisher(url, n, s, msg_ids=True)),
                 (f"{label} relay out", lambda n=n, s=size: run_out(url, n, s)),
                 (f"{label} nats-py fetch + AckAll", lambda n=n, s=size: run_fetch(url, n, s)),
                 (f"{label} relay in", lambda n=n, s=size: run_in(url, n, s)),
@@ -282,6 +290,7 @@ def main(argv=None) -> dict:
     rows = []
     for label in ("64 B", "64 KiB"):
         pairs = (("relay out", "nats-py windowed publisher"),
+                 ("relay out", "nats-py windowed publisher + Nats-Msg-Id"),
                  ("relay in", "nats-py fetch + AckAll"))
         for ours, peer in pairs:
             a = summary[f"{label} {ours}"]["rate"]
