@@ -65,7 +65,8 @@ async def service(ns: str, ready: Any) -> None:
 
 
 def main() -> None:
-    ns = f"example-asyncio-{os.getpid()}"
+    # A namespace of its own (SHMBUS_NAMESPACE if set: the tests run it in theirs).
+    ns = os.environ.get("SHMBUS_NAMESPACE") or f"example-asyncio-{os.getpid()}"
     shmbus.Producer("requests", capacity=1 << 16, namespace=ns).close()
     ctx = mp.get_context("spawn")
     ready = ctx.Event()
