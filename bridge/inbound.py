@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import shmbus
 from shmbus import ring as ring_records
+from shmbus.codecs import is_pickle
 from shmbus.errors import RingNotFound, Timeout
 from shmbus.layout import RECORD_HEADER
 
@@ -70,9 +71,17 @@ class Inbound(Relay):
     exist (without a capacity a missing ring is :class:`~shmbus.RingNotFound`).
     ``batch``: messages per pull request.  ``durable``: the JetStream consumer's name.
 
+    ``accept_pickle``: let object frames of the pickle codec into the ring.  By
+    default they are refused (acknowledged, counted in ``stats["refused"]``, logged,
+    never written): whoever may publish on the subject (other hosts, other users of
+    the NATS account) is not the ring's own user, and ``recv_obj`` unpickles what is
+    in the ring, which runs code.  Every other message, object frames of the other
+    codecs included, goes through.  Pass True only if you trust every publisher.
+
     ``run()``, ``start()``, ``stop()`` and the context manager as for ``Outbound``;
-    ``stats``: written, skipped (delivered again, already in the ring), idle_fetches
-    (fetches that found nothing), connects, failures, last_error.
+    ``stats``: written, skipped (delivered again, already in the ring), refused
+    (pickles kept out), idle_fetches (fetches that found nothing), connects, failures,
+    last_error.
     """
 
     direction = "in"
@@ -80,14 +89,16 @@ class Inbound(Relay):
     def __init__(self, server: str | list[str], subject: str, ring: str, *,
                  stream: str | None = None, namespace: str | None = None,
                  durable: str | None = None, capacity: int | None = None,
-                 on_full: OnFull = "block", batch: int = 1024, **kwargs: Any) -> None:
+                 on_full: OnFull = "block", batch: int = 1024,
+                 accept_pickle: bool = False, **kwargs: Any) -> None:
         super().__init__(ring, server, subject, stream=stream, namespace=namespace,
                          **kwargs)
         if not isinstance(batch, int) or batch < 1:
             raise ValueError(f"batch must be an int >= 1, got {batch!r}")
         self.durable = durable or consumer_name(self.namespace, ring)
         self.capacity, self.on_full, self.batch = capacity, on_full, batch
-        self.stats.update(written=0, skipped=0, idle_fetches=0)
+        self.accept_pickle = accept_pickle
+        self.stats.update(written=0, skipped=0, refused=0, idle_fetches=0)
         self.last = 0  # the stream sequence of the ring's last message (0: none)
 
     def _open_ring(self) -> shmbus.Producer:
@@ -161,14 +172,20 @@ class Inbound(Relay):
                 continue
             last = self.last
             payloads, keys = [], []
+            refused = 0
             for m in msgs:
                 token = stream_seq_token(m.reply)
                 sseq = int(token)
                 if sseq > last:
+                    last = sseq
+                    if not self.accept_pickle and is_pickle(m.data):
+                        refused += 1
+                        continue
                     payloads.append(m.data)
                     keys.append(token.encode())
-                    last = sseq
-            stats["skipped"] += len(msgs) - len(payloads)
+            if refused:
+                self._refused(refused, last)
+            stats["skipped"] += len(msgs) - len(payloads) - refused
             if payloads:
                 written = stats["written"]
                 if not await self._write(producer, payloads, keys):
@@ -176,6 +193,16 @@ class Inbound(Relay):
                 stats["written"] = written + len(payloads)
             self.last = last
             await msgs[-1].ack()  # AckAll: this one and every one before it
+
+    def _refused(self, n: int, sseq: int) -> None:
+        before = self.stats["refused"]
+        self.stats["refused"] = before + n
+        if before == 0 or (before + n) // 1000 > before // 1000:  # not once per message
+            log.warning("bridge in %s: refused %d pickled object(s) from %s (up to stream "
+                        "sequence %d): unpickling runs code, and anyone who may publish "
+                        "on %s could have sent them; pass accept_pickle=True "
+                        "(--accept-pickle) only if you trust every publisher",
+                        self.ring, self.stats["refused"], self.subject, sseq, self.subject)
 
     async def _write(self, producer: shmbus.Producer, payloads: list, keys: list) -> bool:
         """Write the batch into the ring, waiting for room while not stopped (the

@@ -37,7 +37,7 @@ from .errors import CodecUnavailable, FrameError, PermissionDenied
 from .layout import ALIGN, RECORD_HEADER
 
 __all__ = ["MAGIC", "FRAME_VERSION", "CODECS", "Frame", "encode_parts", "pickle_frame",
-           "frame_into", "frame_bytes", "parse", "decode", "codec_of"]
+           "frame_into", "frame_bytes", "parse", "decode", "codec_of", "is_pickle"]
 
 MAGIC = b"SBOF"  # "shmbus object frame"
 FRAME_VERSION = 1
@@ -202,6 +202,14 @@ def _bad(what: str, saw: str, todo: str, ring: str | None, seq: int | None,
          **fields: object) -> FrameError:
     return FrameError(f"{_where(ring, seq)} {what}, found {saw}: {todo}", name=ring,
                       seq=seq, **fields)
+
+
+def is_pickle(data: bytes | memoryview) -> bool:
+    """Whether ``data`` is an object frame that names the pickle codec (of any frame
+    version): what ``recv_obj`` would unpickle, or refuse as a frame it cannot read.
+    For trust boundaries such as ``bridge in``, which keep pickles from outside out
+    of a ring unless told to let them in."""
+    return len(data) >= HEAD_SIZE and data[:4] == MAGIC and data[5] == PICKLE_ID
 
 
 def parse(data: memoryview, copy: bool = False, accept: Collection[str] | None = None,

@@ -630,28 +630,38 @@ def _publish(url: str, subject: str, payload: bytes) -> None:
     asyncio.run(send())
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "open, a design decision for the owners of objects and the bridge: a ring that "
-    "`shmbus bridge in` writes holds what anyone allowed to publish on the subject "
-    "sent (other hosts, other users of the NATS account), yet recv_obj unpickles it "
-    "by default, as if only our own user could have written it (README, Python "
-    "objects). Suggested: Inbound marks the ring (a header flag) and recv_obj's "
-    "default refuses pickle on a marked ring as on a shared namespace; at least, "
-    "the README says to pass accept={'json', ...} on such rings"))
-def test_a_ring_fed_by_a_bridge_refuses_pickle_by_default(ns, nats_server, tmp_path):
+def test_bridge_in_keeps_pickles_from_outside_out_of_the_ring(ns, nats_server, tmp_path):
+    """A ring that ``bridge in`` writes would hold what anyone allowed to publish on
+    the subject sent (other hosts, other users of the NATS account), and recv_obj
+    unpickles what is in a ring: by default the bridge refuses pickled object frames
+    (counted, never written) and lets everything else through, object frames of
+    other codecs included; ``accept_pickle=True`` lets them in."""
     pytest.importorskip("nats", reason="the bridge needs nats-py (the test extra)")
     from shmbus.bridge import Inbound
     from shmbus.objects import frame_bytes
     marker = str(tmp_path / "pwned")
-    _publish(nats_server.url, "jobs", bytes(frame_bytes(_Pwned(marker))))
+    for payload in (bytes(frame_bytes(_Pwned(marker))), bytes(frame_bytes({"a": 1}, codec="json")),
+                    bytes(frame_bytes({"b": 2}))):
+        _publish(nats_server.url, "jobs", payload)
     try:
         with Inbound(nats_server.url, "jobs", "r", capacity=CAP) as inbound:
-            await_until(lambda: inbound.stats["written"] == 1, 20,
-                        what="the message relayed into the ring")
+            await_until(lambda: inbound.stats["written"] + inbound.stats["refused"] == 3,
+                        20, what="the three messages relayed or refused")
+            assert inbound.stats["refused"] == 2 and inbound.stats["written"] == 1
             with shmbus.Consumer("r", start="earliest") as sub:
-                with pytest.raises(shmbus.PermissionDenied):
-                    sub.recv_obj(timeout=5)
+                assert sub.recv_obj(timeout=5) == {"a": 1}
+                assert sub.try_recv() is None
         assert not os.path.exists(marker)
+        shmbus.unlink("r")
+        with Inbound(nats_server.url, "jobs", "r", capacity=CAP, accept_pickle=True,
+                     durable="trusting") as inbound:
+            await_until(lambda: inbound.stats["written"] == 3, 20,
+                        what="the three messages relayed")
+            assert inbound.stats["refused"] == 0
+            with shmbus.Consumer("r", start="earliest") as sub:
+                first = sub.recv(timeout=5)
+                assert bytes(first)[:4] == b"SBOF"  # the pickle is there, as asked
+                assert sub.recv(timeout=5) and sub.recv_obj(timeout=5) == {"b": 2}
     finally:
         purge(ns)
 

@@ -81,9 +81,13 @@ def out(ring, server, subject, stream, durable, window, seconds, namespace) -> N
               "bytes, or as `shmbus ls` prints sizes (64K, 16M, 1.5G).")
 @click.option("--batch", type=click.IntRange(1), default=1024, show_default=True,
               help="Messages per pull request (two are kept outstanding).")
+@click.option("--accept-pickle", is_flag=True,
+              help="Let pickled objects (send_obj's default codec) into RING.  Without "
+              "it they are refused and counted: unpickling runs code, and anyone who "
+              "may publish on SUBJECT could have sent them.")
 @seconds_option
 @namespace_option
-def in_(ring, server, subject, stream, durable, capacity, batch, seconds,
+def in_(ring, server, subject, stream, durable, capacity, batch, accept_pickle, seconds,
         namespace) -> None:
     """Write every message of SUBJECT into RING (its producer); acknowledge them
     only once they are in the ring."""
@@ -91,7 +95,8 @@ def in_(ring, server, subject, stream, durable, capacity, batch, seconds,
 
     try:
         relay = Inbound(server, subject, ring, stream=stream, namespace=namespace,
-                        durable=durable, capacity=capacity, batch=batch)
+                        durable=durable, capacity=capacity, batch=batch,
+                        accept_pickle=accept_pickle)
     except ValueError as e:
         raise click.UsageError(str(e)) from None
     _serve(relay, seconds, f"bridge in {server} {subject} -> {ring}")
