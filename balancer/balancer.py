@@ -43,7 +43,7 @@ import threading
 import time
 from itertools import groupby
 from operator import itemgetter
-from typing import Literal, cast
+from typing import Any, Literal, Protocol, cast
 
 import shmbus
 from shmbus import layout, naming
@@ -68,6 +68,18 @@ _STATS_RETRY = 1.0
 _log = logging.getLogger(__name__)
 
 
+class LeaderLease(Protocol):
+    """What the balancer needs of the lease that elects its group's leader."""
+
+    @property
+    def held(self) -> bool: ...
+    @property
+    def token(self) -> int: ...
+    def acquire(self, timeout: float | None = None) -> Any: ...
+    def check(self) -> None: ...
+    def release(self) -> None: ...
+
+
 class Balancer(Roster):
     """The balancer of ``group`` over ``inputs`` (ring names).
 
@@ -76,6 +88,15 @@ class Balancer(Roster):
     may hold; ``max_deliveries``: deliveries before a message goes to ``GROUP.dlq``;
     ``lease_ttl``: seconds a dead or hung leader blocks its standby.  ``run()`` blocks
     (as standby until it leads); ``start()`` runs it in a thread; ``stop()`` ends it.
+
+    ``lease``: the lease that elects the group's leader, for leaders elected across
+    hosts (a :class:`shmbus.bridge.KVLease` on NATS KV, created with ``keepalive=True``
+    and a ttl of at least 15 s: a NATS stream leader's failover takes 5-6 s); anything
+    with :class:`shmbus.Lease`'s ``acquire``, ``check``, ``release``, ``held`` and
+    ``token``.  Default: a :class:`shmbus.Lease` of this host named after the group
+    (``lease_ttl``).  A lease only elects: each balancer reads the input rings of its
+    own host, so with a lease across hosts exactly one host's balancer dispatches (the
+    others stand by), and its inputs are that host's rings.
 
     **Decision: a context manager starts and stops it.**  ``with Balancer(...) as b:``
     runs it in a background thread (as :meth:`start`, unless it was started already)
@@ -91,7 +112,8 @@ class Balancer(Roster):
                  policy: Literal["round-robin", "consistent-hash"] | Policy = "round-robin",
                  namespace: str | None = None, prefetch: int = 1000,
                  max_deliveries: int = 5, lease_ttl: float = 2.0,
-                 dead_letter_capacity: int = 1 << 20, poll: float = 0.02) -> None:
+                 dead_letter_capacity: int = 1 << 20, poll: float = 0.02,
+                 lease: LeaderLease | None = None) -> None:
         membership.check_group(group)
         if not inputs:
             raise ValueError("a balancer needs at least one input ring")
@@ -104,8 +126,9 @@ class Balancer(Roster):
         self.policy = make_policy(policy) if isinstance(policy, str) else policy
         self.prefetch, self.max_deliveries, self.poll = prefetch, max_deliveries, poll
         self.dead_letter_capacity = dead_letter_capacity
-        self.lease = shmbus.Lease(membership.leader_lease(group), ttl=lease_ttl,
-                                  namespace=self.namespace, on_stale="kill", keepalive=True)
+        self.lease: LeaderLease = lease if lease is not None else shmbus.Lease(
+            membership.leader_lease(group), ttl=lease_ttl, namespace=self.namespace,
+            on_stale="kill", keepalive=True)
         self.members: dict[str, _Member] = {}
         self.counters = {"dispatched": 0, "redelivered": 0, "dead_lettered": 0}
         self._stop = threading.Event()

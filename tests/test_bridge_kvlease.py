@@ -198,3 +198,46 @@ def test_acquire_keeps_its_timeout_while_the_server_is_down(leases, nats_server)
     nats_server.start()
     a.acquire(timeout=20)
     assert a.held
+
+
+def test_balancers_on_two_hosts_elect_one_leader_through_a_kv_lease(nats_server, ns):
+    """Two "hosts" (two namespaces, each with its own input ring and worker) run a
+    balancer of the same group, each given a KVLease of the same name: exactly one
+    leads and dispatches its host's messages; when it stops (releasing the lease), the
+    other takes over and dispatches its own."""
+    from shmbus.balancer import Balancer, Worker
+
+    hosts = [f"{ns}a", f"{ns}b"]
+    pubs = [shmbus.Producer("in", capacity=1 << 16, namespace=h) for h in hosts]
+    workers = [Worker("g", "w", namespace=h) for h in hosts]
+    leases = [KVLease("g-leader", ttl=15, server=nats_server.url, keepalive=True)
+              for _ in hosts]
+    balancers = [Balancer("g", ["in"], namespace=h, poll=0.005, lease=lease)
+                 for h, lease in zip(hosts, leases)]
+    try:
+        for b in balancers:
+            b.start()
+        await_until(lambda: any(b.leading.is_set() for b in balancers), 30,
+                    what="a leader")
+        first = next(i for i, b in enumerate(balancers) if b.leading.is_set())
+        other = 1 - first
+        assert balancers[first].lease is leases[first] and leases[first].held
+        for pub in pubs:
+            pub.send(b"m")
+        assert bytes(workers[first].recv(timeout=30)) == b"m"
+        assert not balancers[other].leading.is_set() and not leases[other].held
+        with pytest.raises(shmbus.Timeout):
+            workers[other].recv(timeout=0.5)  # its host's message waits: no leader there
+        assert balancers[first].stop(30)
+        await_until(balancers[other].leading.is_set, 60, what="the standby to lead")
+        assert bytes(workers[other].recv(timeout=30)) == b"m"
+        assert leases[other].token > leases[first].token  # fencing: tokens only grow
+    finally:
+        for b in balancers:
+            b.stop(30)
+        for x in (*workers, *pubs, *leases):
+            x.close()
+        for h in hosts:
+            shmbus.unlink("in", namespace=h)
+            from shmbus.cleanup import collect
+            collect(h, force=True)
