@@ -1,6 +1,7 @@
 """``Relay``: what both directions of a bridge share: one live bridge per (ring,
 direction) with standbys, the thread and asyncio loop, (re)connecting with backoff,
-stopping, stats.
+stopping, stats (published for ``shmbus inspect`` / ``top`` / ``metrics`` while it
+runs: :mod:`shmbus.bridge.stats`).
 
 nats-py is asyncio-based; a relay runs its own event loop in the thread that calls
 :meth:`Relay.run` (or the thread :meth:`Relay.start` makes), and uses shmbus's blocking
@@ -26,6 +27,8 @@ from typing import TYPE_CHECKING, Any
 from shmbus import naming
 from shmbus.errors import ShmbusError, Timeout
 from shmbus.lock import FileLock
+
+from . import stats
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -90,6 +93,7 @@ class Relay:
         self.connect_timeout = connect_timeout
         self._backoff = Backoff(*backoff)
         role = f"bridge-{self.direction}{_role}"
+        self._published = stats.Publisher(self, role)
         self._lock = FileLock(naming.ring_lock_name(ring, role), namespace=self.namespace,
                               reentrant=False, _internal=True)
         self._stop = threading.Event()
@@ -113,6 +117,7 @@ class Relay:
         self._finished.clear()
         self._runner = threading.current_thread()
         end = None if duration is None else time.monotonic() + duration
+        self._published.start()
         try:
             if self._lead_when_free(end):
                 try:
@@ -122,6 +127,7 @@ class Relay:
                     self.connected.clear()
                     self._lock.release()
         finally:
+            self._published.stop()
             self._runner = None
             self._finished.set()
 

@@ -13,7 +13,8 @@
   ring left (see :mod:`shmbus.fanin`);
 * semaphores of rings that no longer exist, lock files nobody holds, leases whose
   holder is gone (fence files are kept: they guard resources), balancer stats of groups
-  with no live leader and stats files whose writer died.
+  with no live leader, bridge stats whose bridge died and stats files whose writer
+  died.
 
 **Never under a starting producer.**  A producer takes its ring's ``@producer`` lock
 before it opens (or creates) the segment, and whoever creates or attaches to a segment
@@ -44,6 +45,7 @@ from . import fanin, layout, liveness, naming, wakefifo
 from .errors import LayoutMismatch, RingNotFound, ShmbusError
 from .introspect import _one_line, entry_problem, inspect, open_entry
 from .lease import Lease
+from .bridge.stats import writer_is_dead, writer_of
 from .lock import FileLock, lock_holders
 from .segment import Segment
 from .slots import SlotTable
@@ -360,6 +362,12 @@ class _Collector:
 
     def _lock_file(self, directory: str, dir_fd: int, name: str,
                    live_leases: set[str]) -> None:
+        if writer_of(name) is not None:  # a bridge's stats, see shmbus.bridge.stats
+            if writer_is_dead(dir_fd, name, f"{directory}/{name}"):
+                self._remove("stats", name, "bridge is dead")
+                if not self.dry_run:
+                    _unlink_quietly(name, dir_fd)
+            return
         if name.endswith("@stats"):
             if f"{name[:-len('@stats')]}.leader" not in live_leases:
                 self._remove("stats", name, "no live balancer")

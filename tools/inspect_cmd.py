@@ -8,7 +8,7 @@ import shmbus
 
 from . import fmt
 from .options import emit_json, json_option, namespace_option
-from .stats_files import read_groups
+from .stats_files import read_bridges, read_groups
 
 
 @click.command("inspect", epilog="""\b
@@ -19,11 +19,15 @@ Examples:
 @namespace_option
 @json_option
 def command(name: str, namespace: str | None, as_json: bool) -> None:
-    """Show a ring's header, producer and every consumer slot."""
+    """Show a ring's header, producer and every consumer slot, the balancers that use
+    it and its bridges."""
     info = shmbus.inspect(name, namespace)
     groups, problems = balancer_stats_for(name, namespace)
+    bridges, bridge_problems = read_bridges(namespace)
+    bridges = [b for b in bridges if b["ring"] == name]
+    problems += bridge_problems
     if as_json:
-        emit_json({**info, "balancers": groups, "skipped": problems})
+        emit_json({**info, "balancers": groups, "bridges": bridges, "skipped": problems})
         return
     p = info["producer"]
     lines = [
@@ -51,8 +55,22 @@ def command(name: str, namespace: str | None, as_json: bool) -> None:
         click.echo(f"balancer {g['group']} ({role}): leader pid {g['leader_pid']}, token "
                    f"{g['lease_token']}, {g['policy']}, dispatched {g['dispatched']}, "
                    f"redelivered {g['redelivered']}, dead-lettered {g['dead_lettered']}")
+    for b in bridges:
+        click.echo(bridge_line(b))
     for line in problems:
         click.echo(f"skipped {line}", err=True)
+
+
+def bridge_line(b: dict) -> str:
+    """One bridge (its published stats, see :mod:`shmbus.bridge.stats`) in a line."""
+    where = "to" if b["direction"] == "out" else "from"
+    state = b["state"] if b["alive"] else f"dead ({b['state']} when last seen)"
+    line = (f"bridge {b['direction']} pid {b['pid']} {state}: {where} {b['server']} "
+            f"subject {b['subject']}, relayed {b['relayed']:,}, refused "
+            f"{b['refused']:,}, lost {b['lost']:,}, reconnects {b['reconnects']:,}")
+    if b["last_error"]:
+        line += f"; last error: {b['last_error']}"
+    return line
 
 
 def balancer_stats_for(ring: str, namespace: str | None) -> tuple[list[dict], list[str]]:

@@ -9,7 +9,7 @@ are Prometheus's job: rings export counters (messages and bytes written), and
 
 Every sample has a ``namespace`` label; rings have ``ring``; consumers ``consumer``
 (the durable name, or ``pid N slot S`` for an anonymous one); balancer groups ``group`` and
-workers ``worker``.  A consumer whose lag in messages is unknown (a lapped slot of an
+workers ``worker``; bridges ``ring``, ``direction`` (in, out) and ``pid``.  A consumer whose lag in messages is unknown (a lapped slot of an
 overwrite ring that never stored its seq) has no ``lag_messages`` sample.
 """
 
@@ -71,6 +71,8 @@ class ShmbusCollector:
             _ring(counter, gauge, name, r)
         for group, s in sorted(state["groups"].items()):
             _group(counter, gauge, group, s)
+        for b in state["bridges"]:
+            _bridge(counter, gauge, b)
         gauge("shmbus_skipped_entries", "Rings and stats files that could not be read "
               "at this scrape (`shmbus top` names them).", {}, len(state["skipped"]))
         yield from fams.values()
@@ -119,6 +121,21 @@ def _group(counter, gauge, group: str, s: dict) -> None:
                 who, w["dispatched"])
 
 
+def _bridge(counter, gauge, b: dict) -> None:
+    who = {"ring": b["ring"], "direction": b["direction"], "pid": str(b["pid"])}
+    counter("shmbus_bridge_relayed", "Messages the bridge relayed: acknowledged by "
+            "JetStream (out) or written into the ring (in).", who, b["relayed"])
+    counter("shmbus_bridge_refused", "Messages the bridge kept out of the ring "
+            "(pickled objects; in).", who, b["refused"])
+    counter("shmbus_bridge_lost", "Messages overwritten in the ring before the bridge "
+            "relayed them (overwrite rings; out).", who, b["lost"])
+    counter("shmbus_bridge_reconnects", "Connections to the server after the first.",
+            who, b["reconnects"])
+    gauge("shmbus_bridge_connected", "1 while the bridge relays, connected to the "
+          "server (0: standby, reconnecting, or its process is dead).", who,
+          int(b["alive"] and b["state"] == "connected"))
+
+
 def serve(namespace: str | None, addr: str, port: int) -> tuple[Any, threading.Thread]:
     """Serve the namespace's metrics at ``http://addr:port/metrics`` (and ``/``) from a
     daemon thread; return the server (``server.server_address`` has the port, useful
@@ -163,7 +180,7 @@ def command(port: int, addr: str, namespace: str | None) -> None:
     """Serve rings, consumers and balancer groups as Prometheus metrics over HTTP, read
     at each scrape: messages and bytes written per ring, lag (messages, bytes) and
     lost per consumer, dispatched / redelivered / dead-lettered / in flight per
-    balancer group.  Needs: pip install 'shmbus[metrics]'."""
+    balancer group, relayed / refused / lost / reconnects and connected per bridge.  Needs: pip install 'shmbus[metrics]'."""
     from shmbus import naming
 
     ns = naming.resolve_namespace(namespace)

@@ -1,8 +1,9 @@
 """The state of a namespace as ``shmbus top`` and ``shmbus metrics`` show it: every
-ring with its counters and consumers, and every balancer group, read now.
+ring with its counters and consumers, every balancer group and every bridge, read now.
 
 Read-only: rings are looked at with :func:`shmbus.inspect` (no consumer slot is taken,
-so a producer is never held back), balancer groups through their stats files.  Lag is
+so a producer is never held back), balancer groups and bridges through their stats
+files.  Lag is
 counted in messages (by seq: the producer's next seq minus the consumer's next) and
 in bytes.  On a ``block`` ring the consumer with the lowest position is the *gate*:
 the producer may not pass it; it *holds back* the producer when the ring is full
@@ -16,7 +17,7 @@ import time
 import shmbus
 from shmbus import naming
 
-from .stats_files import read_groups
+from .stats_files import read_bridges, read_groups
 
 FULL = 0.9  # fill behind the gate at which a block ring counts as full
 
@@ -25,7 +26,8 @@ def take(namespace: str | None) -> dict:
     """Every readable ring and balancer group of the namespace, now::
 
         {"namespace", "time" (monotonic s), "wall" (epoch s),
-         "rings": {name: ring}, "groups": {name: stats}, "skipped": [line]}
+         "rings": {name: ring}, "groups": {name: stats}, "bridges": [stats],
+         "skipped": [line]}
 
     A ring: ``capacity, on_full, messages`` (ever sent), ``bytes`` (ever written),
     ``fill, producer, producer_waiting, consumers``; a consumer: ``slot, name``
@@ -49,9 +51,10 @@ def take(namespace: str | None) -> dict:
             continue
         rings[r["name"]] = _ring(info)
     found, problems = read_groups(ns)
+    bridges, bridge_problems = read_bridges(ns)
     return {"namespace": ns, "time": time.monotonic(), "wall": time.time(),
             "rings": rings, "groups": {s["group"]: s for s in found},
-            "skipped": skipped + problems}
+            "bridges": bridges, "skipped": skipped + problems + bridge_problems}
 
 
 def _ring(info: dict) -> dict:

@@ -1,4 +1,5 @@
-"""Balancer stats files as the inspectors read them: never blocking, never trusting.
+"""Balancer and bridge stats files as the inspectors read them: never blocking, never
+trusting.
 
 A stats file lives in the namespace's lock directory of ``/dev/shm``, where anything may
 sit instead: a FIFO (an ordinary ``open`` would hang), a symlink, another user's file,
@@ -12,7 +13,8 @@ from __future__ import annotations
 import json
 import os
 
-from shmbus import naming
+from shmbus import liveness, lockdir, naming
+from shmbus.bridge.stats import writer_of
 from shmbus.errors import ShmbusError
 from shmbus.introspect import entry_problem, open_entry, read_entry
 
@@ -23,6 +25,19 @@ _INTS = ("leader_pid", "lease_token", "dispatched", "redelivered", "dead_lettere
 def read_groups(namespace: str | None) -> tuple[list[dict], list[str]]:
     """The stats of every balancer group of the namespace, sorted by group, and one line
     per stats file that could not be used (what it is and why)."""
+    return _in_lock_dir(namespace, _read_all)
+
+
+def read_bridges(namespace: str | None) -> tuple[list[dict], list[str]]:
+    """The stats of every bridge process of the namespace (:mod:`shmbus.bridge.stats`),
+    sorted by ring, direction and pid, each with ``alive`` (whether its writer still
+    runs: a bridge killed before ``shmbus gc`` shows as dead), and one line per bridge
+    stats file that could not be used.  A file is read only if it is a regular file of
+    ours (or of the namespace's group), never through a symlink, never blocking."""
+    return _in_lock_dir(namespace, _read_bridges)
+
+
+def _in_lock_dir(namespace: str | None, read) -> tuple[list[dict], list[str]]:
     directory = naming.lock_dir(naming.resolve_namespace(namespace))
     try:
         problem = entry_problem(directory, "dir", own=False)
@@ -36,16 +51,70 @@ def read_groups(namespace: str | None) -> tuple[list[dict], list[str]]:
     if dir_fd is None:
         return [], [f"{directory}: lock directory {problem}: skipped"]
     try:
-        return _read_all(directory, dir_fd)
+        return read(directory, dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def _read_bridges(directory: str, dir_fd: int) -> tuple[list[dict], list[str]]:
+    bridges, problems = [], []
+    for name in os.listdir(dir_fd):
+        writer = writer_of(name)
+        if writer is None:
+            continue
+        path = f"{directory}/{name}"
+        try:
+            # lockdir.open_file: O_NOFOLLOW, O_NONBLOCK, then the owner checked on fstat
+            fd = lockdir.open_file(dir_fd, name, path, create=False, write=False)
+            try:
+                raw = os.pread(fd, _MAX_BYTES, 0)
+            finally:
+                os.close(fd)
+            data = json.loads(raw)
+            check_bridge(data, writer)
+        except FileNotFoundError:
+            continue
+        except RecursionError:
+            problems.append(f"{path}: not bridge stats (JSON nested too deeply): skipped")
+            continue
+        except (ShmbusError, OSError, ValueError) as e:
+            problems.append(f"{path}: {_reason(e).splitlines()[0]}: skipped")
+            continue
+        data["alive"] = not liveness.is_dead(data["pid"], data["start_time"])
+        bridges.append(data)
+    bridges.sort(key=lambda b: (b["ring"], b["direction"], b["pid"]))
+    return bridges, problems
+
+
+_BRIDGE_INTS = ("pid", "start_time", "relayed", "refused", "lost", "reconnects")
+_BRIDGE_STRS = ("direction", "ring", "server", "subject", "state")
+
+
+def check_bridge(data: object, writer: tuple[str, int]) -> None:
+    """Raise ValueError unless ``data`` has the shape a bridge writes, for the ring and
+    pid its file is named after (``writer``)."""
+    def need(ok: bool, what: str) -> None:
+        if not ok:
+            raise ValueError(f"not bridge stats ({what})")
+
+    need(isinstance(data, dict), "not a JSON object")
+    assert isinstance(data, dict)
+    for key in _BRIDGE_STRS:
+        need(isinstance(data.get(key), str), f"{key} is not a string")
+    for key in _BRIDGE_INTS:
+        need(_is_int(data.get(key)) and data[key] >= 0, f"{key} is not a count")
+    need(data["direction"] in ("in", "out"), "direction is neither in nor out")
+    need((data["ring"], data["pid"]) == writer, "ring or pid not those of its name")
+    need(data.get("last_error") is None or isinstance(data["last_error"], str),
+         "last_error is not a string")
+    need(isinstance(data.get("stats"), dict), "stats is not a JSON object")
 
 
 def _read_all(directory: str, dir_fd: int) -> tuple[list[dict], list[str]]:
     groups, problems = [], []
     for name in sorted(os.listdir(dir_fd)):
-        if not name.endswith("@stats"):
-            continue
+        if not name.endswith("@stats") or writer_of(name) is not None:
+            continue  # (a bridge's: read_bridges)
         path = f"{directory}/{name}"
         try:
             data = json.loads(read_entry(path, _MAX_BYTES, own=False, dir_fd=dir_fd))

@@ -5,7 +5,8 @@ ring with its write rate (messages and bytes per second) and each of its consume
 under it with its read rate, lag (messages and bytes) and losses.  On a ``block`` ring
 the slowest consumer is the gate the producer may not pass: it is marked, and when the
 ring is full behind it (the producer waits for room) it is highlighted as the one
-holding the producer back.  Balancer groups follow, with their workers.
+holding the producer back, and its bridges (``shmbus bridge in/out``) under it with
+their state, relay rate and counters.  Balancer groups follow, with their workers.
 
 Read-only (:mod:`shmbus.tools.snapshot`): top never takes a consumer slot, so it never
 holds back a producer.  Colour only on a terminal (``--color auto``), never when
@@ -36,11 +37,32 @@ def view(prev: dict, cur: dict, sort: str = "name") -> dict:
     dt = max(1e-9, cur["time"] - prev["time"])
     rings = [_ring_view(name, r, prev["rings"].get(name), dt, sort)
              for name, r in cur["rings"].items()]
+    before = {_bridge_id(b): b for b in prev.get("bridges", [])}
+    bridges = [_bridge_view(b, before.get(_bridge_id(b)), dt)
+               for b in cur.get("bridges", [])]
+    for r in rings:
+        r["bridges"] = [b for b in bridges if b["ring"] == r["name"]]
     groups = [_group_view(s, prev["groups"].get(g), dt, sort)
               for g, s in cur["groups"].items()]
     return {"namespace": cur["namespace"], "time": cur["wall"], "interval": dt,
             "sort": sort, "rings": _sorted(rings, sort), "groups": _sorted(groups, sort),
+            # (bridges of a ring that is not there: an inbound one before it made it)
+            "bridges": [b for b in bridges if b["ring"] not in cur["rings"]],
             "skipped": cur["skipped"]}
+
+
+def _bridge_id(b: dict) -> tuple:
+    return (b["ring"], b["direction"], b["pid"], b["start_time"])
+
+
+def _bridge_view(b: dict, p: dict | None, dt: float) -> dict:
+    p = p or b
+    return {"name": f"bridge {b['direction']} pid {b['pid']}", "ring": b["ring"],
+            "direction": b["direction"], "pid": b["pid"], "alive": b["alive"],
+            "state": b["state"], "server": b["server"], "subject": b["subject"],
+            "relayed": b["relayed"], "refused": b["refused"], "lost": b["lost"],
+            "reconnects": b["reconnects"], "last_error": b["last_error"],
+            "msgs_per_s": _per_s(b["relayed"], p["relayed"], dt)}
 
 
 def _per_s(now: float | None, before: float | None, dt: float) -> float | None:
@@ -116,6 +138,8 @@ def render(data: dict, paint: Painter, live: bool) -> str:
     lines = [paint(f"shmbus top  namespace {data['namespace']}  {when}  ({how}, "
                    f"sorted by {data['sort']})", bold=True), ""]
     lines += _rings_table(data["rings"], paint) if data["rings"] else ["no rings"]
+    lines += [paint(f"{b['name']} of ring {b['ring']} (not there): {b['state']}",
+                    fg="yellow") for b in data.get("bridges", [])]
     for g in data["groups"]:
         lines += ["", *_group_table(g, paint)]
     lines += [paint(f"skipped {line}", fg="yellow") for line in data["skipped"]]
@@ -144,6 +168,8 @@ def _rings_table(rings: list[dict], paint: Painter) -> list[str]:
         gate_note = len(r["consumers"]) > 1 or r["lag_bytes"] >= r["capacity"] // 2
         for c in r["consumers"]:
             rows.append(_consumer_row(c, gate_note))
+        for b in r.get("bridges", []):
+            rows.append(_bridge_row(b))
     return _table(["RING / CONSUMER", "STATE", "FILL", "MSG/S", "BYTES/S", "LAG MSGS",
                    "LAG BYTES", "LOST", ""], rows, paint, right={2, 3, 4, 5, 6, 7})
 
@@ -166,6 +192,22 @@ def _consumer_row(c: dict, gate_note: bool) -> tuple[list[str], dict]:
     return ([f"  {c['name']}", state, "", _rate(c["msgs_per_s"], "msg"),
              _rate(c["bytes_per_s"], "B"), lag, fmt.size(c["lag_bytes"]),
              f"{c['lost']:,}", note], style)
+
+
+def _bridge_row(b: dict) -> tuple[list[str], dict]:
+    """A bridge under its ring: MSG/S is what it relays (acknowledged by JetStream, or
+    written into the ring), LOST what it lost (out) or refused (in)."""
+    where = "to" if b["direction"] == "out" else "from"
+    state = b["state"] if b["alive"] else "dead"
+    note, style = f"{where} {b['server']} {b['subject']}", {}
+    if b["reconnects"]:
+        note += f", {b['reconnects']:,} reconnects"
+    if not b["alive"]:
+        style = {"dim": True}
+    elif b["state"] == "reconnecting":
+        note, style = f"<< {b['last_error'] or 'reconnecting'}", {"fg": "red"}
+    return ([f"  {b['name']}", state, "", _rate(b["msgs_per_s"], "msg"), "", "", "",
+             f"{b['lost'] + b['refused']:,}", note], style)
 
 
 def _group_table(g: dict, paint: Painter) -> list[str]:
