@@ -398,13 +398,6 @@ class Consumer(SlowPath, ObjectReceiver, Handle):
         # Leaving on an exception: the message being processed is not acknowledged.
         self.close(release=exc_type is None)
 
-    def __del__(self) -> None:
-        try:
-            if not self._closed and not self.forked:
-                self.close()
-        except Exception:
-            pass
-
     def __repr__(self) -> str:
         who = f"durable={self.durable!r}" if self.durable else "anonymous"
         return f"<Consumer {self.name!r} ns={self.namespace!r} {who} slot={self.slot}>"

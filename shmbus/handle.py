@@ -28,8 +28,9 @@ _open_handles: "weakref.WeakSet[Handle]" = weakref.WeakSet()
 
 
 class Handle:
-    """Mixin: ``_closed``, ``_pid`` and a close guard; subclasses call
-    :meth:`_opened` at the end of their constructor and implement :meth:`_sever`."""
+    """Mixin: ``_closed``, ``_pid``, a close guard and ``__del__``; subclasses call
+    :meth:`_opened` at the end of their constructor and implement :meth:`_sever` and
+    ``close()``."""
 
     _closed = True
     _pid = -1
@@ -84,6 +85,15 @@ class Handle:
         """Make every later call raise (called in a forked child: touch nothing
         shared, release nothing)."""
         raise NotImplementedError
+
+    def __del__(self) -> None:
+        """Close a handle its owner left open: never raises, and does nothing in a
+        forked child (the copy there is not the child's to close)."""
+        try:
+            if not self._closed and not self.forked:
+                self.close()  # type: ignore[attr-defined]
+        except Exception:
+            pass
 
 
 def _after_fork_in_child() -> None:

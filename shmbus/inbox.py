@@ -543,13 +543,6 @@ class Inbox(ObjectReceiver, Handle):
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         self.close(release=exc_type is None)
 
-    def __del__(self) -> None:
-        try:
-            if not self._closed and not self.forked:
-                self.close()
-        except Exception:
-            pass
-
     def __repr__(self) -> str:
         return (f"<Inbox {self.name!r} ns={self.namespace!r} "
                 f"senders={len(self._senders)}>")

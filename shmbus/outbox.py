@@ -291,13 +291,6 @@ class Outbox(ObjectSender, Handle):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def __del__(self) -> None:
-        try:
-            if not self._closed and not self.forked:
-                self.close()
-        except Exception:
-            pass
-
     def __repr__(self) -> str:
         return (f"<Outbox to {self.name!r} ns={self.namespace!r} "
                 f"sender={self.sender or self._wanted!r}>")

@@ -338,13 +338,6 @@ class Producer(ObjectSender, Room, Handle):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def __del__(self) -> None:
-        try:
-            if not self._closed and not self.forked:
-                self.close()
-        except Exception:
-            pass
-
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"seq={self._seq}"
         return f"<Producer {self.name!r} ns={self.namespace!r} {self.on_full} {state}>"
