@@ -2,8 +2,8 @@
 file in the namespace's lock directory, beside the balancer's, rewritten atomically a
 few times a second (never per message) by a thread of the bridge's process.
 
-One file per bridge process, ``{ring}@bridge-{direction}[.{durable}]@{pid}@stats``
-(standbys publish too: their state says so); its name ends in ``@stats`` like the
+One file per bridge, ``{ring}@bridge-{direction}[.{durable}]@{pid}.{n}@stats`` (``n``
+tells apart the bridges of one process; standbys publish too: their state says so); its name ends in ``@stats`` like the
 balancer's, so ``shmbus locks`` leaves it out, and it carries the writer's pid, so
 ``shmbus gc`` removes it once that process is dead (kill -9).  A bridge's clean stop
 removes its own.  It is written exactly like the balancer's stats
@@ -14,6 +14,7 @@ accept only a regular file of ours (:mod:`shmbus.tools.stats_files`).
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -31,14 +32,16 @@ if TYPE_CHECKING:
 log = logging.getLogger("shmbus.bridge")
 
 INTERVAL = 0.25  # seconds between two writes of a running bridge's stats
-_NAME = re.compile(r"(?P<ring>[^@]+)@bridge-(?:in|out)(?:\.[^@]*)?@(?P<pid>[0-9]+)@stats")
+_NAME = re.compile(
+    r"(?P<ring>[^@]+)@bridge-(?:in|out)(?:\.[^@]*)?@(?P<pid>[0-9]+)\.[0-9]+@stats")
+_count = itertools.count()
 
 
 def stem(ring: str, role: str, pid: int) -> str:
-    """The stats file of the bridge of ``role`` (its lock's role: ``bridge-out.D`` or
+    """The stats file of a new bridge of ``role`` (its lock's role: ``bridge-out.D`` or
     ``bridge-in``) on ``ring`` in process ``pid`` is ``{stem}@stats`` (the name
     :mod:`shmbus.balancer.stats` gives a group's: its writer is reused as it is)."""
-    return f"{ring}@{role}@{pid}"
+    return f"{ring}@{role}@{pid}.{next(_count)}"
 
 
 def writer_of(name: str) -> tuple[str, int] | None:
@@ -79,8 +82,9 @@ def state_of(relay: Relay) -> str:
     return "standby" if relay.standing_by.is_set() else "starting"
 
 
-def summary(relay: Relay) -> dict[str, Any]:
-    """What the bridge publishes: who it is, its state, every counter of ``stats``,
+def summary(relay: Relay, name: str) -> dict[str, Any]:
+    """What the bridge publishes: who it is (``name``: its file's :func:`stem`, which
+    tells apart the bridges of one ring and direction), its state, every counter of ``stats``,
     and the counters every direction has (``relayed``: acknowledged by JetStream
     (out) or written into the ring (in); ``refused``: pickles kept out (in);
     ``lost``: overwritten before relayed (out); ``reconnects``)."""
@@ -88,7 +92,7 @@ def summary(relay: Relay) -> dict[str, Any]:
     me = liveness.current()
     server = relay.server if isinstance(relay.server, str) else ",".join(relay.server)
     return {
-        "direction": relay.direction, "ring": relay.ring, "namespace": relay.namespace,
+        "name": name, "direction": relay.direction, "ring": relay.ring, "namespace": relay.namespace,
         "server": server, "subject": relay.subject, "stream": relay.stream,
         "durable": getattr(relay, "durable", None), "pid": me.pid,
         "start_time": me.start_time, "state": state_of(relay),
@@ -132,7 +136,7 @@ class Publisher:
         warned = False
         while True:
             try:
-                files.write(self.relay.namespace, self._stem, summary(self.relay))
+                files.write(self.relay.namespace, self._stem, summary(self.relay, self._stem))
             except (ShmbusError, OSError) as e:  # stats are never worth a relay
                 if not warned:
                     warned = True

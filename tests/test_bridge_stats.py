@@ -55,8 +55,9 @@ def scrape(url: str) -> dict[tuple, float]:
     return out
 
 
-def bridge_labels(ring: str, direction: str, pid: int) -> tuple:
-    return (("direction", direction), ("pid", str(pid)), ("ring", ring))
+def bridge_labels(b: dict) -> tuple:
+    return (("bridge", b["name"]), ("direction", b["direction"]), ("pid", str(b["pid"])),
+            ("ring", b["ring"]))
 
 
 def run_outbound(url: str, ring: str, subject: str, ns: str) -> None:
@@ -69,7 +70,6 @@ def test_stats_follow_what_is_sent_in_inspect_top_and_metrics(ns, nats_server):
     server, _ = metrics.serve(ns, "127.0.0.1", 0)
     url = f"http://127.0.0.1:{server.server_address[1]}/metrics"
     me = os.getpid()
-    out_labels, in_labels = bridge_labels("a", "out", me), bridge_labels("b", "in", me)
     shmbus.Producer("b", capacity=CAP, namespace=ns).close()
     try:
         with shmbus.Producer("a", capacity=CAP, namespace=ns) as pub, \
@@ -92,6 +92,7 @@ def test_stats_follow_what_is_sent_in_inspect_top_and_metrics(ns, nats_server):
                 into, = bridges_of("b", ns)
                 assert (into["direction"], into["state"], into["stats"]["written"]) == (
                     "in", "connected", sent)
+                out_labels, in_labels = bridge_labels(out), bridge_labels(into)
                 samples = scrape(url)
                 assert samples[("shmbus_bridge_relayed_total", out_labels)] == sent
                 assert samples[("shmbus_bridge_relayed_total", in_labels)] == sent
@@ -141,9 +142,10 @@ def test_gc_removes_the_stats_of_a_killed_bridge_and_keeps_a_live_ones(ns, nats_
 @needs_root
 def test_a_stats_file_of_another_uid_is_refused(ns):
     with shmbus.Producer("a", capacity=CAP, namespace=ns):
-        name = f"a@bridge-out.nats-bridge@{os.getpid()}@stats"
+        stem = f"a@bridge-out.nats-bridge@{os.getpid()}.0"
+        name = stem + "@stats"
         path = f"{naming.lock_dir(ns)}/{name}"
-        body = {"direction": "out", "ring": "a", "namespace": ns, "server": "nats://x",
+        body = {"name": stem, "direction": "out", "ring": "a", "namespace": ns, "server": "nats://x",
                 "subject": "s", "stream": None, "durable": "nats-bridge",
                 "pid": os.getpid(), "start_time": 0, "state": "connected",
                 "relayed": 666, "refused": 0, "lost": 0, "reconnects": 0,

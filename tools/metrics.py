@@ -9,7 +9,8 @@ are Prometheus's job: rings export counters (messages and bytes written), and
 
 Every sample has a ``namespace`` label; rings have ``ring``; consumers ``consumer``
 (the durable name, or ``pid N slot S`` for an anonymous one); balancer groups ``group`` and
-workers ``worker``; bridges ``ring``, ``direction`` (in, out) and ``pid``.  A consumer whose lag in messages is unknown (a lapped slot of an
+workers ``worker``; bridges ``ring``, ``direction`` (in, out), ``pid`` and ``bridge``
+(its stats file's name, without ``@stats``: unique).  A consumer whose lag in messages is unknown (a lapped slot of an
 overwrite ring that never stored its seq) has no ``lag_messages`` sample.
 """
 
@@ -122,7 +123,8 @@ def _group(counter, gauge, group: str, s: dict) -> None:
 
 
 def _bridge(counter, gauge, b: dict) -> None:
-    who = {"ring": b["ring"], "direction": b["direction"], "pid": str(b["pid"])}
+    who = {"ring": b["ring"], "direction": b["direction"], "pid": str(b["pid"]),
+           "bridge": b["name"]}  # (one ring may have several bridges in one process)
     counter("shmbus_bridge_relayed", "Messages the bridge relayed: acknowledged by "
             "JetStream (out) or written into the ring (in).", who, b["relayed"])
     counter("shmbus_bridge_refused", "Messages the bridge kept out of the ring "

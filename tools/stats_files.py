@@ -62,6 +62,7 @@ def _read_bridges(directory: str, dir_fd: int) -> tuple[list[dict], list[str]]:
         writer = writer_of(name)
         if writer is None:
             continue
+        writer = (*writer, name[:-len("@stats")])
         path = f"{directory}/{name}"
         try:
             # lockdir.open_file: O_NOFOLLOW, O_NONBLOCK, then the owner checked on fstat
@@ -82,17 +83,17 @@ def _read_bridges(directory: str, dir_fd: int) -> tuple[list[dict], list[str]]:
             continue
         data["alive"] = not liveness.is_dead(data["pid"], data["start_time"])
         bridges.append(data)
-    bridges.sort(key=lambda b: (b["ring"], b["direction"], b["pid"]))
+    bridges.sort(key=lambda b: (b["ring"], b["direction"], b["pid"], b["name"]))
     return bridges, problems
 
 
 _BRIDGE_INTS = ("pid", "start_time", "relayed", "refused", "lost", "reconnects")
-_BRIDGE_STRS = ("direction", "ring", "server", "subject", "state")
+_BRIDGE_STRS = ("name", "direction", "ring", "server", "subject", "state")
 
 
-def check_bridge(data: object, writer: tuple[str, int]) -> None:
-    """Raise ValueError unless ``data`` has the shape a bridge writes, for the ring and
-    pid its file is named after (``writer``)."""
+def check_bridge(data: object, writer: tuple[str, int, str]) -> None:
+    """Raise ValueError unless ``data`` has the shape a bridge writes, for the ring, pid
+    and name its file is named after (``writer``)."""
     def need(ok: bool, what: str) -> None:
         if not ok:
             raise ValueError(f"not bridge stats ({what})")
@@ -104,7 +105,8 @@ def check_bridge(data: object, writer: tuple[str, int]) -> None:
     for key in _BRIDGE_INTS:
         need(_is_int(data.get(key)) and data[key] >= 0, f"{key} is not a count")
     need(data["direction"] in ("in", "out"), "direction is neither in nor out")
-    need((data["ring"], data["pid"]) == writer, "ring or pid not those of its name")
+    need((data["ring"], data["pid"]) == writer[:2] and data["name"] == writer[2],
+         "ring, pid or name not those of its file")
     need(data.get("last_error") is None or isinstance(data["last_error"], str),
          "last_error is not a string")
     need(isinstance(data.get("stats"), dict), "stats is not a JSON object")

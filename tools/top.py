@@ -52,7 +52,7 @@ def view(prev: dict, cur: dict, sort: str = "name") -> dict:
 
 
 def _bridge_id(b: dict) -> tuple:
-    return (b["ring"], b["direction"], b["pid"], b["start_time"])
+    return (b["name"], b["start_time"])
 
 
 def _bridge_view(b: dict, p: dict | None, dt: float) -> dict:
