@@ -106,6 +106,9 @@ def test_stats_follow_what_is_sent_in_inspect_top_and_metrics(ns, nats_server):
             assert under == {"a": [f"bridge out pid {me}"], "b": [f"bridge in pid {me}"]}
             screen = top.render(view, top.Painter(False), live=False)
             assert f"bridge out pid {me}" in screen and "connected" in screen
+            text = CliRunner().invoke(main, ["inspect", "a", "-n", ns]).output
+            assert f"bridge out pid {me} connected: to {nats_server.url} subject flow, " \
+                "relayed 25," in text, text
         # A clean stop removes a bridge's own stats.
         assert bridges_of("a", ns) == [] and bridges_of("b", ns) == []
         assert not any(k[0].startswith("shmbus_bridge") for k in scrape(url))
@@ -114,6 +117,25 @@ def test_stats_follow_what_is_sent_in_inspect_top_and_metrics(ns, nats_server):
         server.server_close()
         for ring in ("a", "b"):
             shmbus.unlink(ring, namespace=ns)
+
+
+def test_states_standby_reconnecting_and_reconnects(ns, nats_server):
+    def states() -> list:
+        return sorted((b["state"], b["reconnects"], b["last_error"] is not None)
+                      for b in bridges_of("a", ns))
+
+    with shmbus.Producer("a", capacity=CAP, namespace=ns), \
+            Outbound("a", nats_server.url, "flow", namespace=ns, backoff=(0.05, 0.2)), \
+            Outbound("a", nats_server.url, "flow", namespace=ns):
+        await_until(lambda: states() == [("connected", 0, False), ("standby", 0, False)],
+                    20, what="one bridge connected, one standing by")
+        nats_server.stop()
+        await_until(lambda: states() == [("reconnecting", 0, True), ("standby", 0, False)],
+                    20, what="the leading bridge reconnecting")
+        nats_server.start()
+        await_until(lambda: states() == [("connected", 1, True), ("standby", 0, False)],
+                    20, what="the leading bridge connected again")
+    shmbus.unlink("a", namespace=ns)
 
 
 def test_gc_removes_the_stats_of_a_killed_bridge_and_keeps_a_live_ones(ns, nats_server,

@@ -59,10 +59,10 @@ def _in_lock_dir(namespace: str | None, read) -> tuple[list[dict], list[str]]:
 def _read_bridges(directory: str, dir_fd: int) -> tuple[list[dict], list[str]]:
     bridges, problems = [], []
     for name in os.listdir(dir_fd):
-        writer = writer_of(name)
-        if writer is None:
+        found = writer_of(name)
+        if found is None:
             continue
-        writer = (*writer, name[:-len("@stats")])
+        writer = (*found, name[:-len("@stats")])
         path = f"{directory}/{name}"
         try:
             # lockdir.open_file: O_NOFOLLOW, O_NONBLOCK, then the owner checked on fstat
