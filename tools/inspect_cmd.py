@@ -25,7 +25,7 @@ def command(name: str, namespace: str | None, as_json: bool) -> None:
     groups, problems = balancer_stats_for(name, namespace)
     bridges, bridge_problems = read_bridges(namespace)
     bridges = [b for b in bridges if b["ring"] == name]
-    problems += bridge_problems
+    problems += [p for p in bridge_problems if p not in problems]  # (a lock dir's: once)
     if as_json:
         emit_json({**info, "balancers": groups, "bridges": bridges, "skipped": problems})
         return

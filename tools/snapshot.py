@@ -54,7 +54,8 @@ def take(namespace: str | None) -> dict:
     bridges, bridge_problems = read_bridges(ns)
     return {"namespace": ns, "time": time.monotonic(), "wall": time.time(),
             "rings": rings, "groups": {s["group"]: s for s in found},
-            "bridges": bridges, "skipped": skipped + problems + bridge_problems}
+            "bridges": bridges, "skipped": skipped + problems +
+            [p for p in bridge_problems if p not in problems]}  # (a lock dir's: once)
 
 
 def _ring(info: dict) -> dict:
