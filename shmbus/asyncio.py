@@ -41,6 +41,7 @@ from .wakeup import LONG_SLEEP, MAX_SLEEP, Sleeper
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer, Self
+    from .choices import Payload
 
     from .choices import CodecName, OnFull, Start, WaitName
     from .wait import WaitStrategy
@@ -313,14 +314,14 @@ class Producer:
         await self._waiter.until(arm_and_try, try_call, sleeper.disarm, deadline)
         return done[0] if done else call(0)  # the deadline passed: Timeout, or Closed
 
-    async def send(self, data: Buffer, key: str | Buffer | None = None, *,
+    async def send(self, data: Payload, key: str | Buffer | None = None, *,
                    timeout: float | None = None) -> int:
         """Publish one message (see :meth:`shmbus.Producer.send`), awaiting up to
         ``timeout`` seconds (None: forever) for room; raises :class:`shmbus.Timeout`."""
         send = self.sync.send
         return await self._room(lambda t: send(data, key, timeout=t), timeout)
 
-    async def send_many(self, messages: Iterable[Buffer], *,
+    async def send_many(self, messages: Iterable[Payload], *,
                         keys: Iterable[str | Buffer | None] | None = None,
                         timeout: float | None = None) -> range:
         """Publish a batch (see :meth:`shmbus.Producer.send_many`), awaiting room."""

@@ -45,6 +45,7 @@ from .wait import Waker
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer
+    from .choices import Payload
 
     from .choices import CodecName
 
@@ -218,7 +219,7 @@ class Outbox(ObjectSender, Handle):
 
     # -- sending ------------------------------------------------------------------------
 
-    def send(self, data: Buffer, key: str | Buffer | None = None, *,
+    def send(self, data: Payload, key: str | Buffer | None = None, *,
              timeout: float | None = None) -> int:
         """Publish one message (bytes or any contiguous buffer) with an optional key;
         return its seq in this sender's ring.  Waits up to ``timeout`` for room (and,
@@ -226,7 +227,7 @@ class Outbox(ObjectSender, Handle):
         seq: int = self.__dict__["send"](data, key, timeout=timeout)
         return seq
 
-    def send_many(self, messages: Iterable[Buffer], *,
+    def send_many(self, messages: Iterable[Payload], *,
                   keys: Iterable[str | Buffer | None] | None = None,
                   timeout: float | None = None) -> range:
         """Publish several messages with one publish (see ``Producer.send_many``)."""

@@ -40,6 +40,7 @@ from .wait import Sleeper, Waker, strategy
 if TYPE_CHECKING:
     import numpy.typing as npt
     from typing_extensions import Buffer, Self
+    from .choices import Payload
 
     from .choices import OnFull, WaitName
     from .wait import WaitStrategy
@@ -198,7 +199,7 @@ class Producer(ObjectSender, Room, Handle):
 
     # -- sending ----------------------------------------------------------------------
 
-    def send(self, data: Buffer, key: str | Buffer | None = None, *,
+    def send(self, data: Payload, key: str | Buffer | None = None, *,
              timeout: float | None = None) -> int:
         """Publish one message (bytes or any contiguous buffer, e.g. a numpy array) with
         an optional key (str or bytes); return its seq.  In ``block`` mode waits up to
@@ -207,7 +208,7 @@ class Producer(ObjectSender, Room, Handle):
         # Each instance shadows this method with the send built by sequencer.bind.
         return self.__dict__["send"](data, key, timeout=timeout)
 
-    def send_many(self, messages: Iterable[Buffer], *,
+    def send_many(self, messages: Iterable[Payload], *,
                   keys: Iterable[str | Buffer | None] | None = None,
                   timeout: float | None = None) -> range:
         """Publish several messages (each bytes or any contiguous buffer) with one

@@ -24,6 +24,8 @@ ROOT = Path(__file__).resolve().parent.parent
 MISTAKES = '''\
 from __future__ import annotations
 
+import numpy as np
+
 import shmbus
 import shmbus.asyncio
 from shmbus.balancer import Balancer, Worker
@@ -71,6 +73,8 @@ def fine(pub: shmbus.Producer, sub: shmbus.Consumer) -> None:
     pub.send(b"x", key="k")
     pub.send(memoryview(b"x"), key=b"k")
     pub.send(bytearray(b"x"), key=None)
+    pub.send(np.zeros(8, np.uint8))  # a buffer to numpy's stubs only from Python 3.12
+    pub.send_many([np.zeros(8, np.uint8), b"y"])
     shmbus.Producer("r", on_full="overwrite", wait=shmbus.Sleeping())
     shmbus.Consumer("r", start="earliest", wait="spin")
     msg = sub.recv(timeout=1.0)
