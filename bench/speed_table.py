@@ -98,10 +98,14 @@ def render(res: dict) -> str:
         out.append("fan-out to 4, the producer's rate as a share of its rate with 1 "
                    "consumer: " + ", ".join(f"{k} {v:.0%}" for k, v in keep.items()))
     bal = res["balancer"]["results"]
-    base = bal["direct ring"]["rate"]["median"]
-    out.append("balancer to 2 workers: " + ", ".join(
-        f"{name} {s['rate']['median'] / 1e6:.2f} M msg/s ({s['rate']['median'] / base:.0%})"
-        for name, s in bal.items()))
+
+    def base(name: str) -> float:  # each path against its own direct ring
+        pure = name.endswith("(pure Python)")
+        return bal["direct ring (pure Python)" if pure else "direct ring"]["rate"]["median"]
+    out.append("balancer to 2 workers (of the same path's direct ring): " + ", ".join(
+        f"{name} {s['rate']['median'] / 1e6:.2f} M msg/s "
+        f"({s['rate']['median'] / base(name):.0%})"
+        for name, s in bal.items() if not name.startswith("direct ring")))
     cost = res["cost"]["results"]
     calls = list(next(iter(cost.values())))
     out.append("ns per call (" + " / ".join(cost) + "): " + ", ".join(
