@@ -2,7 +2,8 @@
 
     producer --> ring (cache-warm, never full) --> consumer    (one thread)
 
-Nanoseconds per message of ``send``, ``recv``, ``send_many`` and ``recv_many`` (64-byte
+Nanoseconds per message of ``send``, ``recv`` (also reading each ``.data``: the view is
+handed out, checked and released), ``send_many`` and ``recv_many`` (64-byte
 messages, batches of 256), and of the balancer's raw forwarding (``take_run`` +
 ``forward``), best of ``--repeats`` rounds, for the compiled hot path ("shmbus") and
 the pure-Python one ("shmbus-pure"), each in a process of its own.  No second process, no waiting, no cache
@@ -53,6 +54,11 @@ def measure(n: int, repeats: int) -> dict:
         for _ in range(n):
             recv()
 
+    def recvs_with_data():  # reads each payload: a view handed out, released next
+        recv = sub.recv
+        for _ in range(n):
+            len(recv().data)
+
     def batches_out():
         for _ in range(n // BATCH):
             pub.send_many(chunk)
@@ -72,6 +78,8 @@ def measure(n: int, repeats: int) -> dict:
         for _ in range(repeats):
             timed("send", sends)
             timed("recv", recvs)
+            sends()
+            timed("recv + .data", recvs_with_data)
             timed("send_many", batches_out)
             timed("recv_many", batches_in)
             sub.release()
