@@ -156,21 +156,11 @@ def test_records_of_one_size_are_gathered_and_stamped_in_bulk(ns):
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from shmbus import hotpath, layout, ring  # noqa: E402
+from shmbus import layout, ring  # noqa: E402
 from shmbus.balancer.policies import ConsistentHash, hash64  # noqa: E402
 from shmbus.balancer.routing import KeyRouter, router  # noqa: E402
 
-native, why = hotpath.load_native()
-needs_build = pytest.mark.skipif(native is None, reason=f"no compiled build: {why}")
-
-
-def _on_path(compiled: bool, make, *args, **kw):
-    saved = hotpath.compiled, hotpath.native
-    hotpath.compiled, hotpath.native = compiled, native if compiled else None
-    try:
-        return make(*args, **kw)
-    finally:
-        hotpath.compiled, hotpath.native = saved
+from .paths import native, needs_build, on_path  # noqa: E402
 
 
 def _stampless(pub: shmbus.Producer, pos: int, out: list) -> None:
@@ -196,8 +186,8 @@ def test_compiled_forward_writes_what_the_pure_forward_writes(ns, batches, choos
     originals are kept), header words and cursors, and take_run's C walk takes the
     runs the Python walk takes."""
     src = shmbus.Producer("in", capacity=1 << 14)
-    fast = _on_path(True, shmbus.Producer, "c", capacity=4096, on_full="overwrite")
-    slow = _on_path(False, shmbus.Producer, "p", capacity=4096, on_full="overwrite")
+    fast = on_path(True, shmbus.Producer, "c", capacity=4096, on_full="overwrite")
+    slow = on_path(False, shmbus.Producer, "p", capacity=4096, on_full="overwrite")
     a, b = shmbus.Consumer("in"), shmbus.Consumer("in")
     try:
         for batch in batches:
@@ -205,7 +195,7 @@ def test_compiled_forward_writes_what_the_pure_forward_writes(ns, batches, choos
                           keys=[k for _, k in batch])
             while True:
                 run = take_run(a, 64)  # the C walk (this process may run either path)
-                again = _on_path(False, take_run, b, 64)  # the Python walk
+                again = on_path(False, take_run, b, 64)  # the Python walk
                 assert bool(run) == bool(again)
                 if not run:
                     break
@@ -266,10 +256,10 @@ def test_both_routers_give_each_key_its_consistent_hash_owner(workers, keys):
 @needs_build
 def test_compiled_forwarding_refuses_what_is_not_a_run(rings):
     src, sub, _ = rings
-    dst = _on_path(True, shmbus.Producer, "c", capacity=4096)
+    dst = on_path(True, shmbus.Producer, "c", capacity=4096)
     cur = dst._cur
     src.send(b"x" * 40)
-    run = _on_path(True, take_run, sub, 10)
+    run = on_path(True, take_run, sub, 10)
     try:
         _refuse(cur, run)
     finally:

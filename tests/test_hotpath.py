@@ -16,10 +16,9 @@ import shmbus
 from shmbus import hotpath, layout, ring
 from shmbus.message import PyMessage
 
+from .paths import native, needs_build, on_path
 from .support import start
 
-native, why = hotpath.load_native()
-needs_build = pytest.mark.skipif(native is None, reason=f"no compiled build: {why}")
 
 
 def test_the_environment_chooses_the_path():
@@ -52,23 +51,12 @@ messages = st.lists(st.tuples(st.binary(max_size=300),
                                         st.text(max_size=8))), max_size=120)
 
 
-def _on_path(compiled: bool, make, *args, **kw):
-    """``make(*args, **kw)`` (a Producer or Consumer) on the path asked for, whichever
-    this process runs."""
-    saved = hotpath.compiled, hotpath.native
-    hotpath.compiled, hotpath.native = compiled, native if compiled else None
-    try:
-        return make(*args, **kw)
-    finally:
-        hotpath.compiled, hotpath.native = saved
-
-
 def _producer(name: str, compiled: bool, **kw) -> shmbus.Producer:
-    return _on_path(compiled, shmbus.Producer, name, **kw)
+    return on_path(compiled, shmbus.Producer, name, **kw)
 
 
 def _consumer(name: str, compiled: bool, **kw) -> shmbus.Consumer:
-    return _on_path(compiled, shmbus.Consumer, name, **kw)
+    return on_path(compiled, shmbus.Consumer, name, **kw)
 
 
 @needs_build

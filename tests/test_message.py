@@ -13,30 +13,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import shmbus
-from shmbus import hotpath, layout
+from shmbus import layout
 from shmbus.message import PyMessage
 
+from .paths import PATHS, native, needs_build, on_path, why
 from .support import start
 
-native, why = hotpath.load_native()
-PATHS = [pytest.param(True, id="compiled", marks=pytest.mark.skipif(
-             native is None, reason=f"no compiled build: {why}")),
-         pytest.param(False, id="pure")]
-
-
-def _on_path(compiled: bool, make, *args, **kw):
-    """``make(*args, **kw)`` (a Producer or Consumer) on the path asked for, whichever
-    this process runs."""
-    saved = hotpath.compiled, hotpath.native
-    hotpath.compiled, hotpath.native = compiled, native if compiled else None
-    try:
-        return make(*args, **kw)
-    finally:
-        hotpath.compiled, hotpath.native = saved
 
 
 def _consumer(name: str, compiled: bool, **kw) -> shmbus.Consumer:
-    sub = _on_path(compiled, shmbus.Consumer, name, **kw)
+    sub = on_path(compiled, shmbus.Consumer, name, **kw)
     assert (type(sub._cur) is getattr(native, "Reader", None)) == compiled
     return sub
 
@@ -100,7 +86,7 @@ def test_both_paths_take_the_same_arguments(ns, compiled):
     pub.unlink()
 
 
-@pytest.mark.skipif(native is None, reason=f"no compiled build: {why}")
+@needs_build
 def test_the_compiled_module_agrees_with_the_layout():
     assert native.REDELIVERY_SHIFT == layout.REC_REDELIVERY_SHIFT
     assert shmbus.Message is (native.Message if shmbus.compiled else PyMessage)
@@ -237,7 +223,7 @@ def test_a_workers_try_recv_publishes_what_it_received(ns, compiled):
     more if it dies): try_recv too, not only recv and recv_many."""
     from shmbus.balancer import membership
     from shmbus.balancer.worker import Worker, received_position
-    worker = _on_path(compiled, Worker, "g", "w", capacity=4096)
+    worker = on_path(compiled, Worker, "g", "w", capacity=4096)
     try:
         with shmbus.Producer(membership.worker_ring("g", "w")) as pub:
             pub.send(b"one")
@@ -272,7 +258,7 @@ def _drain(sub: shmbus.Consumer, sizes: list[int]) -> list[list[tuple]]:
     return out
 
 
-@pytest.mark.skipif(native is None, reason=f"no compiled build: {why}")
+@needs_build
 @settings(max_examples=40, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(batch=records, sizes=st.lists(st.integers(1, 40), min_size=1, max_size=12),
@@ -308,7 +294,7 @@ def test_compiled_and_pure_readers_give_the_same_batches_and_errors(
         pub.unlink()
 
 
-@pytest.mark.skipif(native is None, reason=f"no compiled build: {why}")
+@needs_build
 @settings(max_examples=40, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(steps=st.lists(st.tuples(st.integers(0, 60), st.lists(st.integers(1, 40),
