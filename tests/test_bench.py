@@ -109,6 +109,6 @@ def test_send_recv_cost_program(tmp_path):
     assert set(results) == ({"shmbus", "shmbus-pure"} if hotpath.load_native()[0]
                             else {"shmbus-pure"})
     for path in results.values():
-        assert set(path) == {"send", "recv", "send_many", "recv_many",
+        assert set(path) == {"send", "recv", "recv + .data", "send_many", "recv_many",
                              "take_run + forward"}
         assert all(v > 0 for v in path.values())
