@@ -126,7 +126,8 @@ def test_states_standby_reconnecting_and_reconnects(ns, nats_server):
 
     with shmbus.Producer("a", capacity=CAP, namespace=ns), \
             Outbound("a", nats_server.url, "flow", namespace=ns, backoff=(0.05, 0.2)), \
-            Outbound("a", nats_server.url, "flow", namespace=ns):
+            Outbound("a", nats_server.url, "flow", namespace=ns, backoff=(0.05, 0.2)):
+        # Either may lead (both start at once): both reconnect quickly.
         await_until(lambda: states() == [("connected", 0, False), ("standby", 0, False)],
                     20, what="one bridge connected, one standing by")
         nats_server.stop()
