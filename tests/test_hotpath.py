@@ -157,18 +157,25 @@ def _produce(ns: str, pure: bool, count: int) -> None:
             pub.send(b"%d" % i * (i % 7), key=b"k%d" % (i % 5) if i % 3 else None)
 
 
-@needs_build
-@pytest.mark.timeout(60)
-def test_a_producer_of_the_other_path_in_another_process_interoperates(ns, procs,
-                                                                         monkeypatch):
-    """A ring of 8 KiB and 3,000 messages: wraps, padding and checkpoints many times
-    over, written by the other path than this process's."""
+def _children_run_the_other_path(monkeypatch) -> bool:
+    """Make the processes this test starts run the path this one does not; True if
+    that is the pure one."""
     other_is_pure = shmbus.compiled
     monkeypatch.delenv("SHMBUS_REQUIRE_COMPILED", raising=False)
     if other_is_pure:
         monkeypatch.setenv("SHMBUS_PURE_PYTHON", "1")
     else:
         monkeypatch.delenv("SHMBUS_PURE_PYTHON", raising=False)
+    return other_is_pure
+
+
+@needs_build
+@pytest.mark.timeout(60)
+def test_a_producer_of_the_other_path_in_another_process_interoperates(ns, procs,
+                                                                         monkeypatch):
+    """A ring of 8 KiB and 3,000 messages: wraps, padding and checkpoints many times
+    over, written by the other path than this process's."""
+    other_is_pure = _children_run_the_other_path(monkeypatch)
     with shmbus.Producer("x", capacity=8192):
         pass  # created here, produced there
     with shmbus.Consumer("x", start="earliest") as sub:
@@ -363,12 +370,7 @@ def test_send_many_of_the_other_path_in_another_process_interoperates(ns, procs,
                                                                       monkeypatch):
     """Batches through an 8 KiB ring (wraps, padding, checkpoints, waiting for room)
     from a producer of the other path than this process's consumer."""
-    other_is_pure = shmbus.compiled
-    monkeypatch.delenv("SHMBUS_REQUIRE_COMPILED", raising=False)
-    if other_is_pure:
-        monkeypatch.setenv("SHMBUS_PURE_PYTHON", "1")
-    else:
-        monkeypatch.delenv("SHMBUS_PURE_PYTHON", raising=False)
+    other_is_pure = _children_run_the_other_path(monkeypatch)
     with shmbus.Producer("x", capacity=8192):
         pass  # created here, produced there
     with shmbus.Consumer("x", start="earliest") as sub:
